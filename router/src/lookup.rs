@@ -1,0 +1,237 @@
+//! The read-only layout that lookups walk.
+//!
+//! Insertion grows a tree of [`Node`]s that is easy to split and extend. The first lookup after
+//! a change compiles it into this layout: nodes in one array with the children of a node stored
+//! next to each other, and each node one cache line holding its prefix and the first bytes of its
+//! children, so a step of the search reads one node, and a child's first byte is never compared
+//! twice.
+
+use crate::tree::{NONE, Node};
+
+/// Children whose first bytes are held inside the node.
+const INLINE_CHILDREN: usize = 16;
+/// Prefix bytes held inside the node; longer prefixes live in the arena.
+const INLINE_TAIL: usize = 20;
+
+/// One node, sized and aligned to one cache line: everything a step of the search reads is
+/// in it, so the only dependent load per step is the next node itself.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Compact {
+    /// First bytes of the static children, when there are at most `INLINE_CHILDREN`.
+    index: [u8; INLINE_CHILDREN],
+    /// The prefix without its first byte (which the parent's index already matched), when it
+    /// fits; otherwise it is in the arena at `spill_tail`.
+    tail: [u8; INLINE_TAIL],
+    tail_len: u16,
+    child_count: u16,
+    first_child: u32,
+    param: u32,
+    catch_all: u32,
+    value: u32,
+    spill_tail: u32,
+    /// With more than `INLINE_CHILDREN` children, their first bytes live in the arena here.
+    spill_index: u32,
+}
+
+const BLANK: Compact = Compact {
+    index: [0; INLINE_CHILDREN],
+    tail: [0; INLINE_TAIL],
+    tail_len: 0,
+    child_count: 0,
+    first_child: 0,
+    param: NONE,
+    catch_all: NONE,
+    value: NONE,
+    spill_tail: 0,
+    spill_index: 0,
+};
+
+/// The compiled tree.
+#[derive(Debug, Default)]
+pub(crate) struct Lookup {
+    nodes: Vec<Compact>,
+    arena: Vec<u8>,
+}
+
+impl Lookup {
+    /// Compiles the tree rooted at `nodes[0]`.
+    pub(crate) fn compile(nodes: &[Node]) -> Lookup {
+        let mut out = Lookup {
+            nodes: Vec::with_capacity(nodes.len()),
+            arena: Vec::new(),
+        };
+        let root = out.reserve(1);
+        out.fill(nodes, 0, root);
+        out
+    }
+
+    fn reserve(&mut self, n: usize) -> u32 {
+        let at = self.nodes.len() as u32;
+        self.nodes.extend(std::iter::repeat_n(BLANK, n));
+        at
+    }
+
+    /// Writes builder node `src` into slot `dst`, then its descendants.
+    fn fill(&mut self, nodes: &[Node], src: usize, dst: u32) {
+        let node = &nodes[src];
+        let tail = node.prefix.get(1..).unwrap_or_default();
+        let mut compact = BLANK;
+        compact.tail_len = tail.len() as u16;
+        if tail.len() <= INLINE_TAIL {
+            compact.tail[..tail.len()].copy_from_slice(tail);
+        } else {
+            compact.spill_tail = self.arena.len() as u32;
+            self.arena.extend_from_slice(tail);
+        }
+        compact.child_count = node.children.len() as u16;
+        if node.indices.len() <= INLINE_CHILDREN {
+            compact.index[..node.indices.len()].copy_from_slice(&node.indices);
+        } else {
+            compact.spill_index = self.arena.len() as u32;
+            self.arena.extend_from_slice(&node.indices);
+        }
+        compact.first_child = self.reserve(node.children.len());
+        if node.param != NONE {
+            compact.param = self.reserve(1);
+        }
+        compact.catch_all = node.catch_all;
+        compact.value = node.value;
+        self.nodes[dst as usize] = compact;
+        for (i, &child) in node.children.iter().enumerate() {
+            self.fill(nodes, child as usize, compact.first_child + i as u32);
+        }
+        if compact.param != NONE {
+            self.fill(nodes, node.param as usize, compact.param);
+        }
+    }
+
+    #[inline(always)]
+    fn child(&self, node: &Compact, byte: u8) -> Option<u32> {
+        let count = usize::from(node.child_count);
+        let index = if count <= INLINE_CHILDREN {
+            node.index.get(..count)?
+        } else {
+            let at = node.spill_index as usize;
+            self.arena.get(at..at + count)?
+        };
+        let i = index.iter().position(|&b| b == byte)?;
+        Some(node.first_child + i as u32)
+    }
+
+    #[inline(always)]
+    fn tail<'a>(&'a self, node: &'a Compact) -> &'a [u8] {
+        let len = usize::from(node.tail_len);
+        if len <= INLINE_TAIL {
+            &node.tail[..len]
+        } else {
+            let at = node.spill_tail as usize;
+            self.arena.get(at..at + len).unwrap_or_default()
+        }
+    }
+
+    /// The route matching `path`, if any.
+    #[inline]
+    pub(crate) fn find(&self, path: &[u8]) -> Option<u32> {
+        self.find_from(0, path, 0)
+    }
+
+    /// Search from `node`, whose own text ends at `pos`. Static child first, then the parameter,
+    /// then the catch-all; a branch that fails falls back to the next. Each node is reached at
+    /// one position only (fixed by the route text), so the search is linear in the tree size.
+    fn find_from(&self, mut node: u32, path: &[u8], mut pos: usize) -> Option<u32> {
+        loop {
+            let n = self.nodes.get(node as usize)?;
+            let Some(&byte) = path.get(pos) else {
+                if n.value != NONE {
+                    return Some(n.value);
+                }
+                return (n.catch_all != NONE).then_some(n.catch_all);
+            };
+            let mut next = None;
+            if let Some(child) = self.child(n, byte) {
+                let tail = self.tail(&self.nodes[child as usize]);
+                if has_prefix(&path[pos + 1..], tail) {
+                    next = Some((child, pos + 1 + tail.len()));
+                }
+            }
+            if n.param == NONE && n.catch_all == NONE {
+                // Nothing to fall back on: continue in place of recursing.
+                (node, pos) = next?;
+                continue;
+            }
+            if let Some((child, at)) = next {
+                if let Some(found) = self.find_from(child, path, at) {
+                    return Some(found);
+                }
+            }
+            if n.param != NONE {
+                let rest = &path[pos..];
+                let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+                if len > 0 {
+                    if n.catch_all == NONE {
+                        (node, pos) = (n.param, pos + len);
+                        continue;
+                    }
+                    if let Some(found) = self.find_from(n.param, path, pos + len) {
+                        return Some(found);
+                    }
+                }
+            }
+            return (n.catch_all != NONE).then_some(n.catch_all);
+        }
+    }
+}
+
+/// `rest.starts_with(prefix)` without a call into `memcmp`: prefixes are a few bytes long,
+/// and word-sized loads (the last one overlapping) beat the library call's set-up cost.
+#[inline(always)]
+fn has_prefix(rest: &[u8], prefix: &[u8]) -> bool {
+    let Some(head) = rest.get(..prefix.len()) else {
+        return false;
+    };
+    let n = prefix.len();
+    if n >= 8 {
+        let (mut a, mut b) = (head, prefix);
+        while let (Some((x, ra)), Some((y, rb))) =
+            (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+        {
+            if x != y {
+                return false;
+            }
+            a = ra;
+            b = rb;
+        }
+        // The remainder, as one overlapping compare of the last 8 bytes.
+        return head.last_chunk::<8>() == prefix.last_chunk::<8>();
+    }
+    if n >= 4 {
+        return head.first_chunk::<4>() == prefix.first_chunk::<4>()
+            && head.last_chunk::<4>() == prefix.last_chunk::<4>();
+    }
+    head.iter().zip(prefix).all(|(a, b)| a == b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_prefix_all_lengths() {
+        let text: Vec<u8> = (0..40u8).collect();
+        for len in 0..=text.len() {
+            assert!(has_prefix(&text, &text[..len]));
+            for flip in 0..len {
+                let mut other = text[..len].to_vec();
+                other[flip] ^= 0x80;
+                assert!(!has_prefix(&text, &other), "len {len} flip {flip}");
+            }
+        }
+        assert!(!has_prefix(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn compact_node_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Compact>(), 64);
+    }
+}
