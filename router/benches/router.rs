@@ -1,4 +1,5 @@
 //! `cargo bench -p router`: this crate next to matchit (and path-tree) on the GitHub API routes.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
 

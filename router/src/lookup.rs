@@ -12,6 +12,10 @@ use crate::tree::{NONE, Node};
 const INLINE_CHILDREN: usize = 16;
 /// Prefix bytes held inside the node; longer prefixes live in the arena.
 const INLINE_TAIL: usize = 20;
+/// Nodes with more children than this find them through a 256-entry table by first byte
+/// instead of scanning the index.
+const TABLE_ABOVE: usize = 4;
+const ABSENT: u8 = u8::MAX;
 
 /// One node, sized and aligned to one cache line: everything a step of the search reads is
 /// in it, so the only dependent load per step is the next node itself.
@@ -85,11 +89,17 @@ impl Lookup {
             self.arena.extend_from_slice(tail);
         }
         compact.child_count = node.children.len() as u16;
-        if node.indices.len() <= INLINE_CHILDREN {
+        if node.indices.len() <= TABLE_ABOVE {
             compact.index[..node.indices.len()].copy_from_slice(&node.indices);
         } else {
+            // Entry `b` holds the index of the child starting with byte `b`, or `ABSENT`.
+            // With 256 children no entry is absent, so index 255 cannot be mistaken for one.
             compact.spill_index = self.arena.len() as u32;
-            self.arena.extend_from_slice(&node.indices);
+            let mut table = [ABSENT; 256];
+            for (i, &b) in node.indices.iter().enumerate() {
+                table[usize::from(b)] = i as u8;
+            }
+            self.arena.extend_from_slice(&table);
         }
         compact.first_child = self.reserve(node.children.len());
         if node.param != NONE {
@@ -109,14 +119,17 @@ impl Lookup {
     #[inline(always)]
     fn child(&self, node: &Compact, byte: u8) -> Option<u32> {
         let count = usize::from(node.child_count);
-        let index = if count <= INLINE_CHILDREN {
-            node.index.get(..count)?
-        } else {
-            let at = node.spill_index as usize;
-            self.arena.get(at..at + count)?
-        };
-        let i = index.iter().position(|&b| b == byte)?;
-        Some(node.first_child + i as u32)
+        if count <= TABLE_ABOVE {
+            let i = node.index.get(..count)?.iter().position(|&b| b == byte)?;
+            return Some(node.first_child + i as u32);
+        }
+        let slot = *self
+            .arena
+            .get(node.spill_index as usize + usize::from(byte))?;
+        if slot == ABSENT && count < 256 {
+            return None;
+        }
+        Some(node.first_child + u32::from(slot))
     }
 
     #[inline(always)]
@@ -133,7 +146,18 @@ impl Lookup {
     /// The route matching `path`, if any.
     #[inline]
     pub(crate) fn find(&self, path: &[u8]) -> Option<u32> {
-        self.find_from(0, path, 0)
+        // Every route starts with `/`, so the root has at most that one child: enter it
+        // directly.
+        let root = self.nodes.first()?;
+        if path.first() != Some(&b'/') || root.child_count == 0 {
+            return None;
+        }
+        let first = root.first_child;
+        let tail = self.tail(self.nodes.get(first as usize)?);
+        if !has_prefix(&path[1..], tail) {
+            return None;
+        }
+        self.find_from(first, path, 1 + tail.len())
     }
 
     /// Search from `node`, whose own text ends at `pos`. Static child first, then the parameter,

@@ -14,7 +14,8 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// One node of the tree. Nodes live in one `Vec` and point at each other by index.
 #[derive(Clone)]
 pub(crate) struct Node {
-    /// Literal bytes this node matches; empty for a parameter node.
+    /// Literal bytes this node matches; empty for a parameter node (which matches one
+    /// non-empty segment) and for the root.
     pub(crate) prefix: Box<[u8]>,
     /// First byte of each static child, parallel to `children`.
     pub(crate) indices: Vec<u8>,
@@ -25,12 +26,10 @@ pub(crate) struct Node {
     pub(crate) catch_all: u32,
     /// Route that ends exactly here, or `NONE`.
     pub(crate) value: u32,
-    /// A parameter node matches one non-empty segment instead of `prefix`.
-    is_param: bool,
 }
 
 impl Node {
-    fn new(prefix: &[u8], is_param: bool) -> Self {
+    fn new(prefix: &[u8]) -> Self {
         Node {
             prefix: prefix.into(),
             indices: Vec::new(),
@@ -38,7 +37,6 @@ impl Node {
             param: NONE,
             catch_all: NONE,
             value: NONE,
-            is_param,
         }
     }
 }
@@ -119,7 +117,7 @@ impl<T> Router<T> {
     /// An empty router.
     pub fn new() -> Self {
         Router {
-            nodes: vec![Node::new(b"", false)],
+            nodes: vec![Node::new(b"")],
             routes: Vec::new(),
             shapes: HashMap::new(),
             lookup: OnceLock::new(),
@@ -156,7 +154,7 @@ impl<T> Router<T> {
                 Piece::Static(text) => node = self.insert_static(node, text),
                 Piece::Param => {
                     if self.nodes[node].param == NONE {
-                        self.nodes[node].param = self.push(Node::new(b"", true));
+                        self.nodes[node].param = self.push(Node::new(b""));
                     }
                     node = self.nodes[node].param as usize;
                 }
@@ -204,7 +202,7 @@ impl<T> Router<T> {
                 node = n.children[i] as usize;
                 continue;
             }
-            let child = self.push(Node::new(text, false));
+            let child = self.push(Node::new(text));
             let n = &mut self.nodes[node];
             n.indices.push(first);
             n.children.push(child);
@@ -222,7 +220,6 @@ impl<T> Router<T> {
             param: std::mem::replace(&mut n.param, NONE),
             catch_all: std::mem::replace(&mut n.catch_all, NONE),
             value: std::mem::replace(&mut n.value, NONE),
-            is_param: false,
         };
         let first = tail.prefix[0];
         n.prefix = n.prefix[..at].into();
