@@ -17,14 +17,20 @@
 //! assert_eq!(m.params.get("path"), Some("/v1/items"));
 //! ```
 
+mod body;
 mod error;
 mod lookup;
 mod method;
+mod mux;
 mod params;
 mod pattern;
+mod route;
 mod tree;
 
+pub use body::{Body, BoxError};
 pub use error::{InsertError, MalformedReason, MatchError};
 pub use method::MethodRouter;
+pub use mux::{Group, Mux, MuxFuture, MuxService, PathParams};
 pub use params::{Params, ParamsIter, RouteInfo};
+pub use route::{Route, RouteFuture};
 pub use tree::{Match, Router};

@@ -94,6 +94,17 @@ impl<T> MethodRouter<T> {
         tree.insert(route, value)
     }
 
+    /// Whether [`insert`](Self::insert) would accept `route` for `method`, without inserting.
+    pub fn check(&self, method: Option<&Method>, route: &str) -> Result<(), InsertError> {
+        match method {
+            None => self.any.check(route),
+            Some(m) => match self.tree(m) {
+                Some(tree) => tree.check(route),
+                None => Router::<T>::new().check(route),
+            },
+        }
+    }
+
     fn tree(&self, method: &Method) -> Option<&Router<T>> {
         match standard_index(method) {
             Some(i) => Some(&self.standard[i]),

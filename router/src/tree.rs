@@ -139,13 +139,7 @@ impl<T> Router<T> {
     /// Fails, leaving the router untouched, when the pattern is malformed or matches exactly the
     /// same paths as a registered route (parameter names aside).
     pub fn insert(&mut self, route: &str, value: T) -> Result<(), InsertError> {
-        let parsed = pattern::parse(route)?;
-        if let Some(&existing) = self.shapes.get(parsed.shape.as_str()) {
-            return Err(InsertError::Conflict {
-                route: route.to_owned(),
-                existing: self.routes[existing as usize].info.pattern().to_owned(),
-            });
-        }
+        let parsed = self.parse_new(route)?;
         // From here on nothing can fail: the tree is only ever grown.
         let id = self.routes.len() as u32;
         let mut node = 0;
@@ -178,6 +172,22 @@ impl<T> Router<T> {
         self.shapes.insert(parsed.shape.into_boxed_str(), id);
         self.lookup = OnceLock::new();
         Ok(())
+    }
+
+    /// Whether [`insert`](Self::insert) would accept `route`, without inserting it.
+    pub fn check(&self, route: &str) -> Result<(), InsertError> {
+        self.parse_new(route).map(drop)
+    }
+
+    fn parse_new<'a>(&self, route: &'a str) -> Result<pattern::Parsed<'a>, InsertError> {
+        let parsed = pattern::parse(route)?;
+        if let Some(&existing) = self.shapes.get(parsed.shape.as_str()) {
+            return Err(InsertError::Conflict {
+                route: route.to_owned(),
+                existing: self.routes[existing as usize].info.pattern().to_owned(),
+            });
+        }
+        Ok(parsed)
     }
 
     fn push(&mut self, node: Node) -> u32 {

@@ -1,0 +1,668 @@
+//! [`Mux`]: HTTP dispatch by method and path, as a tower `Service`.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, LOCATION};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::{Body, BoxError};
+use crate::error::InsertError;
+use crate::method::MethodRouter;
+use crate::params::{Params, RouteInfo};
+use crate::route::{Route, RouteFuture};
+
+type Wrap<B> = Arc<dyn Fn(Route<B>) -> Route<B> + Send + Sync>;
+
+fn wrap_with<B, L>(layer: L) -> Wrap<B>
+where
+    B: Send + 'static,
+    L: Layer<Route<B>> + Send + Sync + 'static,
+    L::Service: Service<Request<B>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request<B>>>::Future: Send,
+    <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
+{
+    Arc::new(move |route| Route::new(layer.layer(route)))
+}
+
+/// The parameters of the route that matched, put in the request's extensions by [`Mux`] when
+/// the route has any.
+///
+/// ```
+/// # use http::Request;
+/// # fn handler(req: Request<()>) {
+/// if let Some(params) = req.extensions().get::<router::PathParams>() {
+///     let id = params.get("id");
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PathParams {
+    info: Arc<RouteInfo>,
+    path: PathAndQuery,
+}
+
+impl PathParams {
+    /// The value of the parameter `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params().get(name)
+    }
+
+    /// All parameters, in route order.
+    pub fn params(&self) -> Params<'_, '_> {
+        Params::new(&self.info, self.path.path())
+    }
+
+    /// The pattern of the matched route, e.g. `/users/:id`.
+    pub fn route(&self) -> &str {
+        self.info.pattern()
+    }
+}
+
+impl fmt::Debug for PathParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathParams")
+            .field("route", &self.route())
+            .field("params", &self.params())
+            .finish()
+    }
+}
+
+/// An HTTP router: routes by method and path to tower services, with middleware before routing
+/// (`pre`), per group and per route.
+///
+/// - No route for the path: `404 Not Found` (or the [`not_found`](Self::not_found) service).
+/// - A route for the path but not the method: `405 Method Not Allowed` with an `Allow` header
+///   (or the [`method_not_allowed`](Self::method_not_allowed) service, `Allow` added).
+/// - `OPTIONS` without an `OPTIONS` route: `204 No Content` with `Allow`.
+/// - Only the other trailing-slash form of the path has a route: a redirect to it, `301` for
+///   `GET`/`HEAD` and `308` (method and body kept) otherwise. `/admin` redirects to `/admin/`
+///   when `/admin/*path` is registered.
+/// - `HEAD` uses the `GET` route when there is no `HEAD` route; the HTTP server drops the body.
+///
+/// Route and group layers are applied once, when the route is registered; `pre` layers once,
+/// in [`into_service`](Self::into_service). A request pays for none of that assembly.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response, StatusCode};
+/// use router::{Body, Mux, PathParams};
+/// use tower::{ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hello = service_fn(|req: Request<()>| async move {
+///     let name = req.extensions().get::<PathParams>().and_then(|p| p.get("name"));
+///     Ok::<_, Infallible>(Response::new(Body::from(format!("hello {}", name.unwrap_or("?")))))
+/// });
+/// let mut mux = Mux::new();
+/// mux.get("/hello/:name", hello)?;
+/// let svc = mux.into_service();
+///
+/// let res = svc.clone().oneshot(Request::get("/hello/world").body(())?).await?;
+/// assert_eq!(res.status(), StatusCode::OK);
+/// let res = svc.clone().oneshot(Request::post("/hello/world").body(())?).await?;
+/// assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+/// assert_eq!(res.headers()["allow"], "GET, HEAD, OPTIONS");
+/// let res = svc.oneshot(Request::get("/nope").body(())?).await?;
+/// assert_eq!(res.status(), StatusCode::NOT_FOUND);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Mux<B> {
+    routes: MethodRouter<Route<B>>,
+    pre: Vec<Wrap<B>>,
+    not_found: Option<Route<B>>,
+    method_not_allowed: Option<Route<B>>,
+    auto_options: bool,
+    redirect_trailing_slash: bool,
+}
+
+impl<B: Send + 'static> Default for Mux<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> fmt::Debug for Mux<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let routes: Vec<String> = self
+            .routes
+            .routes()
+            .map(|(m, p, _)| format!("{} {p}", m.map_or("*", Method::as_str)))
+            .collect();
+        f.debug_struct("Mux").field("routes", &routes).finish()
+    }
+}
+
+macro_rules! method_fns {
+    ($($(#[$doc:meta])* $name:ident => $method:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name<S, ResBody>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError>
+        where
+            S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+            S::Future: Send,
+            S::Error: Into<BoxError>,
+            ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+            ResBody::Error: Into<BoxError>,
+        {
+            self.route([Method::$method], path, service)
+        }
+    )*};
+}
+
+impl<B: Send + 'static> Mux<B> {
+    /// An empty router with automatic `OPTIONS` answers and trailing-slash redirects on.
+    pub fn new() -> Self {
+        Mux {
+            routes: MethodRouter::new(),
+            pre: Vec::new(),
+            not_found: None,
+            method_not_allowed: None,
+            auto_options: true,
+            redirect_trailing_slash: true,
+        }
+    }
+
+    /// Registers `service` at `path` for each of `methods`. Either every method is registered
+    /// or, on error, none is.
+    pub fn route<S, ResBody>(
+        &mut self,
+        methods: impl IntoIterator<Item = Method>,
+        path: &str,
+        service: S,
+    ) -> Result<&mut Self, InsertError>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let methods: Vec<Method> = methods.into_iter().collect();
+        self.insert(Some(&methods), path, Route::new(service))?;
+        Ok(self)
+    }
+
+    /// Registers `service` at `path` for every method (routes for a specific method at the
+    /// same path take precedence).
+    pub fn any<S, ResBody>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        self.insert(None, path, Route::new(service))?;
+        Ok(self)
+    }
+
+    method_fns! {
+        /// Registers `service` for `GET` (and so `HEAD`) at `path`.
+        get => GET;
+        /// Registers `service` for `HEAD` at `path`.
+        head => HEAD;
+        /// Registers `service` for `POST` at `path`.
+        post => POST;
+        /// Registers `service` for `PUT` at `path`.
+        put => PUT;
+        /// Registers `service` for `DELETE` at `path`.
+        delete => DELETE;
+        /// Registers `service` for `PATCH` at `path`.
+        patch => PATCH;
+        /// Registers `service` for `OPTIONS` at `path` (turning off the automatic answer there).
+        options => OPTIONS;
+    }
+
+    fn insert(
+        &mut self,
+        methods: Option<&[Method]>,
+        path: &str,
+        route: Route<B>,
+    ) -> Result<(), InsertError> {
+        match methods {
+            None => self.routes.insert(None, path, route),
+            Some(methods) => {
+                for (i, m) in methods.iter().enumerate() {
+                    self.routes.check(Some(m), path)?;
+                    if methods[..i].contains(m) {
+                        return Err(InsertError::Conflict {
+                            route: path.to_owned(),
+                            existing: path.to_owned(),
+                        });
+                    }
+                }
+                for m in methods {
+                    self.routes.insert(Some(m), path, route.clone())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A group of routes under `prefix`, with layers of its own (see [`Group`]).
+    pub fn group(&mut self, prefix: &str) -> Group<'_, B> {
+        Group {
+            mux: self,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Adds a layer that runs for every request before routing, 404s and 405s included. The
+    /// first layer added is the outermost.
+    pub fn pre<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: Layer<Route<B>> + Send + Sync + 'static,
+        L::Service: Service<Request<B>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request<B>>>::Future: Send,
+        <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
+    {
+        self.pre.push(wrap_with(layer));
+        self
+    }
+
+    /// Answers requests that match no route (default: `404 Not Found`).
+    pub fn not_found<S, ResBody>(&mut self, service: S) -> &mut Self
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        self.not_found = Some(Route::new(service));
+        self
+    }
+
+    /// Answers requests whose path has routes, none for the method (default: `405 Method Not
+    /// Allowed`). The `Allow` header is added to its response unless it set one.
+    pub fn method_not_allowed<S, ResBody>(&mut self, service: S) -> &mut Self
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        self.method_not_allowed = Some(Route::new(service));
+        self
+    }
+
+    /// Whether `OPTIONS` requests without a route get `204` and `Allow` (default: on).
+    pub fn auto_options(&mut self, on: bool) -> &mut Self {
+        self.auto_options = on;
+        self
+    }
+
+    /// Whether a path that matches only in its other trailing-slash form is redirected there
+    /// (default: on).
+    pub fn redirect_trailing_slash(&mut self, on: bool) -> &mut Self {
+        self.redirect_trailing_slash = on;
+        self
+    }
+
+    /// Every route as `(method, pattern)`, `None` standing for any method.
+    pub fn routes(&self) -> impl Iterator<Item = (Option<&Method>, &str)> {
+        self.routes.routes().map(|(m, p, _)| (m, p))
+    }
+
+    /// Freezes the router into a cloneable service; `pre` layers are applied here, once.
+    pub fn into_service(self) -> MuxService<B> {
+        let table = Arc::new(Table {
+            routes: self.routes,
+            not_found: self.not_found,
+            method_not_allowed: self.method_not_allowed,
+            auto_options: self.auto_options,
+            redirect_trailing_slash: self.redirect_trailing_slash,
+        });
+        if self.pre.is_empty() {
+            return MuxService(Inner::Direct(Dispatch(table)));
+        }
+        let mut route = Route::new(Dispatch(table));
+        for wrap in self.pre.iter().rev() {
+            route = wrap(route);
+        }
+        MuxService(Inner::Layered(route))
+    }
+}
+
+/// Routes registered under a common prefix with shared layers, wrapped around each route
+/// when it is registered. Layers added first run first; a layer applies to the routes
+/// registered after it. Nested groups inherit their parent's layers.
+///
+/// ```
+/// # use std::convert::Infallible;
+/// # use http::{Request, Response};
+/// # use router::{Body, Mux};
+/// # let handler = tower::service_fn(|_: Request<()>| async {
+/// #     Ok::<_, Infallible>(Response::new(Body::empty()))
+/// # });
+/// let mut mux = Mux::new();
+/// let mut admin = mux.group("/admin");
+/// admin.layer(tower::layer::util::Identity::new()); // an auth gate, say
+/// admin.get("/*path", handler)?;
+/// # Ok::<_, router::InsertError>(())
+/// ```
+pub struct Group<'m, B> {
+    mux: &'m mut Mux<B>,
+    prefix: String,
+    layers: Vec<Wrap<B>>,
+}
+
+impl<B: Send + 'static> Group<'_, B> {
+    /// Adds a layer to the routes registered in this group from now on.
+    pub fn layer<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: Layer<Route<B>> + Send + Sync + 'static,
+        L::Service: Service<Request<B>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request<B>>>::Future: Send,
+        <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
+    {
+        self.layers.push(wrap_with(layer));
+        self
+    }
+
+    /// A nested group under `prefix`, starting with this group's layers.
+    pub fn group(&mut self, prefix: &str) -> Group<'_, B> {
+        Group {
+            prefix: format!("{}{}", self.prefix, prefix.trim_end_matches('/')),
+            layers: self.layers.clone(),
+            mux: self.mux,
+        }
+    }
+
+    fn wrap(&self, service: Route<B>) -> Route<B> {
+        self.layers
+            .iter()
+            .rev()
+            .fold(service, |svc, wrap| wrap(svc))
+    }
+
+    /// Registers `service` at `prefix + path` for each of `methods`.
+    pub fn route<S, ResBody>(
+        &mut self,
+        methods: impl IntoIterator<Item = Method>,
+        path: &str,
+        service: S,
+    ) -> Result<&mut Self, InsertError>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let methods: Vec<Method> = methods.into_iter().collect();
+        let route = self.wrap(Route::new(service));
+        let full = format!("{}{path}", self.prefix);
+        self.mux.insert(Some(&methods), &full, route)?;
+        Ok(self)
+    }
+
+    /// Registers `service` at `prefix + path` for every method.
+    pub fn any<S, ResBody>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let route = self.wrap(Route::new(service));
+        let full = format!("{}{path}", self.prefix);
+        self.mux.insert(None, &full, route)?;
+        Ok(self)
+    }
+
+    method_fns! {
+        /// Registers `service` for `GET` (and so `HEAD`) at `prefix + path`.
+        get => GET;
+        /// Registers `service` for `HEAD` at `prefix + path`.
+        head => HEAD;
+        /// Registers `service` for `POST` at `prefix + path`.
+        post => POST;
+        /// Registers `service` for `PUT` at `prefix + path`.
+        put => PUT;
+        /// Registers `service` for `DELETE` at `prefix + path`.
+        delete => DELETE;
+        /// Registers `service` for `PATCH` at `prefix + path`.
+        patch => PATCH;
+        /// Registers `service` for `OPTIONS` at `prefix + path`.
+        options => OPTIONS;
+    }
+}
+
+struct Table<B> {
+    routes: MethodRouter<Route<B>>,
+    not_found: Option<Route<B>>,
+    method_not_allowed: Option<Route<B>>,
+    auto_options: bool,
+    redirect_trailing_slash: bool,
+}
+
+/// The routing step itself, wrapped by the `pre` layers.
+struct Dispatch<B>(Arc<Table<B>>);
+
+impl<B> Clone for Dispatch<B> {
+    fn clone(&self) -> Self {
+        Dispatch(Arc::clone(&self.0))
+    }
+}
+
+impl<B: Send + 'static> Service<Request<B>> for Dispatch<B> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = MuxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> MuxFuture {
+        dispatch(&self.0, req)
+    }
+}
+
+fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>) -> MuxFuture {
+    let found = match table.routes.at(req.method(), req.uri().path()) {
+        Ok(m) => Some((m.value, m.route_info())),
+        Err(_) => None,
+    };
+    if let Some((route, info)) = found {
+        if info.has_params() {
+            if let Some(path) = req.uri().path_and_query().cloned() {
+                req.extensions_mut().insert(PathParams {
+                    info: Arc::clone(info),
+                    path,
+                });
+            }
+        }
+        return MuxFuture(State::Route(route.call_ref(req)));
+    }
+    miss(table, req)
+}
+
+/// No route for this method: OPTIONS answer, trailing-slash redirect, 405 or 404.
+fn miss<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
+    let method = req.method();
+    let path = req.uri().path();
+    let mut allowed = if path == "*" && *method == Method::OPTIONS {
+        table.routes.methods()
+    } else {
+        table.routes.allowed(path)
+    };
+    if table.auto_options && !allowed.is_empty() && !allowed.contains(&Method::OPTIONS) {
+        allowed.push(Method::OPTIONS);
+    }
+    let allow = (!allowed.is_empty()).then(|| allow_header(&allowed));
+
+    if *method == Method::OPTIONS && table.auto_options {
+        if let Some(allow) = &allow {
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            res.headers_mut().insert(ALLOW, allow.clone());
+            return ready(res);
+        }
+    }
+    if table.redirect_trailing_slash && *method != Method::CONNECT {
+        if let Some(res) = trailing_slash_redirect(table, &req) {
+            return ready(res);
+        }
+    }
+    if let Some(allow) = allow {
+        return match &table.method_not_allowed {
+            Some(route) => MuxFuture(State::AddAllow(route.call_ref(req), Some(allow))),
+            None => {
+                let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+                res.headers_mut().insert(ALLOW, allow);
+                ready(res)
+            }
+        };
+    }
+    match &table.not_found {
+        Some(route) => MuxFuture(State::Route(route.call_ref(req))),
+        None => ready(plain(StatusCode::NOT_FOUND, "Not Found\n")),
+    }
+}
+
+fn allow_header(methods: &[Method]) -> HeaderValue {
+    let list = methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Method names are tokens, always valid header text.
+    HeaderValue::from_str(&list).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn trailing_slash_redirect<B: Send + 'static>(
+    table: &Table<B>,
+    req: &Request<B>,
+) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    let other = match path.strip_suffix('/') {
+        Some(stripped) if !stripped.is_empty() => stripped.to_owned(),
+        Some(_) => return None,
+        None => format!("{path}/"),
+    };
+    // `//host/...` in a Location would send the client to another host.
+    if other.starts_with("//") || table.routes.at(req.method(), &other).is_err() {
+        return None;
+    }
+    let location = match req.uri().query() {
+        Some(q) => format!("{other}?{q}"),
+        None => other,
+    };
+    let status = if *req.method() == Method::GET || *req.method() == Method::HEAD {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(LOCATION, HeaderValue::from_str(&location).ok()?);
+    Some(res)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::from(text));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn ready(res: Response<Body>) -> MuxFuture {
+    MuxFuture(State::Ready(Some(res)))
+}
+
+/// The router as a cloneable tower `Service`, made by [`Mux::into_service`].
+pub struct MuxService<B>(Inner<B>);
+
+enum Inner<B> {
+    Direct(Dispatch<B>),
+    Layered(Route<B>),
+}
+
+impl<B> Clone for MuxService<B> {
+    fn clone(&self) -> Self {
+        MuxService(match &self.0 {
+            Inner::Direct(d) => Inner::Direct(d.clone()),
+            Inner::Layered(r) => Inner::Layered(r.clone()),
+        })
+    }
+}
+
+impl<B> fmt::Debug for MuxService<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MuxService")
+    }
+}
+
+impl<B: Send + 'static> Service<Request<B>> for MuxService<B> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = MuxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> MuxFuture {
+        match &self.0 {
+            Inner::Direct(Dispatch(table)) => dispatch(table, req),
+            Inner::Layered(route) => MuxFuture(State::Route(route.call_ref(req))),
+        }
+    }
+}
+
+/// The response future of [`MuxService`].
+pub struct MuxFuture(State);
+
+enum State {
+    Ready(Option<Response<Body>>),
+    Route(RouteFuture),
+    AddAllow(RouteFuture, Option<HeaderValue>),
+}
+
+impl Future for MuxFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            State::Ready(res) => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+            State::Route(fut) => Pin::new(fut).poll(cx),
+            State::AddAllow(fut, allow) => {
+                let Poll::Ready(Ok(mut res)) = Pin::new(fut).poll(cx) else {
+                    return Poll::Pending;
+                };
+                if let Some(allow) = allow.take() {
+                    res.headers_mut().entry(ALLOW).or_insert(allow);
+                }
+                Poll::Ready(Ok(res))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for MuxFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MuxFuture")
+    }
+}

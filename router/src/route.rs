@@ -1,0 +1,128 @@
+//! [`Route`]: a type-erased, cheaply cloned service, the unit the [`Mux`](crate::Mux) stores.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tower_service::Service;
+
+use crate::body::{Body, BoxError};
+
+type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+trait Erased<B>: Send + Sync {
+    fn call(&self, req: Request<B>) -> RouteFuture;
+}
+
+struct Erase<S>(S);
+
+impl<S, B, ResBody> Erased<B> for Erase<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    fn call(&self, req: Request<B>) -> RouteFuture {
+        // tower services take `&mut self`: each request gets its own clone (for most services
+        // a few reference-count increments), readied inside the future.
+        let mut svc = self.0.clone();
+        RouteFuture(Box::pin(async move {
+            if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
+                return error_response(e.into());
+            }
+            match svc.call(req).await {
+                Ok(res) => res.map(Body::new),
+                Err(e) => error_response(e.into()),
+            }
+        }))
+    }
+}
+
+/// A service error reached the router: answer 500, and say why in the log.
+fn error_response(error: BoxError) -> Response<Body> {
+    tracing::error!(%error, "route service failed");
+    let mut res = Response::new(Body::from("Internal Server Error\n"));
+    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    res
+}
+
+/// A type-erased service from `Request<B>` to `Response<Body>` that never fails.
+///
+/// Any tower service with a `Clone + Send + Sync` implementation can become a `Route`; its
+/// errors become `500 Internal Server Error` responses (and an error log line), and its response
+/// body is wrapped in [`Body`]. Cloning a `Route` is one reference-count increment.
+pub struct Route<B>(Arc<dyn Erased<B>>);
+
+impl<B> Clone for Route<B> {
+    fn clone(&self) -> Self {
+        Route(Arc::clone(&self.0))
+    }
+}
+
+impl<B> fmt::Debug for Route<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Route")
+    }
+}
+
+impl<B: Send + 'static> Route<B> {
+    /// Erases `service`. A `Route` passed in is returned as it is.
+    pub fn new<S, ResBody>(service: S) -> Self
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        if let Some(route) = (&service as &dyn Any).downcast_ref::<Route<B>>() {
+            return route.clone();
+        }
+        Route(Arc::new(Erase(service)))
+    }
+
+    /// Calls the service without cloning the `Route`.
+    pub(crate) fn call_ref(&self, req: Request<B>) -> RouteFuture {
+        self.0.call(req)
+    }
+}
+
+impl<B: Send + 'static> Service<Request<B>> for Route<B> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> RouteFuture {
+        self.0.call(req)
+    }
+}
+
+/// The response future of a [`Route`].
+pub struct RouteFuture(BoxFuture);
+
+impl Future for RouteFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
+
+impl fmt::Debug for RouteFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RouteFuture")
+    }
+}

@@ -1,0 +1,370 @@
+//! `Mux` behaviour through its tower `Service` interface.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use router::{Body, InsertError, Mux, MuxService, PathParams};
+use tower::{ServiceExt, service_fn};
+
+/// A handler that answers `<name> <route> <params>`.
+fn named(
+    name: &'static str,
+) -> impl tower::Service<Request<()>, Response = Response<Body>, Error = Infallible, Future = impl Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |req: Request<()>| async move {
+        let params = req.extensions().get::<PathParams>().map(|p| {
+            p.params()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let text = format!("{name} {}", params.unwrap_or_default());
+        Ok::<_, Infallible>(Response::new(Body::from(text)))
+    })
+}
+
+async fn send(svc: &MuxService<()>, method: Method, uri: &str) -> (StatusCode, Response<Body>) {
+    let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    (res.status(), res)
+}
+
+async fn text(res: Response<Body>) -> String {
+    let bytes: Bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn demo() -> MuxService<()> {
+    let mut mux = Mux::new();
+    mux.route(
+        [Method::GET, Method::POST, Method::PUT, Method::DELETE],
+        "/api/*path",
+        named("api"),
+    )
+    .unwrap();
+    mux.route(
+        [Method::GET, Method::HEAD],
+        "/static/*path",
+        named("static"),
+    )
+    .unwrap();
+    mux.get("/users/:id", named("user")).unwrap();
+    mux.post("/users/new", named("new-user")).unwrap();
+    mux.get("/users/list", named("list")).unwrap();
+    mux.get("/docs/", named("docs")).unwrap();
+    mux.put("/form", named("form")).unwrap();
+    let mut admin = mux.group("/admin");
+    admin.get("/*path", named("admin")).unwrap();
+    mux.into_service()
+}
+
+#[tokio::test]
+async fn routes_by_method_and_path_with_params() {
+    let svc = demo();
+    let (status, res) = send(&svc, Method::GET, "/api/v1/items?x=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(res).await, "api path=/v1/items");
+    let (_, res) = send(&svc, Method::DELETE, "/api/").await;
+    assert_eq!(text(res).await, "api path=/");
+    let (_, res) = send(&svc, Method::GET, "/static/css/app.css").await;
+    assert_eq!(text(res).await, "static path=/css/app.css");
+    let (_, res) = send(&svc, Method::GET, "/users/listx").await;
+    assert_eq!(text(res).await, "user id=listx");
+    let (_, res) = send(&svc, Method::GET, "/users/list").await;
+    assert_eq!(text(res).await, "list ");
+    // A GET for /users/new falls back to the GET route instead of stopping at the POST one.
+    let (_, res) = send(&svc, Method::GET, "/users/new").await;
+    assert_eq!(text(res).await, "user id=new");
+    let (_, res) = send(&svc, Method::POST, "/users/new").await;
+    assert_eq!(text(res).await, "new-user ");
+    let (_, res) = send(&svc, Method::GET, "/admin/dashboard").await;
+    assert_eq!(text(res).await, "admin path=/dashboard");
+}
+
+#[tokio::test]
+async fn not_found_and_method_not_allowed() {
+    let svc = demo();
+    let (status, res) = send(&svc, Method::GET, "/nothing/here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(text(res).await, "Not Found\n");
+
+    let (status, res) = send(&svc, Method::PATCH, "/api/x").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        res.headers()["allow"],
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+    );
+    let (status, res) = send(&svc, Method::DELETE, "/static/a").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, OPTIONS");
+}
+
+#[tokio::test]
+async fn head_uses_get_routes() {
+    let svc = demo();
+    let (status, res) = send(&svc, Method::HEAD, "/users/7").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(res).await, "user id=7");
+    // An explicit HEAD route wins over GET.
+    let mut mux = Mux::new();
+    mux.get("/x", named("get")).unwrap();
+    mux.head("/x", named("head")).unwrap();
+    let svc = mux.into_service();
+    let (_, res) = send(&svc, Method::HEAD, "/x").await;
+    assert_eq!(text(res).await, "head ");
+}
+
+#[tokio::test]
+async fn automatic_options() {
+    let svc = demo();
+    let (status, res) = send(&svc, Method::OPTIONS, "/users/1").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, OPTIONS");
+    let (status, res) = send(&svc, Method::OPTIONS, "*").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        res.headers()["allow"],
+        "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+    );
+    let (status, _) = send(&svc, Method::OPTIONS, "/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // An OPTIONS route replaces the automatic answer; turning it off gives a 405.
+    let mut mux = Mux::new();
+    mux.get("/a", named("get")).unwrap();
+    mux.options("/b", named("opts")).unwrap();
+    mux.get("/b", named("get")).unwrap();
+    mux.auto_options(false);
+    let svc = mux.into_service();
+    let (_, res) = send(&svc, Method::OPTIONS, "/b").await;
+    assert_eq!(text(res).await, "opts ");
+    let (status, res) = send(&svc, Method::OPTIONS, "/a").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "GET, HEAD");
+}
+
+#[tokio::test]
+async fn trailing_slash_redirects() {
+    let svc = demo();
+    let (status, res) = send(&svc, Method::GET, "/admin").await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(res.headers()["location"], "/admin/");
+    let (status, res) = send(&svc, Method::GET, "/docs?page=2").await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(res.headers()["location"], "/docs/?page=2");
+    let (status, res) = send(&svc, Method::GET, "/users/7/").await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(res.headers()["location"], "/users/7");
+    let (status, res) = send(&svc, Method::PUT, "/form/").await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(res.headers()["location"], "/form");
+    // No open redirect to another host through a leading `//`.
+    let mut mux = Mux::new();
+    mux.get("//evil.com", named("x")).unwrap();
+    let svc = mux.into_service();
+    let (status, _) = send(&svc, Method::GET, "//evil.com/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Redirects can be turned off.
+    let mut mux = Mux::new();
+    mux.get("/docs/", named("docs")).unwrap();
+    mux.redirect_trailing_slash(false);
+    let svc = mux.into_service();
+    let (status, _) = send(&svc, Method::GET, "/docs").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn custom_fallbacks() {
+    let mut mux = Mux::new();
+    mux.get("/a", named("a")).unwrap();
+    mux.not_found(service_fn(|_: Request<()>| async {
+        let mut res = Response::new(Body::from("custom 404"));
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        Ok::<_, Infallible>(res)
+    }));
+    mux.method_not_allowed(service_fn(|_: Request<()>| async {
+        let mut res = Response::new(Body::from("custom 405"));
+        *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        Ok::<_, Infallible>(res)
+    }));
+    let svc = mux.into_service();
+    let (status, res) = send(&svc, Method::GET, "/b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(text(res).await, "custom 404");
+    let (status, res) = send(&svc, Method::POST, "/a").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, OPTIONS");
+    assert_eq!(text(res).await, "custom 405");
+}
+
+/// A layer that counts how often it is *built* and tags responses.
+#[derive(Clone)]
+struct Tag {
+    name: &'static str,
+    built: Arc<AtomicUsize>,
+}
+
+impl<S> tower::Layer<S> for Tag
+where
+    S: tower::Service<Request<()>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    type Service = tower::util::BoxCloneSyncService<Request<()>, Response<Body>, Infallible>;
+    fn layer(&self, inner: S) -> Self::Service {
+        self.built.fetch_add(1, Ordering::SeqCst);
+        let name = self.name;
+        tower::util::BoxCloneSyncService::new(inner.map_response(move |mut res: Response<Body>| {
+            res.headers_mut()
+                .append("x-layers", HeaderValue::from_static(name));
+            res
+        }))
+    }
+}
+
+#[tokio::test]
+async fn pre_group_and_route_layers_are_built_once() {
+    let built = Arc::new(AtomicUsize::new(0));
+    let tag = |name| Tag {
+        name,
+        built: built.clone(),
+    };
+    let mut mux = Mux::new();
+    mux.pre(tag("pre"));
+    mux.get("/plain", named("plain")).unwrap();
+    {
+        let mut g = mux.group("/g/");
+        g.layer(tag("group"));
+        g.get(
+            "/a",
+            tower::ServiceBuilder::new()
+                .layer(tag("route"))
+                .service(named("a")),
+        )
+        .unwrap();
+        let mut inner = g.group("/inner");
+        inner.layer(tag("inner"));
+        inner.get("/b", named("b")).unwrap();
+    }
+    let svc = mux.into_service();
+    // route + group on /g/a, group + inner on /g/inner/b, pre once.
+    assert_eq!(built.load(Ordering::SeqCst), 5);
+
+    let tags = |res: &Response<Body>| -> Vec<String> {
+        res.headers()
+            .get_all("x-layers")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, res) = send(&svc, Method::GET, "/g/a").await;
+    // Responses pass the innermost layer first.
+    assert_eq!(tags(&res), ["route", "group", "pre"]);
+    let (_, res) = send(&svc, Method::GET, "/g/inner/b").await;
+    assert_eq!(tags(&res), ["inner", "group", "pre"]);
+    let (_, res) = send(&svc, Method::GET, "/plain").await;
+    assert_eq!(tags(&res), ["pre"]);
+    // Pre layers see requests that match no route.
+    let (status, res) = send(&svc, Method::GET, "/missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(tags(&res), ["pre"]);
+    for _ in 0..10 {
+        send(&svc, Method::GET, "/g/a").await;
+    }
+    assert_eq!(
+        built.load(Ordering::SeqCst),
+        5,
+        "no layer is built per request"
+    );
+}
+
+#[tokio::test]
+async fn service_errors_become_500() {
+    let mut mux = Mux::new();
+    mux.get(
+        "/fail",
+        service_fn(|_: Request<()>| async {
+            Err::<Response<Body>, _>(std::io::Error::other("boom"))
+        }),
+    )
+    .unwrap();
+    let svc = mux.into_service();
+    let (status, _) = send(&svc, Method::GET, "/fail").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[test]
+fn registration_errors_are_typed_and_atomic() {
+    let mut mux: Mux<()> = Mux::new();
+    mux.get("/a/:id", named("a")).unwrap();
+    let err = mux
+        .route([Method::POST, Method::GET], "/a/:name", named("b"))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        InsertError::Conflict {
+            route: "/a/:name".into(),
+            existing: "/a/:id".into()
+        }
+    );
+    // POST was checked before anything was inserted, so it is still free.
+    mux.post("/a/:name", named("b")).unwrap();
+    assert!(matches!(
+        mux.get("no-slash", named("c")),
+        Err(InsertError::Malformed { .. })
+    ));
+    let routes: Vec<_> = mux
+        .routes()
+        .map(|(m, p)| (m.cloned(), p.to_owned()))
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            (Some(Method::GET), "/a/:id".to_owned()),
+            (Some(Method::POST), "/a/:name".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn any_method_routes() {
+    let mut mux = Mux::new();
+    mux.any("/hook/:id", named("any")).unwrap();
+    mux.post("/hook/:id", named("post")).unwrap();
+    let svc = mux.into_service();
+    let (_, res) = send(&svc, Method::PATCH, "/hook/1").await;
+    assert_eq!(text(res).await, "any id=1");
+    let (_, res) = send(&svc, Method::POST, "/hook/1").await;
+    assert_eq!(text(res).await, "post id=1");
+    let custom = Method::from_bytes(b"PURGE").unwrap();
+    let (_, res) = send(&svc, custom, "/hook/2").await;
+    assert_eq!(text(res).await, "any id=2");
+}
+
+#[tokio::test]
+async fn tower_http_style_layers_fit() {
+    // tower's own layers (here: a concurrency limit and a request mapper) work as pre layers.
+    let mut mux = Mux::new();
+    mux.get("/x", named("x")).unwrap();
+    mux.pre(tower::limit::ConcurrencyLimitLayer::new(4));
+    mux.pre(tower::util::MapRequestLayer::new(|mut req: Request<()>| {
+        *req.uri_mut() = "/x".parse().unwrap();
+        req
+    }));
+    let svc = mux.into_service();
+    let (status, res) = send(&svc, Method::GET, "/rewritten-to-x").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(res).await, "x ");
+}
