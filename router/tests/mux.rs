@@ -1,5 +1,5 @@
 //! `Mux` behaviour through its tower `Service` interface.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
