@@ -94,6 +94,13 @@ impl<T> MethodRouter<T> {
         tree.insert(route, value)
     }
 
+    /// Builds every tree's lookup layout now (see [`Router::prepare`]).
+    pub fn prepare(&self) {
+        self.standard.iter().for_each(Router::prepare);
+        self.extension.iter().for_each(|(_, t)| t.prepare());
+        self.any.prepare();
+    }
+
     /// Whether [`insert`](Self::insert) would accept `route` for `method`, without inserting.
     pub fn check(&self, method: Option<&Method>, route: &str) -> Result<(), InsertError> {
         match method {

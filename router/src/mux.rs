@@ -318,6 +318,7 @@ impl<B: Send + 'static> Mux<B> {
 
     /// Freezes the router into a cloneable service; `pre` layers are applied here, once.
     pub fn into_service(self) -> MuxService<B> {
+        self.routes.prepare();
         let table = Arc::new(Table {
             routes: self.routes,
             not_found: self.not_found,

@@ -264,6 +264,12 @@ impl<T> Router<T> {
         })
     }
 
+    /// Builds the lookup layout now rather than on the first lookup, so that no lookup
+    /// allocates. [`Mux::into_service`](crate::Mux::into_service) calls this.
+    pub fn prepare(&self) {
+        self.lookup.get_or_init(|| Lookup::compile(&self.nodes));
+    }
+
     /// Whether some route matches `path`.
     pub fn matches(&self, path: &str) -> bool {
         self.find(path).is_some()
