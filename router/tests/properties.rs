@@ -4,6 +4,8 @@
 use proptest::prelude::*;
 use router::{InsertError, Router};
 
+type Pairs = Vec<(String, String)>;
+
 #[derive(Debug, Clone, PartialEq)]
 enum Seg {
     Static(&'static str),
@@ -53,7 +55,7 @@ fn route() -> impl Strategy<Value = Vec<Seg>> {
 /// segment kinds (static < param < catch-all) are lexicographically smallest wins.
 fn reference<'p>(routes: &[Vec<Seg>], path: &'p str) -> Option<(String, Vec<(String, String)>)> {
     let segs: Vec<&'p str> = path.strip_prefix('/')?.split('/').collect();
-    let mut best: Option<(Vec<u8>, usize, Vec<(String, String)>)> = None;
+    let mut best: Option<(Vec<u8>, usize, Pairs)> = None;
     for (index, route) in routes.iter().enumerate() {
         let route_segs: Vec<Seg> = if route.is_empty() {
             vec![Seg::Static("")]
