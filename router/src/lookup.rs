@@ -8,10 +8,8 @@
 
 use crate::tree::{NONE, Node};
 
-/// Children whose first bytes are held inside the node.
-const INLINE_CHILDREN: usize = 16;
 /// Prefix bytes held inside the node; longer prefixes live in the arena.
-const INLINE_TAIL: usize = 20;
+const INLINE_TAIL: usize = 28;
 /// Nodes with more children than this find them through a 256-entry table by first byte
 /// instead of scanning the index.
 const TABLE_ABOVE: usize = 4;
@@ -22,29 +20,35 @@ const ABSENT: u8 = u8::MAX;
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Compact {
-    /// First bytes of the static children, when there are at most `INLINE_CHILDREN`.
-    index: [u8; INLINE_CHILDREN],
+    /// First bytes of the static children, when there are at most `TABLE_ABOVE`.
+    index: [u8; TABLE_ABOVE],
     /// The prefix without its first byte (which the parent's index already matched), when it
     /// fits; otherwise it is in the arena at `spill_tail`.
     tail: [u8; INLINE_TAIL],
     tail_len: u16,
     child_count: u16,
     first_child: u32,
-    param: u32,
+    /// The route that ends right after this node's `:param` segment.
+    param_value: u32,
+    /// What follows this node's `:param` segment: the parameter node's only static child
+    /// (its first byte is always `/`). Parameter nodes themselves are folded into their
+    /// parent, which saves one step per parameter.
+    param_next: u32,
     catch_all: u32,
     value: u32,
     spill_tail: u32,
-    /// With more than `INLINE_CHILDREN` children, their first bytes live in the arena here.
+    /// With more than `TABLE_ABOVE` children, their 256-entry table lives in the arena here.
     spill_index: u32,
 }
 
 const BLANK: Compact = Compact {
-    index: [0; INLINE_CHILDREN],
+    index: [0; TABLE_ABOVE],
     tail: [0; INLINE_TAIL],
     tail_len: 0,
     child_count: 0,
     first_child: 0,
-    param: NONE,
+    param_value: NONE,
+    param_next: NONE,
     catch_all: NONE,
     value: NONE,
     spill_tail: 0,
@@ -102,8 +106,15 @@ impl Lookup {
             self.arena.extend_from_slice(&table);
         }
         compact.first_child = self.reserve(node.children.len());
-        if node.param != NONE {
-            compact.param = self.reserve(1);
+        // A parameter node has no prefix, no parameter or catch-all of its own (those need a
+        // path ending in `/`) and at most one static child, which starts with `/`.
+        let param = nodes.get(node.param as usize);
+        let after_param = param.and_then(|p| p.children.first());
+        if let Some(p) = param {
+            compact.param_value = p.value;
+        }
+        if after_param.is_some() {
+            compact.param_next = self.reserve(1);
         }
         compact.catch_all = node.catch_all;
         compact.value = node.value;
@@ -111,8 +122,8 @@ impl Lookup {
         for (i, &child) in node.children.iter().enumerate() {
             self.fill(nodes, child as usize, compact.first_child + i as u32);
         }
-        if compact.param != NONE {
-            self.fill(nodes, node.param as usize, compact.param);
+        if let Some(&next) = after_param {
+            self.fill(nodes, next as usize, compact.param_next);
         }
     }
 
@@ -179,7 +190,8 @@ impl Lookup {
                     next = Some((child, pos + 1 + tail.len()));
                 }
             }
-            if n.param == NONE && n.catch_all == NONE {
+            let has_param = n.param_next != NONE || n.param_value != NONE;
+            if !has_param && n.catch_all == NONE {
                 // Nothing to fall back on: continue in place of recursing.
                 (node, pos) = next?;
                 continue;
@@ -189,16 +201,28 @@ impl Lookup {
                     return Some(found);
                 }
             }
-            if n.param != NONE {
+            if has_param {
                 let rest = &path[pos..];
                 let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-                if len > 0 {
-                    if n.catch_all == NONE {
-                        (node, pos) = (n.param, pos + len);
-                        continue;
+                let end = pos + len;
+                if len == 0 {
+                    // A parameter never matches an empty segment.
+                } else if end == path.len() {
+                    if n.param_value != NONE {
+                        return Some(n.param_value);
                     }
-                    if let Some(found) = self.find_from(n.param, path, pos + len) {
-                        return Some(found);
+                } else if n.param_next != NONE {
+                    // `path[end]` is the `/` that `param_next` starts with.
+                    let tail = self.tail(&self.nodes[n.param_next as usize]);
+                    if has_prefix(&path[end + 1..], tail) {
+                        let at = end + 1 + tail.len();
+                        if n.catch_all == NONE {
+                            (node, pos) = (n.param_next, at);
+                            continue;
+                        }
+                        if let Some(found) = self.find_from(n.param_next, path, at) {
+                            return Some(found);
+                        }
                     }
                 }
             }
