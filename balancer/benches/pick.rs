@@ -1,0 +1,111 @@
+//! `cargo bench -p balancer`: the cost of one pick, per strategy and target count, alone and
+//! with a second thread picking from the same balancer, next to a bare atomic `fetch_add` and
+//! a naive `Mutex<usize>` round-robin in the same run.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use balancer::{
+    HealthPolicy, LeastRequest, RoundRobin, SmoothWeighted, Strategy, Target, WeightedTicket,
+};
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+
+/// Runs `pick` alone (`single`) and while another thread runs it too (`contended`).
+fn both(c: &mut Criterion, name: &str, pick: &(dyn Fn() + Sync)) {
+    let mut group = c.benchmark_group(format!("{name}/single"));
+    single(&mut group, pick);
+    group.finish();
+    let mut group = c.benchmark_group(format!("{name}/contended"));
+    contended(&mut group, pick);
+    group.finish();
+}
+
+fn single(group: &mut BenchmarkGroup<'_, WallTime>, pick: &(dyn Fn() + Sync)) {
+    group.bench_function("pick", |b| b.iter(pick));
+}
+
+fn contended(group: &mut BenchmarkGroup<'_, WallTime>, pick: &(dyn Fn() + Sync)) {
+    group.bench_function("pick", |b| {
+        b.iter_custom(|iters| {
+            let stop = AtomicBool::new(false);
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    start.wait();
+                    // Bounded in count and time even if the timed side never stops it.
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    for n in 0u64..2_000_000_000 {
+                        if n % 1024 == 0
+                            && (stop.load(Ordering::Relaxed) || Instant::now() > deadline)
+                        {
+                            break;
+                        }
+                        pick();
+                    }
+                });
+                start.wait();
+                let t = Instant::now();
+                for _ in 0..iters {
+                    pick();
+                }
+                let elapsed = t.elapsed();
+                stop.store(true, Ordering::Relaxed);
+                elapsed
+            })
+        })
+    });
+}
+
+fn targets(n: usize) -> Vec<Target<usize>> {
+    // Weights 1..=4 repeating, so weighted strategies have real work.
+    (0..n).map(|i| Target::new(i, 1 + (i % 4) as u32)).collect()
+}
+
+fn baselines(c: &mut Criterion) {
+    let counter = AtomicU32::new(0);
+    both(c, "baseline_fetch_add", &|| {
+        black_box(counter.fetch_add(1, Ordering::Relaxed));
+    });
+    let naive = Mutex::new(0usize);
+    both(c, "baseline_mutex_rr", &|| {
+        let mut next = naive.lock().unwrap();
+        *next = (*next + 1) % 8;
+        black_box(*next);
+    });
+}
+
+fn strategies(c: &mut Criterion) {
+    for n in [2, 8, 64] {
+        let policy = HealthPolicy::default();
+        let rr = RoundRobin::new(targets(n), policy.clone());
+        both(c, &format!("round_robin/{n}"), &|| {
+            black_box(rr.pick());
+        });
+        let ticket = WeightedTicket::new(targets(n), policy.clone());
+        both(c, &format!("weighted_ticket/{n}"), &|| {
+            black_box(ticket.pick());
+        });
+        let smooth = SmoothWeighted::new(targets(n), policy.clone());
+        both(c, &format!("smooth_weighted/{n}"), &|| {
+            black_box(smooth.pick());
+        });
+        // The locked path of the same algorithm, forced by a target that is down.
+        let degraded = SmoothWeighted::new(targets(n), policy.clone());
+        degraded.targets()[n - 1].state().mark_down();
+        both(c, &format!("smooth_weighted_locked/{n}"), &|| {
+            black_box(degraded.pick());
+        });
+        let least = LeastRequest::new(targets(n), policy.clone());
+        both(c, &format!("least_request/{n}"), &|| {
+            black_box(least.pick());
+        });
+    }
+}
+
+criterion_group!(benches, baselines, strategies);
+criterion_main!(benches);

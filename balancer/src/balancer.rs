@@ -1,0 +1,242 @@
+//! [`Balancer`]: a strategy over a target set that can be replaced while in use.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::health::{HealthPolicy, TargetState};
+use crate::strategy::{
+    Attempts, LeastRequest, RoundRobin, SmoothWeighted, Strategy, WeightedTicket,
+};
+use crate::target::Target;
+
+/// The strategies a [`Balancer`] can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// [`RoundRobin`].
+    #[default]
+    RoundRobin,
+    /// [`WeightedTicket`].
+    WeightedTicket,
+    /// [`SmoothWeighted`].
+    SmoothWeighted,
+    /// [`LeastRequest`].
+    LeastRequest,
+}
+
+/// Why a balancer could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// A target has weight 0; the index is its position in the list.
+    ZeroWeight(usize),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::ZeroWeight(i) => write!(f, "target #{i} has weight 0; weights start at 1"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+enum Any<T> {
+    RoundRobin(RoundRobin<T>),
+    WeightedTicket(WeightedTicket<T>),
+    SmoothWeighted(SmoothWeighted<T>),
+    LeastRequest(LeastRequest<T>),
+}
+
+impl<T: Send + Sync> Any<T> {
+    fn build(kind: Kind, targets: Vec<Target<T>>, policy: HealthPolicy) -> Self {
+        match kind {
+            Kind::RoundRobin => Any::RoundRobin(RoundRobin::new(targets, policy)),
+            Kind::WeightedTicket => Any::WeightedTicket(WeightedTicket::new(targets, policy)),
+            Kind::SmoothWeighted => Any::SmoothWeighted(SmoothWeighted::new(targets, policy)),
+            Kind::LeastRequest => Any::LeastRequest(LeastRequest::new(targets, policy)),
+        }
+    }
+
+    fn get(&self) -> &dyn Strategy<T> {
+        match self {
+            Any::RoundRobin(s) => s,
+            Any::WeightedTicket(s) => s,
+            Any::SmoothWeighted(s) => s,
+            Any::LeastRequest(s) => s,
+        }
+    }
+}
+
+/// A target chosen by a [`Balancer`]: its value, index and state. Start an in-flight guard
+/// with `picked.state().start()` and report the outcome with [`Balancer::report`].
+#[derive(Debug, Clone)]
+pub struct Picked<T> {
+    index: usize,
+    value: T,
+    state: Arc<TargetState>,
+}
+
+impl<T> Picked<T> {
+    /// The target's value.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+    /// The target's position in the set it was picked from.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+    /// The target's shared state.
+    pub fn state(&self) -> &Arc<TargetState> {
+        &self.state
+    }
+}
+
+/// A load balancer: a [`Kind`] of strategy over targets whose set can be replaced at run time
+/// (an atomic swap; picks never wait). Targets that stay keep their health and in-flight
+/// counts.
+///
+/// ```
+/// use balancer::{Attempts, Balancer, HealthPolicy, Kind};
+///
+/// let lb = Balancer::new(
+///     Kind::RoundRobin,
+///     [("127.0.0.1:9001", 1), ("127.0.0.1:9002", 1)],
+///     HealthPolicy::default(),
+/// )?;
+///
+/// // A request: try targets until one answers, never the same one twice.
+/// let mut attempts = Attempts::new();
+/// let first = lb.next_attempt(&mut attempts).unwrap();
+/// lb.report(&first, false); // connection refused: 9001 is out for fail_timeout
+/// let second = lb.next_attempt(&mut attempts).unwrap();
+/// assert_ne!(first.value(), second.value());
+/// lb.report(&second, true);
+/// assert!(lb.next_attempt(&mut attempts).is_none());
+///
+/// // The next requests avoid the failed target.
+/// assert_eq!(*lb.pick().unwrap().value(), "127.0.0.1:9002");
+/// assert_eq!(*lb.pick().unwrap().value(), "127.0.0.1:9002");
+/// # Ok::<_, balancer::BuildError>(())
+/// ```
+pub struct Balancer<T> {
+    kind: Kind,
+    policy: HealthPolicy,
+    current: ArcSwap<Any<T>>,
+}
+
+impl<T: fmt::Debug + Send + Sync> fmt::Debug for Balancer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self.current.load();
+        let targets: Vec<_> = set.get().targets().iter().map(Target::value).collect();
+        f.debug_struct("Balancer")
+            .field("kind", &self.kind)
+            .field("targets", &targets)
+            .finish()
+    }
+}
+
+fn check<T>(targets: &[(T, u32)]) -> Result<(), BuildError> {
+    match targets.iter().position(|(_, w)| *w == 0) {
+        Some(i) => Err(BuildError::ZeroWeight(i)),
+        None => Ok(()),
+    }
+}
+
+impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
+    /// A balancer over `(value, weight)` pairs.
+    pub fn new(
+        kind: Kind,
+        targets: impl IntoIterator<Item = (T, u32)>,
+        policy: HealthPolicy,
+    ) -> Result<Self, BuildError> {
+        let targets: Vec<(T, u32)> = targets.into_iter().collect();
+        check(&targets)?;
+        let set = targets
+            .into_iter()
+            .map(|(v, w)| Target::new(v, w))
+            .collect();
+        Ok(Balancer {
+            kind,
+            current: ArcSwap::from_pointee(Any::build(kind, set, policy.clone())),
+            policy,
+        })
+    }
+
+    /// The strategy in use.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The health policy.
+    pub fn policy(&self) -> &HealthPolicy {
+        &self.policy
+    }
+
+    /// Replaces the target set. A target whose value equals one in the current set keeps that
+    /// target's state (health, failures, in-flight count); new ones start healthy.
+    pub fn replace(&self, targets: impl IntoIterator<Item = (T, u32)>) -> Result<(), BuildError> {
+        let targets: Vec<(T, u32)> = targets.into_iter().collect();
+        check(&targets)?;
+        let old = self.current.load();
+        let old = old.get().targets();
+        let set = targets
+            .into_iter()
+            .map(
+                |(value, weight)| match old.iter().find(|t| *t.value() == value) {
+                    Some(kept) => Target::with_state(value, weight, Arc::clone(kept.state())),
+                    None => Target::new(value, weight),
+                },
+            )
+            .collect();
+        self.current
+            .store(Arc::new(Any::build(self.kind, set, self.policy.clone())));
+        Ok(())
+    }
+
+    /// A snapshot of the targets: value, weight and state.
+    pub fn targets(&self) -> Vec<Target<T>> {
+        self.current.load().get().targets().to_vec()
+    }
+
+    fn picked(&self, strategy: &dyn Strategy<T>, index: usize) -> Option<Picked<T>> {
+        let target = strategy.targets().get(index)?;
+        Some(Picked {
+            index,
+            value: target.value().clone(),
+            state: Arc::clone(target.state()),
+        })
+    }
+
+    /// The next target, skipping unavailable ones (see [`Strategy::pick`]).
+    pub fn pick(&self) -> Option<Picked<T>> {
+        let set = self.current.load();
+        let index = set.get().pick()?;
+        self.picked(set.get(), index)
+    }
+
+    /// The next target not yet in `attempts`, recorded there (see [`Strategy::next_attempt`]).
+    pub fn next_attempt(&self, attempts: &mut Attempts) -> Option<Picked<T>> {
+        let set = self.current.load();
+        let index = set.get().next_attempt(attempts)?;
+        self.picked(set.get(), index)
+    }
+
+    /// Reports the outcome of an exchange with `picked` to its passive health, and to the
+    /// strategy if the target is still in the current set.
+    pub fn report(&self, picked: &Picked<T>, success: bool) {
+        let set = self.current.load();
+        let strategy = set.get();
+        match strategy.targets().get(picked.index) {
+            Some(t) if Arc::ptr_eq(t.state(), &picked.state) => {
+                strategy.report(picked.index, success)
+            }
+            // The set was replaced since the pick: the state is still shared, the strategy not.
+            _ if success => picked.state.report_success(),
+            _ => {
+                picked.state.report_failure(&self.policy);
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Load-balancing strategies with health, usable on their own: this crate knows nothing of
+//! HTTP or sockets, only *which target next*.
+//!
+//! - [`RoundRobin`]: one atomic counter, wait-free.
+//! - [`WeightedTicket`]: a gcd-reduced ticket table walked by the same counter, wait-free.
+//! - [`SmoothWeighted`]: nginx's smooth weighted round-robin, with its effective weights.
+//! - [`LeastRequest`]: power of two choices over in-flight counts (Envoy's default).
+//!
+//! Every target has a [`TargetState`] shared by whichever strategy uses it: passive health
+//! with nginx's `max_fails` / `fail_timeout` semantics, manual up/down, in-flight counts kept
+//! by [`InFlight`] guards. Picks skip unavailable targets; when none is available, a
+//! [`HealthPolicy`] says whether to fail fast or pick among all ([`AllDown::Panic`]). Retries
+//! use [`Attempts`], which never repeats a target and never allocates. A [`Balancer`] wraps a
+//! strategy so its target set can be swapped at run time.
+//!
+//! ```
+//! use balancer::{HealthPolicy, SmoothWeighted, Strategy, Target};
+//!
+//! let upstream = SmoothWeighted::new(
+//!     vec![Target::new("a", 5), Target::new("b", 1), Target::new("c", 2)],
+//!     HealthPolicy::default(),
+//! );
+//! let order: Vec<&str> = (0..8).map(|_| *upstream.targets()[upstream.pick().unwrap()].value()).collect();
+//! assert_eq!(order, ["a", "c", "a", "a", "b", "a", "c", "a"]);
+//!
+//! // A failure takes "a" out (max_fails = 1) for fail_timeout (10 s).
+//! upstream.report(0, false);
+//! assert!((0..8).all(|_| upstream.pick() != Some(0)));
+//! ```
+
+mod balancer;
+mod clock;
+mod health;
+mod strategy;
+mod target;
+
+pub use balancer::{Balancer, BuildError, Kind, Picked};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use health::{AllDown, HealthPolicy, InFlight, TargetState};
+pub use strategy::{
+    Attempts, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted, Strategy, WeightedTicket,
+};
+pub use target::Target;
