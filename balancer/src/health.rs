@@ -55,6 +55,24 @@ impl fmt::Debug for HealthPolicy {
 }
 
 impl HealthPolicy {
+    /// Sets [`max_fails`](Self::max_fails).
+    pub fn with_max_fails(mut self, max_fails: u32) -> Self {
+        self.max_fails = max_fails;
+        self
+    }
+
+    /// Sets [`fail_timeout`](Self::fail_timeout).
+    pub fn with_fail_timeout(mut self, fail_timeout: Duration) -> Self {
+        self.fail_timeout = fail_timeout;
+        self
+    }
+
+    /// Sets [`all_down`](Self::all_down).
+    pub fn with_all_down(mut self, all_down: AllDown) -> Self {
+        self.all_down = all_down;
+        self
+    }
+
     /// Uses `clock` for failure windows (a [`ManualClock`](crate::ManualClock) in tests).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);

@@ -283,8 +283,10 @@ impl<T: Send + Sync> Strategy<T> for WeightedTicket<T> {
 /// Synchronisation: while every target is up at full weight the sequence is periodic, so it
 /// is computed once (one cycle, gcd-reduced) and walked with one atomic counter, wait-free
 /// like [`RoundRobin`]. While any target is down or recovering, picks run nginx's algorithm
-/// itself under a mutex, as nginx does under its upstream lock. The `balancer` benches measure
-/// both paths under two threads; see BENCHMARKS.md.
+/// itself under a mutex, as nginx does under its upstream lock. Once every target is back at
+/// full weight, picks return to the precomputed cycle where its counter stands, so the order
+/// restarts there (each target still gets exactly its weight per cycle). The `balancer` benches
+/// measure both paths, alone and under two threads; see BENCHMARKS.md.
 ///
 /// ```
 /// use balancer::{HealthPolicy, SmoothWeighted, Strategy, Target};
