@@ -38,6 +38,7 @@ pub use balancer::{Balancer, BuildError, Kind, Picked};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use health::{AllDown, HealthPolicy, InFlight, TargetState};
 pub use strategy::{
-    Attempts, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted, Strategy, WeightedTicket,
+    Attempts, Choice, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted, Strategy,
+    WeightedTicket,
 };
 pub use target::Target;

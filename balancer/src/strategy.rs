@@ -1,11 +1,11 @@
 //! The [`Strategy`] trait, retries without repeats ([`Attempts`]), and the four strategies.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 
 use crate::health::HealthPolicy;
-use crate::target::{FastMod, Target, smooth_cycle};
+use crate::target::{Ring, Target, smooth_cycle};
 
 /// How many targets one request may try (a first pick and its retries).
 pub const MAX_ATTEMPTS: usize = 16;
@@ -87,7 +87,7 @@ pub trait Strategy<T>: Send + Sync {
     /// The strategy's own next choice; may be a target that turns out to be unavailable (the
     /// provided methods then move on to the next available one). `None` when the strategy
     /// already knows nothing is available.
-    fn choose(&self) -> Option<usize>;
+    fn choose(&self) -> Option<Choice>;
 
     /// Sees every outcome reported through [`report`](Self::report).
     fn observe(&self, _index: usize, _success: bool) {}
@@ -95,7 +95,13 @@ pub trait Strategy<T>: Send + Sync {
     /// The next target to use: the strategy's choice if it is available, or else the next
     /// available target after it.
     fn pick(&self) -> Option<usize> {
-        select(self, &Attempts::new())
+        match self.choose() {
+            Some(Choice {
+                index,
+                known_up: true,
+            }) => Some(index),
+            choice => select(self, &Attempts::new(), choice),
+        }
     }
 
     /// Like [`pick`](Self::pick), never returning a target in `attempts`, and recording the
@@ -105,7 +111,7 @@ pub trait Strategy<T>: Send + Sync {
         if attempts.len() == MAX_ATTEMPTS {
             return None;
         }
-        let index = select(self, attempts)?;
+        let index = select(self, attempts, self.choose())?;
         attempts.push(index);
         Some(index)
     }
@@ -125,7 +131,33 @@ pub trait Strategy<T>: Send + Sync {
     }
 }
 
-fn select<T, S: Strategy<T> + ?Sized>(strategy: &S, attempts: &Attempts) -> Option<usize> {
+/// What [`Strategy::choose`] returns: a target index, and whether the strategy already saw it
+/// available (which spares a second look at its state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Index into [`Strategy::targets`].
+    pub index: usize,
+    /// The strategy checked that the target is available.
+    pub known_up: bool,
+}
+
+impl Choice {
+    /// A choice whose health the caller still has to check.
+    pub fn unchecked(index: usize) -> Self {
+        Choice {
+            index,
+            known_up: false,
+        }
+    }
+}
+
+/// The strategy's `choice` if usable, else the next available target after it that is not in
+/// `attempts`; then the all-down policy.
+fn select<T, S: Strategy<T> + ?Sized>(
+    strategy: &S,
+    attempts: &Attempts,
+    choice: Option<Choice>,
+) -> Option<usize> {
     let targets = strategy.targets();
     let policy = strategy.policy();
     let n = targets.len();
@@ -135,12 +167,16 @@ fn select<T, S: Strategy<T> + ?Sized>(strategy: &S, attempts: &Attempts) -> Opti
             state.surely_up() || state.is_available(policy)
         }
     };
-    let start = match strategy.choose() {
-        Some(choice) if choice < n => {
-            if usable(choice) {
-                return Some(choice);
+    let start = match choice {
+        Some(Choice {
+            index,
+            known_up: true,
+        }) if index < n && !attempts.contains(index) => return Some(index),
+        Some(Choice { index, .. }) if index < n => {
+            if usable(index) {
+                return Some(index);
             }
-            choice + 1
+            index + 1
         }
         _ => 0,
     };
@@ -162,6 +198,16 @@ fn select<T, S: Strategy<T> + ?Sized>(strategy: &S, attempts: &Attempts) -> Opti
     None
 }
 
+/// The next slot of `ring`, marked known-up when its state says so in one load.
+#[inline(always)]
+fn ring_choice(ring: &Ring) -> Option<Choice> {
+    let slot = ring.next()?;
+    Some(Choice {
+        index: slot.index,
+        known_up: slot.state.surely_up(),
+    })
+}
+
 /// Round-robin: one atomic counter, wait-free.
 ///
 /// The counter is 32 bits; where 2³² is not a multiple of the number of targets, the rotation
@@ -181,19 +227,16 @@ fn select<T, S: Strategy<T> + ?Sized>(strategy: &S, attempts: &Attempts) -> Opti
 pub struct RoundRobin<T> {
     targets: Vec<Target<T>>,
     policy: HealthPolicy,
-    next: AtomicU32,
-    modulo: FastMod,
+    ring: Ring,
 }
 
 impl<T> RoundRobin<T> {
     /// Round-robin over `targets` (weights are ignored).
     pub fn new(targets: Vec<Target<T>>, policy: HealthPolicy) -> Self {
-        let modulo = FastMod::new(targets.len() as u32);
         RoundRobin {
+            ring: Ring::new(&targets, 0..targets.len() as u32),
             targets,
             policy,
-            next: AtomicU32::new(0),
-            modulo,
         }
     }
 }
@@ -206,11 +249,8 @@ impl<T: Send + Sync> Strategy<T> for RoundRobin<T> {
         &self.policy
     }
     #[inline]
-    fn choose(&self) -> Option<usize> {
-        if self.targets.is_empty() {
-            return None;
-        }
-        Some(self.modulo.reduce(self.next.fetch_add(1, Relaxed)))
+    fn choose(&self) -> Option<Choice> {
+        ring_choice(&self.ring)
     }
 }
 
@@ -232,9 +272,7 @@ impl<T: Send + Sync> Strategy<T> for RoundRobin<T> {
 pub struct WeightedTicket<T> {
     targets: Vec<Target<T>>,
     policy: HealthPolicy,
-    tickets: Box<[u32]>,
-    next: AtomicU32,
-    modulo: FastMod,
+    tickets: Ring,
 }
 
 /// The longest ticket table or precomputed cycle (entries); heavier weight sets fall back.
@@ -252,13 +290,10 @@ impl<T> WeightedTicket<T> {
                 None => weights.iter_mut().for_each(|w| *w = (*w / 2).max(1)),
             }
         };
-        let modulo = FastMod::new(tickets.len() as u32);
         WeightedTicket {
+            tickets: Ring::new(&targets, tickets.iter().copied()),
             targets,
             policy,
-            tickets,
-            next: AtomicU32::new(0),
-            modulo,
         }
     }
 }
@@ -271,9 +306,8 @@ impl<T: Send + Sync> Strategy<T> for WeightedTicket<T> {
         &self.policy
     }
     #[inline]
-    fn choose(&self) -> Option<usize> {
-        let slot = self.modulo.reduce(self.next.fetch_add(1, Relaxed));
-        self.tickets.get(slot).map(|&i| i as usize)
+    fn choose(&self) -> Option<Choice> {
+        ring_choice(&self.tickets)
     }
 }
 
@@ -302,9 +336,7 @@ impl<T: Send + Sync> Strategy<T> for WeightedTicket<T> {
 pub struct SmoothWeighted<T> {
     targets: Vec<Target<T>>,
     policy: HealthPolicy,
-    cycle: Option<Box<[u32]>>,
-    next: AtomicU32,
-    modulo: FastMod,
+    cycle: Option<Ring>,
     /// Targets down or below full weight, as last seen by the locked path.
     degraded: AtomicUsize,
     weights: Mutex<Weights>,
@@ -320,13 +352,11 @@ impl<T> SmoothWeighted<T> {
     /// Smooth weighted round-robin over `targets`.
     pub fn new(targets: Vec<Target<T>>, policy: HealthPolicy) -> Self {
         let weights: Vec<u32> = targets.iter().map(Target::weight).collect();
-        let cycle = smooth_cycle(&weights, MAX_TABLE);
-        let modulo = FastMod::new(cycle.as_ref().map_or(1, |c| c.len() as u32));
+        let cycle =
+            smooth_cycle(&weights, MAX_TABLE).map(|c| Ring::new(&targets, c.iter().copied()));
         SmoothWeighted {
             policy,
             cycle,
-            next: AtomicU32::new(0),
-            modulo,
             degraded: AtomicUsize::new(0),
             weights: Mutex::new(Weights {
                 current: vec![0; targets.len()],
@@ -377,17 +407,18 @@ impl<T: Send + Sync> Strategy<T> for SmoothWeighted<T> {
         &self.policy
     }
     #[inline]
-    fn choose(&self) -> Option<usize> {
+    fn choose(&self) -> Option<Choice> {
         if self.degraded.load(Relaxed) == 0 {
-            if let Some(cycle) = &self.cycle {
-                let slot = self.modulo.reduce(self.next.fetch_add(1, Relaxed));
-                let i = *cycle.get(slot)? as usize;
-                if self.targets[i].state().surely_up() {
-                    return Some(i);
+            if let Some(choice) = self.cycle.as_ref().and_then(ring_choice) {
+                if choice.known_up {
+                    return Some(choice);
                 }
             }
         }
-        self.choose_locked()
+        self.choose_locked().map(|index| Choice {
+            index,
+            known_up: true,
+        })
     }
 
     fn observe(&self, index: usize, success: bool) {
@@ -464,10 +495,10 @@ impl<T: Send + Sync> Strategy<T> for LeastRequest<T> {
     fn policy(&self) -> &HealthPolicy {
         &self.policy
     }
-    fn choose(&self) -> Option<usize> {
+    fn choose(&self) -> Option<Choice> {
         let n = self.targets.len();
         if n < 2 {
-            return (n == 1).then_some(0);
+            return (n == 1).then_some(Choice::unchecked(0));
         }
         let r = random();
         let a = ((r & 0xFFFF_FFFF) % n as u64) as usize;
@@ -478,11 +509,11 @@ impl<T: Send + Sync> Strategy<T> for LeastRequest<T> {
         let (ta, tb) = (&self.targets[a], &self.targets[b]);
         let (ua, ub) = (ta.state().surely_up(), tb.state().surely_up());
         if ua != ub {
-            return Some(if ua { a } else { b });
+            return Some(Choice::unchecked(if ua { a } else { b }));
         }
         // Fewer in flight per unit of weight: (in_flight + 1) / weight, cross-multiplied.
         let load_a = (ta.state().in_flight() as u64 + 1) * u64::from(tb.weight());
         let load_b = (tb.state().in_flight() as u64 + 1) * u64::from(ta.weight());
-        Some(if load_b < load_a { b } else { a })
+        Some(Choice::unchecked(if load_b < load_a { b } else { a }))
     }
 }

@@ -1,6 +1,7 @@
 //! Targets: a value (an address, a URL, a connection pool...) with a weight and shared state.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::health::TargetState;
 
@@ -65,6 +66,59 @@ impl FastMod {
     pub(crate) fn reduce(self, x: u32) -> usize {
         let low = self.m.wrapping_mul(u64::from(x));
         ((u128::from(low) * u128::from(self.d)) >> 64) as usize
+    }
+}
+
+/// Keeps a hot atomic on a cache line (pair) of its own, so that reads of the fields around
+/// it do not miss each time another core bumps it.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Alone<T>(T);
+
+/// One entry of a [`Ring`]: a target's index and state, side by side, so the walk and the
+/// health check cost two dependent loads.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) index: usize,
+    pub(crate) state: Arc<TargetState>,
+}
+
+/// A fixed sequence of targets walked by one atomic counter: wait-free.
+///
+/// The counter is 32 bits; where 2³² is not a multiple of the sequence length, the walk skips
+/// once every four billion picks.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    next: Alone<AtomicU32>,
+    modulo: FastMod,
+    slots: Box<[Slot]>,
+}
+
+impl Ring {
+    /// A ring over `order` (indices into `targets`; out-of-range ones are dropped).
+    pub(crate) fn new<T>(targets: &[Target<T>], order: impl IntoIterator<Item = u32>) -> Ring {
+        let slots: Box<[Slot]> = order
+            .into_iter()
+            .filter_map(|i| {
+                let target = targets.get(i as usize)?;
+                Some(Slot {
+                    index: i as usize,
+                    state: Arc::clone(target.state()),
+                })
+            })
+            .collect();
+        Ring {
+            next: Alone(AtomicU32::new(0)),
+            modulo: FastMod::new(slots.len() as u32),
+            slots,
+        }
+    }
+
+    /// The next slot in the sequence; `None` only for an empty ring.
+    #[inline(always)]
+    pub(crate) fn next(&self) -> Option<&Slot> {
+        let at = self.modulo.reduce(self.next.0.fetch_add(1, Relaxed));
+        self.slots.get(at)
     }
 }
 
