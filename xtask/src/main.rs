@@ -4,6 +4,8 @@
 //! - `ci`: the checks CI runs (`cargo fmt --check`, clippy with warnings denied, the tests).
 //! - `bench-router`: `cargo bench -p router`, then a table of medians and ratios against matchit
 //!   read from criterion's output, ready for BENCHMARKS.md.
+//! - `bench-balancer`: `cargo bench -p balancer`, then a table of pick medians, alone and under
+//!   two threads, as ratios to a bare `fetch_add` and to a naive mutex round-robin.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -13,8 +15,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench-router") => bench_router(&args[1..]),
+        Some("bench-balancer") => bench_balancer(&args[1..]),
         Some("help") | None => {
-            println!("usage: cargo xtask <ci | bench-router [criterion args...]>");
+            println!(
+                "usage: cargo xtask <ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
+            );
             Ok(())
         }
         Some(other) => Err(format!("unknown task `{other}`; try `cargo xtask help`")),
@@ -86,6 +91,61 @@ fn bench_router(extra: &[String]) -> Result<(), String> {
             fmt(theirs),
             fmt(tree)
         );
+    }
+    Ok(())
+}
+
+fn bench_balancer(extra: &[String]) -> Result<(), String> {
+    let mut args = vec!["bench", "-p", "balancer", "--bench", "pick", "--"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)?;
+    let dir = workspace_root().join("target").join("criterion");
+    // Criterion stores group `a/b/c` under `a_b_c`.
+    let median = |group: &str| read_median(&dir.join(group).join("pick/new/estimates.json"));
+    let base_single = median("baseline_fetch_add_single");
+    let mutex_contended = median("baseline_mutex_rr_contended");
+    let ns = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2} ns"));
+    let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
+        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}x", v / b),
+        _ => "-".to_owned(),
+    };
+    println!(
+        "| strategy | targets | single | / fetch_add | two threads | / mutex round-robin (two threads) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, base) in [
+        ("baseline_fetch_add", ""),
+        ("baseline_mutex_rr", ""),
+        ("round_robin", "2 3 8 64"),
+        ("weighted_ticket", "2 3 8 64"),
+        ("smooth_weighted", "2 3 8 64"),
+        ("smooth_weighted_locked", "2 3 8 64"),
+        ("least_request", "2 3 8 64"),
+    ] {
+        let sizes: Vec<&str> = if base.is_empty() {
+            vec![""]
+        } else {
+            base.split(' ').collect()
+        };
+        for n in sizes {
+            let group = if n.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{name}_{n}")
+            };
+            let single = median(&format!("{group}_single"));
+            let contended = median(&format!("{group}_contended"));
+            if single.is_none() && contended.is_none() {
+                continue;
+            }
+            println!(
+                "| {name} | {n} | {} | {} | {} | {} |",
+                ns(single),
+                ratio(single, base_single),
+                ns(contended),
+                ratio(contended, mutex_contended)
+            );
+        }
     }
     Ok(())
 }
