@@ -22,13 +22,15 @@ use crate::route::{Route, RouteFuture};
 
 type Wrap<B> = Arc<dyn Fn(Route<B>) -> Route<B> + Send + Sync>;
 
-fn wrap_with<B, L>(layer: L) -> Wrap<B>
+fn wrap_with<B, L, ResBody>(layer: L) -> Wrap<B>
 where
     B: Send + 'static,
     L: Layer<Route<B>> + Send + Sync + 'static,
-    L::Service: Service<Request<B>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    L::Service: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
     <L::Service as Service<Request<B>>>::Future: Send,
     <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     Arc::new(move |route| Route::new(layer.layer(route)))
 }
@@ -260,12 +262,15 @@ impl<B: Send + 'static> Mux<B> {
 
     /// Adds a layer that runs for every request before routing, 404s and 405s included. The
     /// first layer added is the outermost.
-    pub fn pre<L>(&mut self, layer: L) -> &mut Self
+    pub fn pre<L, ResBody>(&mut self, layer: L) -> &mut Self
     where
         L: Layer<Route<B>> + Send + Sync + 'static,
-        L::Service: Service<Request<B>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        L::Service:
+            Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
         <L::Service as Service<Request<B>>>::Future: Send,
         <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
     {
         self.pre.push(wrap_with(layer));
         self
@@ -362,12 +367,15 @@ pub struct Group<'m, B> {
 
 impl<B: Send + 'static> Group<'_, B> {
     /// Adds a layer to the routes registered in this group from now on.
-    pub fn layer<L>(&mut self, layer: L) -> &mut Self
+    pub fn layer<L, ResBody>(&mut self, layer: L) -> &mut Self
     where
         L: Layer<Route<B>> + Send + Sync + 'static,
-        L::Service: Service<Request<B>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        L::Service:
+            Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
         <L::Service as Service<Request<B>>>::Future: Send,
         <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
     {
         self.layers.push(wrap_with(layer));
         self
