@@ -1,0 +1,294 @@
+//! The access log: one structured `tracing` event per request, when its response is complete
+//! (the body's end, or its drop when the client goes away first).
+//!
+//! Fields: `method`, `path`, `status`, `bytes` (response body bytes sent), `duration_ms`,
+//! `request_id` (from [`RequestIdLayer`](crate::RequestIdLayer), `-` without it), `upstream`
+//! (a value of the type chosen with [`AccessLogLayer::upstream`] that the proxy puts in the
+//! response's extensions, `-` without it) and `complete` (false when the body was dropped
+//! unfinished). The event's target is `access_log`, so a subscriber can route it apart.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use middleware::AccessLogLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! /// What our proxy records about the target it used.
+//! #[derive(Clone, Debug)]
+//! struct Upstream(&'static str);
+//! impl std::fmt::Display for Upstream {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.0) }
+//! }
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(AccessLogLayer::new().upstream::<Upstream>())
+//!     .service(service_fn(|_: Request<()>| async {
+//!         let mut res = Response::new(http_body_util::Full::new(bytes::Bytes::from("hi")));
+//!         res.extensions_mut().insert(Upstream("127.0.0.1:9001"));
+//!         Ok::<_, Infallible>(res)
+//!     }));
+//! # let _ = svc;
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Buf;
+use http::{Method, Request, Response};
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::recover::escape_controls;
+use crate::request_id::RequestId;
+
+/// The default upstream type: never present, logged as `-`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoUpstream;
+
+impl fmt::Display for NoUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("-")
+    }
+}
+
+/// Logs one event per request (see the [module docs](self)).
+pub struct AccessLogLayer<U = NoUpstream> {
+    upstream: PhantomData<fn() -> U>,
+}
+
+impl<U> Clone for AccessLogLayer<U> {
+    fn clone(&self) -> Self {
+        AccessLogLayer {
+            upstream: PhantomData,
+        }
+    }
+}
+
+impl<U> fmt::Debug for AccessLogLayer<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessLogLayer")
+    }
+}
+
+impl Default for AccessLogLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AccessLogLayer {
+    /// The layer, with no upstream field.
+    pub fn new() -> Self {
+        AccessLogLayer {
+            upstream: PhantomData,
+        }
+    }
+}
+
+impl<U> AccessLogLayer<U> {
+    /// Logs as `upstream` the value of type `V` found in the response's extensions.
+    pub fn upstream<V: fmt::Display + Send + Sync + 'static>(self) -> AccessLogLayer<V> {
+        AccessLogLayer {
+            upstream: PhantomData,
+        }
+    }
+}
+
+impl<S, U> Layer<S> for AccessLogLayer<U> {
+    type Service = AccessLog<S, U>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            upstream: PhantomData,
+        }
+    }
+}
+
+/// The service made by [`AccessLogLayer`].
+pub struct AccessLog<S, U> {
+    inner: S,
+    upstream: PhantomData<fn() -> U>,
+}
+
+impl<S: Clone, U> Clone for AccessLog<S, U> {
+    fn clone(&self) -> Self {
+        AccessLog {
+            inner: self.inner.clone(),
+            upstream: PhantomData,
+        }
+    }
+}
+
+impl<S: fmt::Debug, U> fmt::Debug for AccessLog<S, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// What the event will say, gathered along the way.
+#[derive(Debug)]
+struct Record {
+    method: Method,
+    path: String,
+    request_id: Option<RequestId>,
+    start: Instant,
+    status: u16,
+    upstream: Option<String>,
+    bytes: u64,
+}
+
+impl Record {
+    fn emit(&self, complete: bool) {
+        tracing::info!(
+            target: "access_log",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
+            upstream = %self.upstream.as_deref().unwrap_or("-"),
+            complete,
+            "request"
+        );
+    }
+}
+
+impl<S, U, B, ResBody> Service<Request<B>> for AccessLog<S, U>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    U: fmt::Display + Send + Sync + 'static,
+{
+    type Response = Response<LoggedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = AccessLogFuture<S::Future, U>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let record = Record {
+            method: req.method().clone(),
+            path: escape_controls(req.uri().path()),
+            request_id: req.extensions().get::<RequestId>().cloned(),
+            start: Instant::now(),
+            status: 0,
+            upstream: None,
+            bytes: 0,
+        };
+        AccessLogFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+            upstream: PhantomData,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AccessLog`].
+    pub struct AccessLogFuture<F, U> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+        upstream: PhantomData<fn() -> U>,
+    }
+}
+
+impl<F, U, ResBody, E> Future for AccessLogFuture<F, U>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    U: fmt::Display + Send + Sync + 'static,
+{
+    type Output = Result<Response<LoggedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(out) => out,
+        };
+        let mut record = this.record.take();
+        match out {
+            Ok(res) => {
+                if let Some(r) = record.as_mut() {
+                    r.status = res.status().as_u16();
+                    r.upstream = res.extensions().get::<U>().map(ToString::to_string);
+                }
+                Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, record })))
+            }
+            Err(e) => {
+                // The service failed without a response: log it now, status 0.
+                if let Some(r) = record {
+                    r.emit(false);
+                }
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that counts its bytes and logs the request when it ends or is dropped.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<Record>,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(record) = this.project().record.take() {
+                record.emit(false);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
+                    r.bytes += data.remaining() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.take() {
+                    record.emit(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(record) = this.record.take() {
+                    record.emit(false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,58 @@
+//! The gateway's middleware, as tower layers usable in any tower stack (our `router::Mux`,
+//! axum, tonic, hyper-util):
+//!
+//! - [`RequestIdLayer`]: a valid inbound `X-Request-Id` is kept, otherwise one is made; it goes
+//!   upstream, back to the client, and into a tracing span around the request.
+//! - [`RecoverLayer`]: a panic becomes a `500` and one error log line; a panic mid-body aborts
+//!   that response.
+//! - [`TimeoutLayer`]: a deadline; the inner future is dropped and the client gets `503`.
+//! - [`AuthLayer`]: a header or bearer token must equal a configured secret, compared in
+//!   constant time; otherwise `403`.
+//! - [`AccessLogLayer`]: one structured event per request, when its response completes.
+//!
+//! tower-http has layers with similar names; these differ where the gateway needs it: inbound
+//! ids are validated, panics are logged with the request they hit and also caught in the body,
+//! a deadline answers `503`, and secrets are compared in constant time.
+//!
+//! A gateway's usual order, outermost first:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use middleware::{AccessLogLayer, AuthLayer, RecoverLayer, RequestIdLayer, Secrets, TimeoutLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RequestIdLayer::new())
+//!     .layer(RecoverLayer::new())
+//!     .layer(AccessLogLayer::new())
+//!     .layer(AuthLayer::header("x-admin-token", Secrets::new(["letmein"])?)?)
+//!     .layer(TimeoutLayer::new(Duration::from_secs(30)))
+//!     .service(service_fn(|_: Request<()>| async {
+//!         Ok::<_, Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+//!     }));
+//!
+//! let req = Request::builder().header("x-admin-token", "letmein").body(())?;
+//! let res = svc.oneshot(req).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert!(res.headers().contains_key("x-request-id"));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod access_log;
+pub mod auth;
+mod body;
+pub mod recover;
+pub mod request_id;
+pub mod timeout;
+
+pub use access_log::AccessLogLayer;
+pub use auth::{AuthError, AuthLayer, Secrets};
+pub use body::Body;
+pub use recover::RecoverLayer;
+pub use request_id::{RequestId, RequestIdLayer};
+pub use timeout::TimeoutLayer;

@@ -1,0 +1,252 @@
+//! Panic recovery: a panic in the inner service becomes a `500`, logged once with the
+//! request's method, path and id; a panic while the body streams aborts that response.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use middleware::RecoverLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RecoverLayer::new())
+//!     .service(service_fn(|_: Request<()>| async {
+//!         if true {
+//!             panic!("handler bug");
+//!         }
+//!         Ok::<_, Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+//!     }));
+//! let res = svc.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+//! # }
+//! ```
+
+use std::any::Any;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::{Body, short_response};
+use crate::request_id::RequestId;
+
+/// A boxed error, what a panicking body yields.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Turns panics into `500` responses (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecoverLayer(());
+
+impl RecoverLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        RecoverLayer(())
+    }
+}
+
+impl<S> Layer<S> for RecoverLayer {
+    type Service = Recover<S>;
+    fn layer(&self, inner: S) -> Recover<S> {
+        Recover { inner }
+    }
+}
+
+/// The service made by [`RecoverLayer`].
+#[derive(Debug, Clone)]
+pub struct Recover<S> {
+    inner: S,
+}
+
+/// What the log line says about the request that panicked.
+#[derive(Debug, Clone)]
+struct Context0 {
+    method: Method,
+    path: String,
+    request_id: Option<RequestId>,
+}
+
+impl Context0 {
+    fn log(&self, panic: &(dyn Any + Send), during: &str) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a panic without a message)");
+        tracing::error!(
+            panic = %escape_controls(message),
+            method = %self.method,
+            path = %self.path,
+            request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
+            "panic {during}"
+        );
+    }
+}
+
+/// Control characters (a log-injection vector) written as `\n`, `\u{1b}`, ...
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Recover<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<Body<RecoverBody<ResBody>>>;
+    type Error = S::Error;
+    type Future = RecoverFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let context = Context0 {
+            method: req.method().clone(),
+            path: escape_controls(req.uri().path()),
+            request_id: req.extensions().get::<RequestId>().cloned(),
+        };
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => RecoverFuture {
+                state: State::Running { future },
+                context: Some(context),
+            },
+            Err(panic) => {
+                context.log(&*panic, "in the service");
+                RecoverFuture {
+                    state: State::Panicked,
+                    context: None,
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Recover`].
+    pub struct RecoverFuture<F> {
+        #[pin]
+        state: State<F>,
+        context: Option<Context0>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] future: F },
+        Panicked,
+    }
+}
+
+fn internal_error<B>() -> Response<Body<RecoverBody<B>>> {
+    short_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+}
+
+impl<F, ResBody, E> Future for RecoverFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<Body<RecoverBody<ResBody>>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let future = match this.state.project() {
+            StateProj::Running { future } => future,
+            StateProj::Panicked => return Poll::Ready(Ok(internal_error())),
+        };
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            Ok(Poll::Ready(Ok(res))) => {
+                let context = this.context.take();
+                Poll::Ready(Ok(res.map(|body| {
+                    Body::inner(RecoverBody {
+                        inner: body,
+                        context,
+                        done: false,
+                    })
+                })))
+            }
+            Err(panic) => {
+                if let Some(context) = this.context.take() {
+                    context.log(&*panic, "in the service");
+                }
+                Poll::Ready(Ok(internal_error()))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that turns a panic while streaming into an error, which makes the
+    /// server abort the response: the status line is already sent, so a second one cannot be.
+    pub struct RecoverBody<B> {
+        #[pin]
+        inner: B,
+        context: Option<Context0>,
+        done: bool,
+    }
+}
+
+/// The error a [`RecoverBody`] yields after its body panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body panicked; the response was aborted")]
+pub struct BodyPanicked;
+
+impl<B> http_body::Body for RecoverBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let inner = this.inner;
+        match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
+            Ok(Poll::Ready(Some(Err(e)))) => Poll::Ready(Some(Err(e.into()))),
+            Ok(Poll::Ready(Some(Ok(frame)))) => Poll::Ready(Some(Ok(frame))),
+            Ok(Poll::Ready(None)) => Poll::Ready(None),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => {
+                *this.done = true;
+                if let Some(context) = this.context.take() {
+                    context.log(&*panic, "while streaming the response body");
+                }
+                Poll::Ready(Some(Err(Box::new(BodyPanicked))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,218 @@
+//! Request ids: accept a well-formed inbound `X-Request-Id`, or make one; put it on the request
+//! going upstream, on the response, and in a tracing span around the request.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use middleware::{RequestId, RequestIdLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RequestIdLayer::new())
+//!     .service(service_fn(|req: Request<()>| async move {
+//!         // Handlers (and the upstream) see the id as a header and as an extension.
+//!         let id = req.extensions().get::<RequestId>().unwrap().as_str().to_owned();
+//!         assert_eq!(req.headers()["x-request-id"], id.as_str());
+//!         Ok::<_, Infallible>(Response::new(()))
+//!     }));
+//!
+//! let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.headers()["x-request-id"].len(), 32); // generated: 128 bits, hex
+//!
+//! let req = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.headers()["x-request-id"], "abc-123"); // a valid inbound id is kept
+//! # }
+//! ```
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
+
+/// The request's id, in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id as text (always `[A-Za-z0-9._-]`, 1 to 128 characters).
+    pub fn as_str(&self) -> &str {
+        // Only valid ids are ever stored, and they are ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether `value` is an acceptable inbound id: 1 to 128 characters of `[A-Za-z0-9._-]`.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A new id: 128 bits from a per-thread keyed hash of a counter, as 32 hex digits.
+fn generate() -> HeaderValue {
+    thread_local! {
+        // RandomState is seeded from the operating system's randomness.
+        static KEYS: (RandomState, Cell<u64>) = (RandomState::new(), Cell::new(0));
+    }
+    let (hi, lo) = KEYS.with(|(keys, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(1));
+        (keys.hash_one((n, 0u8)), keys.hash_one((n, 1u8)))
+    });
+    let mut text = [0u8; 32];
+    for (i, nibble) in (0..32).map(|i| {
+        let word = if i < 16 { hi } else { lo };
+        (i, ((word >> (60 - 4 * (i % 16))) & 0xF) as u8)
+    }) {
+        text[i] = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The default header: `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Adds a request id to every request (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct RequestIdLayer {
+    header: HeaderName,
+    trust_inbound: bool,
+}
+
+impl Default for RequestIdLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestIdLayer {
+    /// Uses `x-request-id` and keeps valid inbound ids.
+    pub fn new() -> Self {
+        RequestIdLayer {
+            header: X_REQUEST_ID,
+            trust_inbound: true,
+        }
+    }
+
+    /// Uses another header name.
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.header = name;
+        self
+    }
+
+    /// Whether a valid inbound id is kept (default) or always replaced, e.g. at an edge that
+    /// does not want clients to choose ids.
+    pub fn trust_inbound(mut self, trust: bool) -> Self {
+        self.trust_inbound = trust;
+        self
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+    layer: RequestIdLayer,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RequestIdService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let header = &self.layer.header;
+        let inbound = req
+            .headers()
+            .get(header)
+            .filter(|v| self.layer.trust_inbound && is_valid_request_id(v.as_bytes()))
+            .filter(|_| req.headers().get_all(header).iter().count() == 1)
+            .cloned();
+        let id = inbound.unwrap_or_else(generate);
+        req.headers_mut().insert(header.clone(), id.clone());
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let span = tracing::info_span!(
+            "request",
+            request_id = %RequestId(id.clone()),
+            method = %req.method(),
+            path = %req.uri().path(),
+        );
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        RequestIdFuture {
+            inner: future.instrument(span),
+            header: header.clone(),
+            id,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestIdService`].
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        header: HeaderName,
+        id: HeaderValue,
+    }
+}
+
+impl<F, ResBody, E> std::future::Future for RequestIdFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = match this.inner.poll(cx) {
+            Poll::Ready(Ok(res)) => res,
+            other => return other,
+        };
+        // The client sees the id the gateway logged, whatever the upstream answered.
+        res.headers_mut()
+            .insert(this.header.clone(), this.id.clone());
+        Poll::Ready(Ok(res))
+    }
+}

@@ -1,0 +1,152 @@
+//! Test helpers: a tracing subscriber that records events, and a real HTTP/1.1 server.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::field::{Field, Visit};
+use tracing::span;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+/// One recorded event: its level, target, fields, and the fields of the spans around it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub level: tracing::Level,
+    pub target: String,
+    pub fields: BTreeMap<String, String>,
+    pub span_fields: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct Fields(BTreeMap<String, String>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<Event>>>);
+
+impl Capture {
+    pub fn events(&self) -> Vec<Event> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn with_target(&self, target: &str) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.target == target)
+            .collect()
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Capture {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut span_fields = BTreeMap::new();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                if let Some(f) = span.extensions().get::<Fields>() {
+                    span_fields.extend(f.0.clone());
+                }
+            }
+        }
+        self.0.lock().unwrap().push(Event {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
+            fields: fields.0,
+            span_fields,
+        });
+    }
+}
+
+/// Records every event on this thread until the guard drops.
+pub fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let guard = tracing::subscriber::set_default(subscriber);
+    (capture, guard)
+}
+
+/// Serves `svc` over HTTP/1.1 on a fresh loopback port, on the current runtime.
+pub async fn serve<S, B>(svc: S) -> SocketAddr
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One client connection, kept alive across requests.
+pub struct Client(hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>);
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client(sender)
+    }
+
+    /// Sends a GET; returns the status and the body, or the body's error as text.
+    pub async fn get(&mut self, path: &str) -> (u16, Result<String, String>) {
+        self.0.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", "test")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let res = self.0.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .map_err(|e| e.to_string());
+        (status, body)
+    }
+}
