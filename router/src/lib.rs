@@ -72,5 +72,5 @@ pub use error::{InsertError, MalformedReason, MatchError};
 pub use method::MethodRouter;
 pub use mux::{Group, Mux, MuxFuture, MuxService, PathParams};
 pub use params::{Params, ParamsIter, RouteInfo};
-pub use route::{Route, RouteFuture};
+pub use route::{IntoRoute, Route, RouteFuture};
 pub use tree::{Match, Router};

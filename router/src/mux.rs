@@ -7,32 +7,27 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, LOCATION};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::error::InsertError;
 use crate::method::MethodRouter;
 use crate::params::{Params, RouteInfo};
-use crate::route::{Route, RouteFuture};
+use crate::route::{IntoRoute, Route, RouteFuture};
 
 type Wrap<B> = Arc<dyn Fn(Route<B>) -> Route<B> + Send + Sync>;
 
-fn wrap_with<B, L, ResBody>(layer: L) -> Wrap<B>
+fn wrap_with<B, L>(layer: L) -> Wrap<B>
 where
     B: Send + 'static,
     L: Layer<Route<B>> + Send + Sync + 'static,
-    L::Service: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-    <L::Service as Service<Request<B>>>::Future: Send,
-    <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    L::Service: IntoRoute<B>,
 {
-    Arc::new(move |route| Route::new(layer.layer(route)))
+    Arc::new(move |route| layer.layer(route).into_route())
 }
 
 /// The parameters of the route that matched, put in the request's extensions by [`Mux`] when
@@ -148,14 +143,7 @@ impl<B> fmt::Debug for Mux<B> {
 macro_rules! method_fns {
     ($($(#[$doc:meta])* $name:ident => $method:ident;)*) => {$(
         $(#[$doc])*
-        pub fn $name<S, ResBody>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError>
-        where
-            S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-            S::Future: Send,
-            S::Error: Into<BoxError>,
-            ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-            ResBody::Error: Into<BoxError>,
-        {
+        pub fn $name<S: IntoRoute<B>>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError> {
             self.route([Method::$method], path, service)
         }
     )*};
@@ -176,35 +164,25 @@ impl<B: Send + 'static> Mux<B> {
 
     /// Registers `service` at `path` for each of `methods`. Either every method is registered
     /// or, on error, none is.
-    pub fn route<S, ResBody>(
+    pub fn route<S: IntoRoute<B>>(
         &mut self,
         methods: impl IntoIterator<Item = Method>,
         path: &str,
         service: S,
-    ) -> Result<&mut Self, InsertError>
-    where
-        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
+    ) -> Result<&mut Self, InsertError> {
         let methods: Vec<Method> = methods.into_iter().collect();
-        self.insert(Some(&methods), path, Route::new(service))?;
+        self.insert(Some(&methods), path, service.into_route())?;
         Ok(self)
     }
 
     /// Registers `service` at `path` for every method (routes for a specific method at the
     /// same path take precedence).
-    pub fn any<S, ResBody>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError>
-    where
-        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
-        self.insert(None, path, Route::new(service))?;
+    pub fn any<S: IntoRoute<B>>(
+        &mut self,
+        path: &str,
+        service: S,
+    ) -> Result<&mut Self, InsertError> {
+        self.insert(None, path, service.into_route())?;
         Ok(self)
     }
 
@@ -262,44 +240,25 @@ impl<B: Send + 'static> Mux<B> {
 
     /// Adds a layer that runs for every request before routing, 404s and 405s included. The
     /// first layer added is the outermost.
-    pub fn pre<L, ResBody>(&mut self, layer: L) -> &mut Self
+    pub fn pre<L>(&mut self, layer: L) -> &mut Self
     where
         L: Layer<Route<B>> + Send + Sync + 'static,
-        L::Service:
-            Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        <L::Service as Service<Request<B>>>::Future: Send,
-        <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        L::Service: IntoRoute<B>,
     {
         self.pre.push(wrap_with(layer));
         self
     }
 
     /// Answers requests that match no route (default: `404 Not Found`).
-    pub fn not_found<S, ResBody>(&mut self, service: S) -> &mut Self
-    where
-        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
-        self.not_found = Some(Route::new(service));
+    pub fn not_found<S: IntoRoute<B>>(&mut self, service: S) -> &mut Self {
+        self.not_found = Some(service.into_route());
         self
     }
 
     /// Answers requests whose path has routes, none for the method (default: `405 Method Not
     /// Allowed`). The `Allow` header is added to its response unless it set one.
-    pub fn method_not_allowed<S, ResBody>(&mut self, service: S) -> &mut Self
-    where
-        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
-        self.method_not_allowed = Some(Route::new(service));
+    pub fn method_not_allowed<S: IntoRoute<B>>(&mut self, service: S) -> &mut Self {
+        self.method_not_allowed = Some(service.into_route());
         self
     }
 
@@ -334,7 +293,7 @@ impl<B: Send + 'static> Mux<B> {
         if self.pre.is_empty() {
             return MuxService(Inner::Direct(Dispatch(table)));
         }
-        let mut route = Route::new(Dispatch(table));
+        let mut route = Dispatch(table).into_route();
         for wrap in self.pre.iter().rev() {
             route = wrap(route);
         }
@@ -367,15 +326,10 @@ pub struct Group<'m, B> {
 
 impl<B: Send + 'static> Group<'_, B> {
     /// Adds a layer to the routes registered in this group from now on.
-    pub fn layer<L, ResBody>(&mut self, layer: L) -> &mut Self
+    pub fn layer<L>(&mut self, layer: L) -> &mut Self
     where
         L: Layer<Route<B>> + Send + Sync + 'static,
-        L::Service:
-            Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        <L::Service as Service<Request<B>>>::Future: Send,
-        <L::Service as Service<Request<B>>>::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        L::Service: IntoRoute<B>,
     {
         self.layers.push(wrap_with(layer));
         self
@@ -398,36 +352,26 @@ impl<B: Send + 'static> Group<'_, B> {
     }
 
     /// Registers `service` at `prefix + path` for each of `methods`.
-    pub fn route<S, ResBody>(
+    pub fn route<S: IntoRoute<B>>(
         &mut self,
         methods: impl IntoIterator<Item = Method>,
         path: &str,
         service: S,
-    ) -> Result<&mut Self, InsertError>
-    where
-        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
+    ) -> Result<&mut Self, InsertError> {
         let methods: Vec<Method> = methods.into_iter().collect();
-        let route = self.wrap(Route::new(service));
+        let route = self.wrap(service.into_route());
         let full = format!("{}{path}", self.prefix);
         self.mux.insert(Some(&methods), &full, route)?;
         Ok(self)
     }
 
     /// Registers `service` at `prefix + path` for every method.
-    pub fn any<S, ResBody>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError>
-    where
-        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
-        let route = self.wrap(Route::new(service));
+    pub fn any<S: IntoRoute<B>>(
+        &mut self,
+        path: &str,
+        service: S,
+    ) -> Result<&mut Self, InsertError> {
+        let route = self.wrap(service.into_route());
         let full = format!("{}{path}", self.prefix);
         self.mux.insert(None, &full, route)?;
         Ok(self)

@@ -55,6 +55,29 @@ fn error_response(error: BoxError) -> Response<Body> {
     res
 }
 
+/// A tower service that a [`Mux`](crate::Mux) can register: any `Service<Request<B>>` that is
+/// `Clone + Send + Sync + 'static`, with a `Send` future, errors that convert to [`BoxError`]
+/// (they become `500` responses) and a response body of [`Bytes`] chunks. Implemented for every
+/// such service; there is nothing to implement by hand.
+pub trait IntoRoute<B>: Send + Sync + 'static {
+    /// Erases the service into a [`Route`].
+    fn into_route(self) -> Route<B>;
+}
+
+impl<S, B, ResBody> IntoRoute<B> for S
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    fn into_route(self) -> Route<B> {
+        Route::new(self)
+    }
+}
+
 /// A type-erased service from `Request<B>` to `Response<Body>` that never fails.
 ///
 /// Any tower service with a `Clone + Send + Sync` implementation can become a `Route`; its
