@@ -140,13 +140,28 @@ impl<B> fmt::Debug for Mux<B> {
     }
 }
 
+/// The per-method registration shorthands, for `Mux` and `Group`; `$at` names where the
+/// route goes in the docs.
 macro_rules! method_fns {
-    ($($(#[$doc:meta])* $name:ident => $method:ident;)*) => {$(
-        $(#[$doc])*
-        pub fn $name<S: IntoRoute<B>>(&mut self, path: &str, service: S) -> Result<&mut Self, InsertError> {
+    ($at:literal) => {
+        method_fns!(@one $at, get, GET, " (and so `HEAD`)");
+        method_fns!(@one $at, head, HEAD, "");
+        method_fns!(@one $at, post, POST, "");
+        method_fns!(@one $at, put, PUT, "");
+        method_fns!(@one $at, delete, DELETE, "");
+        method_fns!(@one $at, patch, PATCH, "");
+        method_fns!(@one $at, options, OPTIONS, " (no automatic `OPTIONS` answer there then)");
+    };
+    (@one $at:literal, $name:ident, $method:ident, $note:literal) => {
+        #[doc = concat!("Registers `service` for `", stringify!($method), "`", $note, " at ", $at, ".")]
+        pub fn $name<S: IntoRoute<B>>(
+            &mut self,
+            path: &str,
+            service: S,
+        ) -> Result<&mut Self, InsertError> {
             self.route([Method::$method], path, service)
         }
-    )*};
+    };
 }
 
 impl<B: Send + 'static> Mux<B> {
@@ -186,22 +201,7 @@ impl<B: Send + 'static> Mux<B> {
         Ok(self)
     }
 
-    method_fns! {
-        /// Registers `service` for `GET` (and so `HEAD`) at `path`.
-        get => GET;
-        /// Registers `service` for `HEAD` at `path`.
-        head => HEAD;
-        /// Registers `service` for `POST` at `path`.
-        post => POST;
-        /// Registers `service` for `PUT` at `path`.
-        put => PUT;
-        /// Registers `service` for `DELETE` at `path`.
-        delete => DELETE;
-        /// Registers `service` for `PATCH` at `path`.
-        patch => PATCH;
-        /// Registers `service` for `OPTIONS` at `path` (turning off the automatic answer there).
-        options => OPTIONS;
-    }
+    method_fns!("`path`");
 
     fn insert(
         &mut self,
@@ -377,22 +377,7 @@ impl<B: Send + 'static> Group<'_, B> {
         Ok(self)
     }
 
-    method_fns! {
-        /// Registers `service` for `GET` (and so `HEAD`) at `prefix + path`.
-        get => GET;
-        /// Registers `service` for `HEAD` at `prefix + path`.
-        head => HEAD;
-        /// Registers `service` for `POST` at `prefix + path`.
-        post => POST;
-        /// Registers `service` for `PUT` at `prefix + path`.
-        put => PUT;
-        /// Registers `service` for `DELETE` at `prefix + path`.
-        delete => DELETE;
-        /// Registers `service` for `PATCH` at `prefix + path`.
-        patch => PATCH;
-        /// Registers `service` for `OPTIONS` at `prefix + path`.
-        options => OPTIONS;
-    }
+    method_fns!("`prefix + path`");
 }
 
 struct Table<B> {
