@@ -1,0 +1,387 @@
+//! Header rewriting for a forwarded request and its response, in the order a proxy must apply
+//! it: strip hop-by-hop headers (the fixed list and whatever `Connection` names), drop the
+//! client's `Forwarded` / `X-Forwarded-*` unless the peer is a trusted proxy, then set the
+//! gateway's own `X-Forwarded-For/-Host/-Proto`. Because the gateway's headers are set last, a
+//! client's `Connection: X-Forwarded-For` cannot strip them.
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use http::{HeaderMap, HeaderValue};
+//! use proxy::headers::{Forwarding, TrustedProxies, rewrite_request_headers};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+//! headers.insert("x-secret", HeaderValue::from_static("dropped"));
+//! headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6")); // spoofed
+//!
+//! let client: IpAddr = "192.0.2.7".parse().unwrap();
+//! let info = Forwarding { client, host: Some(HeaderValue::from_static("example.com")), proto: "http" };
+//! rewrite_request_headers(&mut headers, &info, &TrustedProxies::none());
+//!
+//! assert!(headers.get("x-secret").is_none());
+//! assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
+//! assert_eq!(headers["x-forwarded-host"], "example.com");
+//! assert_eq!(headers["x-forwarded-proto"], "http");
+//! ```
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, FORWARDED, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that describe one connection, never forwarded as they are (RFC 9110 §7.6.1, plus
+/// `Proxy-Connection`, `Keep-Alive` and `HTTP2-Settings` as Go's reverse proxy also strips).
+pub const HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// What the hop-by-hop pass found that the request still needs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HopByHop {
+    /// The client sent `TE: trailers` (to be forwarded: it says the client accepts trailers).
+    pub te_trailers: bool,
+    /// The protocol the client asked to upgrade to (`Connection: upgrade` + `Upgrade`), except
+    /// `h2c`, which is never forwarded.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// Whether a `Connection` header lists `token` (comma-separated, trimmed, case-insensitive).
+fn lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Removes the hop-by-hop headers and every header named in a `Connection` header.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopByHop {
+    let te_trailers = headers.get_all(TE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    let upgrade = headers
+        .get(UPGRADE)
+        .filter(|_| lists(headers, "upgrade"))
+        .filter(|v| {
+            !v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        })
+        .cloned();
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    HopByHop {
+        te_trailers,
+        upgrade,
+    }
+}
+
+/// Networks whose peers may set `X-Forwarded-*` and `Forwarded` (load balancers in front of
+/// the gateway). Empty by default: nobody is trusted.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// Trusts nobody.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Parses networks like `10.0.0.0/8`, `127.0.0.1` or `::1/128`.
+    pub fn parse<S: AsRef<str>>(
+        networks: impl IntoIterator<Item = S>,
+    ) -> Result<Self, InvalidNetwork> {
+        let mut out = Vec::new();
+        for net in networks {
+            let net = net.as_ref();
+            let (addr, len) = match net.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (net, None),
+            };
+            let addr: IpAddr = addr.parse().map_err(|_| InvalidNetwork(net.to_owned()))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let len = match len {
+                Some(l) => l
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&l| l <= max)
+                    .ok_or_else(|| InvalidNetwork(net.to_owned()))?,
+                None => max,
+            };
+            out.push((addr, len));
+        }
+        Ok(TrustedProxies(out))
+    }
+
+    /// Whether `peer` is inside one of the networks.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|&(net, len)| match (net, peer) {
+            (IpAddr::V4(n), IpAddr::V4(p)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(p) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(p)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(p) & mask
+            }
+            _ => false,
+        })
+    }
+}
+
+/// A trusted-proxy network that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an IP address or network (like 10.0.0.0/8)")]
+pub struct InvalidNetwork(pub String);
+
+/// What the gateway knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// The peer address of the client connection.
+    pub client: IpAddr,
+    /// The `Host` the client asked for (or the authority of an absolute-form request).
+    pub host: Option<HeaderValue>,
+    /// `http` or `https`: how the client reached the gateway.
+    pub proto: &'static str,
+}
+
+/// Rewrites the headers of a request about to be forwarded (see the [module docs](self)).
+/// Returns what the hop-by-hop pass found; the caller re-adds `TE: trailers` and the upgrade
+/// headers it decides to forward.
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    info: &Forwarding,
+    trusted: &TrustedProxies,
+) -> HopByHop {
+    let found = strip_hop_by_hop(headers);
+    let trusted_peer = trusted.contains(info.client);
+    // An IP address always makes a valid header value.
+    let client = HeaderValue::from_str(&info.client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    if !trusted_peer {
+        headers.remove(FORWARDED);
+        headers.remove(X_FORWARDED_FOR);
+        headers.remove(X_FORWARDED_HOST);
+        headers.remove(X_FORWARDED_PROTO);
+    }
+    // X-Forwarded-For: a trusted proxy's list, extended with its address; else just the peer.
+    let prior: Vec<&[u8]> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let mut list = prior.join(&b", "[..]);
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(client.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !headers.contains_key(X_FORWARDED_HOST) {
+        if let Some(host) = &info.host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));
+    }
+    found
+}
+
+/// Strips hop-by-hop headers from an upstream's response, except on a `101 Switching
+/// Protocols`, whose `Connection` and `Upgrade` make the switch.
+pub fn rewrite_response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
+    if switching_protocols {
+        let connection = headers.get(CONNECTION).cloned();
+        let upgrade = headers.get(UPGRADE).cloned();
+        strip_hop_by_hop(headers);
+        if let (Some(c), Some(u)) = (connection, upgrade) {
+            headers.insert(CONNECTION, c);
+            headers.insert(UPGRADE, u);
+        }
+    } else {
+        strip_hop_by_hop(headers);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn info(client: &str) -> Forwarding {
+        Forwarding {
+            client: client.parse().unwrap(),
+            host: Some(HeaderValue::from_static("gw.example")),
+            proto: "http",
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive, X-Custom ,  x-other"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("http2-settings", "AAA"),
+            ("x-custom", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+        ]);
+        let found = strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "3");
+        assert!(!found.te_trailers);
+        assert_eq!(
+            found.upgrade, None,
+            "upgrade without Connection: upgrade is dropped"
+        );
+    }
+
+    #[test]
+    fn te_trailers_and_upgrades_are_reported() {
+        let mut h = map(&[
+            ("te", "gzip, Trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let found = strip_hop_by_hop(&mut h);
+        assert!(found.te_trailers);
+        assert_eq!(found.upgrade.unwrap(), "websocket");
+        let mut h = map(&[
+            ("connection", "upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "x"),
+        ]);
+        assert_eq!(
+            strip_hop_by_hop(&mut h).upgrade,
+            None,
+            "h2c is never forwarded"
+        );
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_spoof_or_strip_forwarding_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+            (
+                "connection",
+                "x-forwarded-for, x-forwarded-host, x-forwarded-proto",
+            ),
+        ]);
+        rewrite_request_headers(&mut h, &info("192.0.2.1"), &TrustedProxies::none());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(h.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn trusted_proxies_are_appended_to() {
+        let trusted = TrustedProxies::parse(["10.0.0.0/8", "::1"]).unwrap();
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-host", "public.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        rewrite_request_headers(&mut h, &info("10.1.2.3"), &trusted);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 198.51.100.2, 10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
+        rewrite_request_headers(&mut h, &info("::1"), &trusted);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, ::1");
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let t =
+            TrustedProxies::parse(["10.0.0.0/8", "192.168.1.1", "fd00::/8", "0.0.0.0/0"]).unwrap();
+        assert!(t.contains("10.255.0.1".parse().unwrap()));
+        assert!(
+            t.contains("::ffff:10.0.0.1".parse().unwrap()),
+            "v4-mapped v6"
+        );
+        assert!(t.contains("fd12::1".parse().unwrap()));
+        assert!(!t.contains("fe80::1".parse().unwrap()));
+        let t = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        assert!(!t.contains("11.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::1/129"] {
+            assert!(TrustedProxies::parse([bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_hop_by_hop_stripped_except_for_a_switch() {
+        let mut h = map(&[
+            ("connection", "x-internal"),
+            ("x-internal", "1"),
+            ("keep-alive", "5"),
+            ("x-app", "2"),
+        ]);
+        rewrite_response_headers(&mut h, false);
+        assert_eq!(h.len(), 1);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "k"),
+        ]);
+        rewrite_response_headers(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["sec-websocket-accept"], "k");
+    }
+}
