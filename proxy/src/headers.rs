@@ -15,7 +15,7 @@
 //! headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6")); // spoofed
 //!
 //! let client: IpAddr = "192.0.2.7".parse().unwrap();
-//! let info = Forwarding { client, host: Some(HeaderValue::from_static("example.com")), proto: "http" };
+//! let info = Forwarding { client: Some(client), host: Some(HeaderValue::from_static("example.com")), proto: "http" };
 //! rewrite_request_headers(&mut headers, &info, &TrustedProxies::none());
 //!
 //! assert!(headers.get("x-secret").is_none());
@@ -169,8 +169,9 @@ pub struct InvalidNetwork(pub String);
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
 pub struct Forwarding {
-    /// The peer address of the client connection.
-    pub client: IpAddr,
+    /// The peer address of the client connection, when the server recorded it (without it no
+    /// `X-Forwarded-For` is set).
+    pub client: Option<IpAddr>,
     /// The `Host` the client asked for (or the authority of an absolute-form request).
     pub host: Option<HeaderValue>,
     /// `http` or `https`: how the client reached the gateway.
@@ -186,10 +187,7 @@ pub fn rewrite_request_headers(
     trusted: &TrustedProxies,
 ) -> HopByHop {
     let found = strip_hop_by_hop(headers);
-    let trusted_peer = trusted.contains(info.client);
-    // An IP address always makes a valid header value.
-    let client = HeaderValue::from_str(&info.client.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let trusted_peer = info.client.is_some_and(|c| trusted.contains(c));
     if !trusted_peer {
         headers.remove(FORWARDED);
         headers.remove(X_FORWARDED_FOR);
@@ -197,18 +195,20 @@ pub fn rewrite_request_headers(
         headers.remove(X_FORWARDED_PROTO);
     }
     // X-Forwarded-For: a trusted proxy's list, extended with its address; else just the peer.
-    let prior: Vec<&[u8]> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    let mut list = prior.join(&b", "[..]);
-    if !list.is_empty() {
-        list.extend_from_slice(b", ");
-    }
-    list.extend_from_slice(client.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&list) {
-        headers.insert(X_FORWARDED_FOR, value);
+    if let Some(client) = info.client {
+        let prior: Vec<&[u8]> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let mut list = prior.join(&b", "[..]);
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(client.to_string().as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(&list) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
     }
     if !headers.contains_key(X_FORWARDED_HOST) {
         if let Some(host) = &info.host {
@@ -254,7 +254,7 @@ mod tests {
 
     fn info(client: &str) -> Forwarding {
         Forwarding {
-            client: client.parse().unwrap(),
+            client: Some(client.parse().unwrap()),
             host: Some(HeaderValue::from_static("gw.example")),
             proto: "http",
         }

@@ -1,5 +1,38 @@
-//! Reverse-proxy forwarding. So far: [`headers`], the header rewriting a forwarded request and
-//! its response go through (hop-by-hop stripping, `Connection`-listed headers, trusted
-//! proxies, `X-Forwarded-*`).
+//! Reverse-proxy forwarding to balanced upstreams, as a tower `Service`.
+//!
+//! An [`Upstream`] is a named set of `http://host:port` targets behind a
+//! [`balancer`] strategy, with [`Settings`]. A [`Proxy`] forwards each request to a target
+//! the balancer picks: the path is the request's own or a [`ForwardPath`] extension (a
+//! router's catch-all suffix), the query passes byte for byte, `Host` is the target's, and the
+//! [`headers`] are rewritten (hop-by-hop stripping, `X-Forwarded-*`). Bodies stream both ways.
+//! A refused or timed-out connect is retried on the next target (nothing reached the
+//! upstream; a request body not yet sent is kept for the retry); when no target answers the
+//! client gets `502`, and an upstream slower than `response_timeout` to send its head gets
+//! `504`. Each failure is logged with the request id, upstream and target, and reported to the
+//! balancer's passive health.
+//!
+//! Not yet: protocol upgrades (WebSocket tunnels; `Upgrade` is not forwarded for now), trailers,
+//! HTTPS targets.
+//!
+//! ```
+//! use balancer::{HealthPolicy, Kind};
+//! use proxy::{Proxy, Settings, Upstream};
+//!
+//! let api = Upstream::new(
+//!     "api",
+//!     Kind::RoundRobin,
+//!     [("http://127.0.0.1:9001", 1), ("http://127.0.0.1:9002", 1)],
+//!     HealthPolicy::default(),
+//!     Settings::default(),
+//! )?;
+//! // A tower Service<Request<hyper::body::Incoming>>: serve it with hyper, or route to it.
+//! let proxy: Proxy<hyper::body::Incoming> = Proxy::new(api);
+//! # Ok::<_, proxy::UpstreamError>(())
+//! ```
 
+mod forward;
 pub mod headers;
+mod upstream;
+
+pub use forward::{BoxError, ClientAddr, ForwardPath, Outgoing, Proxy, ProxyBody, UpstreamTarget};
+pub use upstream::{Settings, TargetAddr, TargetError, Upstream, UpstreamError};

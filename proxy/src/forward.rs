@@ -1,0 +1,406 @@
+//! [`Proxy`]: the tower service that forwards a request to an [`Upstream`] and streams the
+//! response back.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use balancer::{Attempts, InFlight};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, TE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
+
+use crate::headers::{Forwarding, rewrite_request_headers, rewrite_response_headers};
+use crate::upstream::{TargetAddr, Upstream};
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's address, put in the request's extensions by the server; used for
+/// `X-Forwarded-For` and trusted-proxy checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The path to send upstream instead of the request's own (a router puts the catch-all
+/// suffix here: `/static/*path` forwards `/static/css/app.css` as `/css/app.css`). Empty
+/// becomes `/`. The query string is always the request's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardPath(pub Box<str>);
+
+/// Which upstream and target served a response; in the response's extensions, for the access
+/// log. Displays as the target URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// The upstream's name.
+    pub upstream: Arc<str>,
+    /// The target that answered.
+    pub target: TargetAddr,
+}
+
+impl fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.upstream, self.target)
+    }
+}
+
+/// Forwards requests to an upstream (see the [crate docs](crate)).
+pub struct Proxy<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Proxy<B> {
+    fn clone(&self) -> Self {
+        Proxy {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Proxy<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.inner.upstream)
+            .finish()
+    }
+}
+
+struct Inner<B> {
+    upstream: Upstream,
+    client: Client<HttpConnector, Outgoing<B>>,
+}
+
+impl<B> Proxy<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A proxy to `upstream`, with a connection pool of its own.
+    pub fn new(upstream: Upstream) -> Self {
+        let settings = upstream.settings();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_target)
+            .build(connector);
+        Proxy {
+            inner: Arc::new(Inner { upstream, client }),
+        }
+    }
+
+    /// The upstream this proxy forwards to.
+    pub fn upstream(&self) -> &Upstream {
+        &self.inner.upstream
+    }
+}
+
+impl<B> Service<Request<B>> for Proxy<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { Ok(forward(&inner, req).await) })
+    }
+}
+
+fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody(Kind::Short(Some(Bytes::from_static(
+        text.as_bytes(),
+    )))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+async fn forward<B>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let upstream = &inner.upstream;
+    let settings = upstream.settings();
+    let (mut parts, body) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+
+    // The outbound path and query, decided once.
+    let path = match parts.extensions.get::<ForwardPath>() {
+        Some(ForwardPath(p)) if p.is_empty() => "/",
+        Some(ForwardPath(p)) => p,
+        None => parts.uri.path(),
+    };
+    let path_and_query = match parts.uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    };
+    let Ok(path_and_query) = path_and_query else {
+        return short(StatusCode::BAD_REQUEST, "Bad Request\n");
+    };
+
+    let inbound_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let forwarding = Forwarding {
+        client: parts.extensions.get::<ClientAddr>().map(|c| c.0.ip()),
+        host: inbound_host.clone(),
+        proto: "http",
+    };
+    let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);
+    if found.te_trailers {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
+
+    // A body that was never polled can be sent again after a failed connect.
+    let size_hint = body.size_hint();
+    let slot = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(body))));
+
+    let mut attempts = Attempts::new();
+    while let Some(picked) = upstream.balancer().next_attempt(&mut attempts) {
+        let target = picked.value().clone();
+        let uri = Uri::builder()
+            .scheme(target.scheme())
+            .authority(target.authority().clone())
+            .path_and_query(path_and_query.clone())
+            .build();
+        let Ok(uri) = uri else {
+            return short(StatusCode::BAD_REQUEST, "Bad Request\n");
+        };
+        let mut out = Request::new(match &slot {
+            Some(slot) => Outgoing::shared(Arc::clone(slot), size_hint),
+            None => Outgoing::empty(),
+        });
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = parts.headers.clone();
+        let host = match (&inbound_host, settings.preserve_host) {
+            (Some(host), true) => host.clone(),
+            _ => HeaderValue::from_str(target.authority().as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+        };
+        out.headers_mut().insert(HOST, host);
+
+        let in_flight = picked.state().start();
+        let outcome =
+            tokio::time::timeout(settings.response_timeout, inner.client.request(out)).await;
+        match outcome {
+            Ok(Ok(res)) => {
+                upstream.balancer().report(&picked, true);
+                let (mut head, body) = res.into_parts();
+                let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+                rewrite_response_headers(&mut head.headers, switching);
+                head.extensions.insert(UpstreamTarget {
+                    upstream: Arc::clone(upstream.name_arc()),
+                    target,
+                });
+                let body = ProxyBody(Kind::Upstream {
+                    body,
+                    _in_flight: in_flight,
+                });
+                return Response::from_parts(head, body);
+            }
+            Err(_elapsed) => {
+                upstream.balancer().report(&picked, false);
+                tracing::warn!(
+                    upstream = %upstream.name(),
+                    target = %target,
+                    request_id = %request_id,
+                    timeout_ms = settings.response_timeout.as_millis() as u64,
+                    "upstream did not answer in time"
+                );
+                return short(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n");
+            }
+            Ok(Err(error)) => {
+                upstream.balancer().report(&picked, false);
+                let retriable = error.is_connect()
+                    && slot
+                        .as_ref()
+                        .is_none_or(|s| s.lock().unwrap_or_else(PoisonError::into_inner).is_some());
+                tracing::warn!(
+                    upstream = %upstream.name(),
+                    target = %target,
+                    request_id = %request_id,
+                    error = %error_chain(&error),
+                    retry = retriable,
+                    "upstream request failed"
+                );
+                if !retriable {
+                    return short(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+                }
+            }
+        }
+    }
+    tracing::error!(
+        upstream = %upstream.name(),
+        request_id = %request_id,
+        tried = attempts.len(),
+        "no upstream target answered"
+    );
+    short(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+}
+
+/// An error and its sources, `: `-separated (hyper's errors say the most in their sources).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The request body as sent upstream: empty, or the client's body held where a failed connect
+/// can give it back for the next attempt.
+pub struct Outgoing<B> {
+    state: OutState<B>,
+    hint: SizeHint,
+}
+
+enum OutState<B> {
+    Empty,
+    Shared(Arc<Mutex<Option<B>>>),
+    Owned(B),
+}
+
+impl<B> Outgoing<B> {
+    fn empty() -> Self {
+        Outgoing {
+            state: OutState::Empty,
+            hint: SizeHint::with_exact(0),
+        }
+    }
+
+    fn shared(slot: Arc<Mutex<Option<B>>>, hint: SizeHint) -> Self {
+        Outgoing {
+            state: OutState::Shared(slot),
+            hint,
+        }
+    }
+}
+
+impl<B> http_body::Body for Outgoing<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let OutState::Shared(slot) = &this.state {
+            // First poll: the body is this attempt's now, and cannot be sent again.
+            let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            this.state = match taken {
+                Some(body) => OutState::Owned(body),
+                None => OutState::Empty,
+            };
+        }
+        match &mut this.state {
+            OutState::Owned(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            _ => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            OutState::Empty => true,
+            OutState::Shared(_) => false,
+            OutState::Owned(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// The response body: the upstream's, streamed as it arrives (its in-flight count ends when
+/// the body is done or dropped), or a short text the proxy answered itself.
+pub struct ProxyBody(Kind);
+
+enum Kind {
+    Upstream {
+        body: Incoming,
+        _in_flight: InFlight,
+    },
+    Short(Option<Bytes>),
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Upstream { .. } => "ProxyBody(upstream)",
+            Kind::Short(_) => "ProxyBody(short)",
+        })
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Kind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Kind::Short(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Short(text) => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Short(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+        }
+    }
+}
