@@ -11,14 +11,14 @@ use std::task::{Context, Poll};
 
 use balancer::{Attempts, InFlight};
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, TE};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service;
 
 use crate::headers::{Forwarding, rewrite_request_headers, rewrite_response_headers};
@@ -184,6 +184,22 @@ where
             .headers
             .insert(TE, HeaderValue::from_static("trailers"));
     }
+    // An upgrade (WebSocket) the server can hand over: forward the request for it, and tunnel
+    // if the upstream switches protocols.
+    let client_upgrade = match &found.upgrade {
+        Some(protocol) => parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .map(|on| (on, protocol.clone())),
+        None => None,
+    };
+    if let Some((_, protocol)) = &client_upgrade {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, protocol.clone());
+    }
+    let mut client_upgrade = client_upgrade.map(|(on, _)| on);
 
     // A body that was never polled can be sent again after a failed connect.
     let size_hint = body.size_hint();
@@ -219,10 +235,35 @@ where
         let outcome =
             tokio::time::timeout(settings.response_timeout, inner.client.request(out)).await;
         match outcome {
-            Ok(Ok(res)) => {
+            Ok(Ok(mut res)) => {
                 upstream.balancer().report(&picked, true);
+                let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switching {
+                    let Some(client_side) = client_upgrade.take() else {
+                        tracing::warn!(
+                            upstream = %upstream.name(),
+                            target = %target,
+                            request_id = %request_id,
+                            "upstream switched protocols without being asked"
+                        );
+                        return short(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+                    };
+                    let upstream_side = hyper::upgrade::on(&mut res);
+                    tokio::spawn(tunnel(
+                        client_side,
+                        upstream_side,
+                        in_flight,
+                        request_id.clone(),
+                    ));
+                    let (mut head, _) = res.into_parts();
+                    rewrite_response_headers(&mut head.headers, true);
+                    head.extensions.insert(UpstreamTarget {
+                        upstream: Arc::clone(upstream.name_arc()),
+                        target,
+                    });
+                    return Response::from_parts(head, ProxyBody(Kind::Short(None)));
+                }
                 let (mut head, body) = res.into_parts();
-                let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
                 rewrite_response_headers(&mut head.headers, switching);
                 head.extensions.insert(UpstreamTarget {
                     upstream: Arc::clone(upstream.name_arc()),
@@ -272,6 +313,28 @@ where
         "no upstream target answered"
     );
     short(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections until
+/// either side closes. The target's in-flight count lasts as long as the tunnel.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: InFlight,
+    request_id: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::warn!(request_id = %request_id, error = %error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(request_id = %request_id, error = %error, "tunnel closed with an error");
+    }
 }
 
 /// An error and its sources, `: `-separated (hyper's errors say the most in their sources).

@@ -186,7 +186,9 @@ pub fn rewrite_request_headers(
     info: &Forwarding,
     trusted: &TrustedProxies,
 ) -> HopByHop {
+    let trailer = announced_trailers(headers);
     let found = strip_hop_by_hop(headers);
+    reannounce(headers, trailer);
     let trusted_peer = info.client.is_some_and(|c| trusted.contains(c));
     if !trusted_peer {
         headers.remove(FORWARDED);
@@ -221,9 +223,28 @@ pub fn rewrite_request_headers(
     found
 }
 
+/// The `Trailer` header's values: they name the trailer fields the body will end with, and are
+/// announced again after the hop-by-hop pass (as Go's reverse proxy does), so that trailers
+/// pass through.
+fn announced_trailers(headers: &HeaderMap) -> Vec<HeaderValue> {
+    headers.get_all(TRAILER).iter().cloned().collect()
+}
+
+fn reannounce(headers: &mut HeaderMap, trailer: Vec<HeaderValue>) {
+    for value in trailer {
+        headers.append(TRAILER, value);
+    }
+}
+
 /// Strips hop-by-hop headers from an upstream's response, except on a `101 Switching
-/// Protocols`, whose `Connection` and `Upgrade` make the switch.
+/// Protocols`, whose `Connection` and `Upgrade` make the switch. `Trailer` is kept.
 pub fn rewrite_response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
+    let trailer = announced_trailers(headers);
+    rewrite_response_hop_by_hop(headers, switching_protocols);
+    reannounce(headers, trailer);
+}
+
+fn rewrite_response_hop_by_hop(headers: &mut HeaderMap, switching_protocols: bool) {
     if switching_protocols {
         let connection = headers.get(CONNECTION).cloned();
         let upgrade = headers.get(UPGRADE).cloned();

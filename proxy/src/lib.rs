@@ -11,8 +11,12 @@
 //! `504`. Each failure is logged with the request id, upstream and target, and reported to the
 //! balancer's passive health.
 //!
-//! Not yet: protocol upgrades (WebSocket tunnels; `Upgrade` is not forwarded for now), trailers,
-//! HTTPS targets.
+//! Upgrades (WebSocket): `Upgrade` and `Connection: upgrade` are forwarded (never `h2c`); on a
+//! `101` the proxy tunnels bytes both ways until either side closes, and an upstream that
+//! answers anything else gives a normal response. The server must be set up to allow upgrades
+//! (hyper's `serve_connection(...).with_upgrades()`). Trailers pass through in both directions.
+//!
+//! Not yet: HTTPS targets.
 //!
 //! ```
 //! use balancer::{HealthPolicy, Kind};

@@ -59,6 +59,12 @@ async fn upstream(name: &'static str, release: Arc<Notify>) -> (SocketAddr, Log)
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             Response::new(Full::new(Bytes::new()).boxed())
                         }
+                        "/trailers" => {
+                            let mut res = Response::new(WithTrailers(0).boxed());
+                            res.headers_mut()
+                                .insert("trailer", "x-checksum".parse().unwrap());
+                            res
+                        }
                         "/sse" => {
                             let (tx, rx) = mpsc::channel::<Bytes>(4);
                             tokio::spawn(async move {
@@ -92,6 +98,29 @@ async fn upstream(name: &'static str, release: Arc<Notify>) -> (SocketAddr, Log)
         }
     });
     (addr, log)
+}
+
+/// A body of one chunk followed by an `x-checksum` trailer.
+struct WithTrailers(u8);
+
+impl http_body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0 += 1;
+        std::task::Poll::Ready(match self.0 {
+            1 => Some(Ok(Frame::data(Bytes::from("payload")))),
+            2 => {
+                let mut t = HeaderMap::new();
+                t.insert("x-checksum", "abc123".parse().unwrap());
+                Some(Ok(Frame::trailers(t)))
+            }
+            _ => None,
+        })
+    }
 }
 
 /// A body fed by a channel: each message is one chunk, the end of the channel its end.
@@ -345,5 +374,168 @@ async fn an_upstream_reset_mid_body_aborts_the_response() {
     assert!(
         res.into_body().collect().await.is_err(),
         "a clean end would hide the truncation"
+    );
+}
+
+#[tokio::test]
+async fn trailers_pass_through_when_the_client_accepts_them() {
+    let (addr, log) = upstream("t", released()).await;
+    let proxy = proxy_to(&[addr], Settings::default());
+    let req = request("/trailers")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = proxy.oneshot(req).await.unwrap();
+    assert_eq!(res.headers()["trailer"], "x-checksum");
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc123");
+    assert_eq!(collected.to_bytes(), "payload");
+    assert_eq!(log.lock().unwrap()[0].headers["te"], "trailers");
+}
+
+/// A raw upstream that switches to an echo protocol on `Upgrade: echo`, and answers
+/// `/refuse` with a plain 200 instead.
+async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await.to_ascii_lowercase();
+                if head.starts_with("get /refuse") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno")
+                        .await;
+                    return;
+                }
+                assert!(head.contains("upgrade: echo"), "{head}");
+                assert!(head.contains("connection: upgrade"), "{head}");
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads up to the end of an HTTP head.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Serves the proxy over HTTP/1.1 with upgrades allowed, as the gateway does.
+async fn serve_proxy(proxy: Proxy<Incoming>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(proxy.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upgrades_tunnel_on_101_and_stay_http_otherwise() {
+    let up = echo_upstream().await;
+    let upstream = Upstream::new(
+        "ws",
+        Kind::RoundRobin,
+        [(format!("http://{up}"), 1)],
+        HealthPolicy::default(),
+        Settings::default(),
+    )
+    .unwrap();
+    let gateway = serve_proxy(Proxy::new(upstream)).await;
+
+    let mut client = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in [&b"ping"[..], b"second message"] {
+        client.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+
+    let mut client = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    client
+        .write_all(
+            b"GET /refuse HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "a refused upgrade is a plain response: {head}"
+    );
+    let mut body = [0u8; 2];
+    client.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"no");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_request() {
+    // A raw upstream that reports when a request arrives and when its connection closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events_tx, mut events) = mpsc::channel::<&'static str>(8);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let events = events_tx.clone();
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                let _ = events.send("request").await;
+                // Never answer; wait for the proxy to close the connection.
+                let mut buf = [0u8; 64];
+                while stream.read(&mut buf).await.unwrap_or(0) > 0 {}
+                let _ = events.send("closed").await;
+            });
+        }
+    });
+    let proxy = proxy_to(&[addr], Settings::default());
+    let call = tokio::spawn(
+        proxy
+            .clone()
+            .oneshot(request("/hang").body(Full::new(Bytes::new())).unwrap()),
+    );
+    assert_eq!(events.recv().await, Some("request"));
+    assert_eq!(
+        proxy.upstream().balancer().targets()[0].state().in_flight(),
+        1
+    );
+    call.abort();
+    let closed = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert_eq!(
+        closed.unwrap(),
+        Some("closed"),
+        "the upstream connection was closed, not pooled"
+    );
+    assert_eq!(
+        proxy.upstream().balancer().targets()[0].state().in_flight(),
+        0
     );
 }
