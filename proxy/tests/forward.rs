@@ -25,6 +25,8 @@ struct Seen {
     path_and_query: String,
     headers: HeaderMap,
     body: Bytes,
+    /// Which connection (in accept order) carried it.
+    connection: usize,
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
@@ -38,7 +40,10 @@ async fn upstream(name: &'static str, release: Arc<Notify>) -> (SocketAddr, Log)
     let log: Log = Arc::default();
     let seen = log.clone();
     tokio::spawn(async move {
+        let mut connections = 0;
         while let Ok((stream, _)) = listener.accept().await {
+            connections += 1;
+            let connection = connections;
             let seen = seen.clone();
             let release = release.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -53,6 +58,7 @@ async fn upstream(name: &'static str, release: Arc<Notify>) -> (SocketAddr, Log)
                         path_and_query: path.clone(),
                         headers: parts.headers,
                         body: body.clone(),
+                        connection,
                     });
                     let res: Response<UpBody> = match path.as_str() {
                         "/slow" => {
@@ -537,5 +543,25 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
     assert_eq!(
         proxy.upstream().balancer().targets()[0].state().in_flight(),
         0
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused() {
+    let (addr, log) = upstream("a", released()).await;
+    let proxy = proxy_to(&[addr], Settings::default());
+    for _ in 0..5 {
+        let res = proxy
+            .clone()
+            .oneshot(request("/x").body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        text(res).await;
+    }
+    let connections: Vec<usize> = log.lock().unwrap().iter().map(|s| s.connection).collect();
+    assert_eq!(
+        connections,
+        [1, 1, 1, 1, 1],
+        "one pooled connection served all five"
     );
 }
