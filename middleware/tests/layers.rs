@@ -117,7 +117,7 @@ async fn request_ids_accepted_rejected_and_generated() {
 
 #[tokio::test]
 async fn request_id_is_on_every_log_line_of_the_request() {
-    let (logs, _guard) = capture();
+    let logs = capture();
     let svc = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .service(echo_id());
@@ -182,7 +182,7 @@ impl http_body::Body for PanickyBody {
 
 #[tokio::test]
 async fn a_panic_answers_500_logs_once_and_the_connection_stays_usable() {
-    let (logs, _guard) = capture();
+    let logs = capture();
     let mut mux: Mux<hyper::body::Incoming> = Mux::new();
     mux.get(
         "/boom",
@@ -264,7 +264,7 @@ impl Service<Request<()>> for PanicsInCall {
 
 #[tokio::test]
 async fn a_panic_in_call_itself_is_caught() {
-    let (logs, _guard) = capture();
+    let logs = capture();
     let svc = ServiceBuilder::new()
         .layer(RecoverLayer::new())
         .service(PanicsInCall);
@@ -539,7 +539,7 @@ impl std::fmt::Display for Upstream {
 
 #[tokio::test]
 async fn one_access_log_event_per_request_with_the_right_fields() {
-    let (logs, _guard) = capture();
+    let logs = capture();
     let svc = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .layer(AccessLogLayer::new().upstream::<Upstream>())
@@ -586,7 +586,7 @@ async fn one_access_log_event_per_request_with_the_right_fields() {
 
 #[tokio::test]
 async fn access_log_through_a_mux_sees_404s() {
-    let (logs, _guard) = capture();
+    let logs = capture();
     let mut mux = Mux::new();
     mux.get(
         "/x",

@@ -21,6 +21,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// One recorded event: its level, target, fields, and the fields of the spans around it.
 #[derive(Debug, Clone)]
 pub struct Event {
+    pub thread: std::thread::ThreadId,
     pub level: tracing::Level,
     pub target: String,
     pub fields: BTreeMap<String, String>,
@@ -39,12 +40,30 @@ impl Visit for Fields {
     }
 }
 
+/// Every event of the test binary, from one global subscriber. A global subscriber (rather than
+/// one per test with `set_default`) keeps tracing's per-callsite interest cache from being
+/// computed while no capturing subscriber exists, which made events vanish at random when tests
+/// ran in parallel. Each test reads the events of its own thread.
 #[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<Event>>>);
+struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+/// The events recorded on the current thread since [`capture`] was called.
+#[derive(Clone)]
+pub struct Capture {
+    recorder: Recorder,
+    thread: std::thread::ThreadId,
+}
 
 impl Capture {
     pub fn events(&self) -> Vec<Event> {
-        self.0.lock().unwrap().clone()
+        self.recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.thread == self.thread)
+            .cloned()
+            .collect()
     }
     pub fn with_target(&self, target: &str) -> Vec<Event> {
         self.events()
@@ -54,7 +73,7 @@ impl Capture {
     }
 }
 
-impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Capture {
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Recorder {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
@@ -75,6 +94,7 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
             }
         }
         self.0.lock().unwrap().push(Event {
+            thread: std::thread::current().id(),
             level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
             fields: fields.0,
@@ -83,12 +103,20 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
     }
 }
 
-/// Records every event on this thread until the guard drops.
-pub fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let guard = tracing::subscriber::set_default(subscriber);
-    (capture, guard)
+/// Starts reading this thread's events (earlier ones are dropped).
+pub fn capture() -> Capture {
+    static RECORDER: std::sync::OnceLock<Recorder> = std::sync::OnceLock::new();
+    let recorder = RECORDER
+        .get_or_init(|| {
+            let recorder = Recorder::default();
+            let subscriber = tracing_subscriber::registry().with(recorder.clone());
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+            recorder
+        })
+        .clone();
+    let thread = std::thread::current().id();
+    recorder.0.lock().unwrap().retain(|e| e.thread != thread);
+    Capture { recorder, thread }
 }
 
 /// Serves `svc` over HTTP/1.1 on a fresh loopback port, on the current runtime.
