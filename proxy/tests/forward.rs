@@ -565,3 +565,33 @@ async fn keep_alive_connections_are_reused() {
         "one pooled connection served all five"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let backend = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("ws"))
+        .await
+        .unwrap();
+    let upstream = Upstream::new(
+        "ws",
+        Kind::RoundRobin,
+        [(format!("http://{}", backend.addr()), 1)],
+        HealthPolicy::default(),
+        Settings::default(),
+    )
+    .unwrap();
+    let gateway = serve_proxy(Proxy::new(upstream)).await;
+    let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{gateway}/chat"), stream)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(res.headers()["x-backend"], "ws");
+    for text in ["hello through the gateway", "and again"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+}
