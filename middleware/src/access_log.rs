@@ -165,6 +165,7 @@ impl Record {
 impl<S, U, B, ResBody> Service<Request<B>> for AccessLog<S, U>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
     U: fmt::Display + Send + Sync + 'static,
 {
     type Response = Response<LoggedBody<ResBody>>;
@@ -206,6 +207,7 @@ pin_project! {
 impl<F, U, ResBody, E> Future for AccessLogFuture<F, U>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: http_body::Body,
     U: fmt::Display + Send + Sync + 'static,
 {
     type Output = Result<Response<LoggedBody<ResBody>>, E>;
@@ -222,6 +224,12 @@ where
                 if let Some(r) = record.as_mut() {
                     r.status = res.status().as_u16();
                     r.upstream = res.extensions().get::<U>().map(ToString::to_string);
+                }
+                // A server does not poll a body it knows is empty: log that one now.
+                if res.body().is_end_stream() {
+                    if let Some(r) = record.take() {
+                        r.emit(true);
+                    }
                 }
                 Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, record })))
             }
@@ -262,11 +270,18 @@ impl<B: http_body::Body> http_body::Body for LoggedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut inner = this.inner;
+        let polled = inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
                     r.bytes += data.remaining() as u64;
+                }
+                // The last frame of a body of known length: servers stop polling here.
+                if inner.is_end_stream() {
+                    if let Some(record) = this.record.take() {
+                        record.emit(true);
+                    }
                 }
             }
             Poll::Ready(None) => {

@@ -611,3 +611,39 @@ async fn access_log_through_a_mux_sees_404s() {
     assert_eq!(logs.with_target("access_log").len(), 2);
     let _ = Method::GET;
 }
+
+#[tokio::test]
+async fn bodies_a_server_never_polls_to_the_end_still_count_as_complete() {
+    let logs = capture();
+    let svc = ServiceBuilder::new()
+        .layer(AccessLogLayer::new())
+        .service(service_fn(|req: Request<()>| async move {
+            let res = if req.uri().path() == "/empty" {
+                Response::new(Full::new(Bytes::new()))
+            } else {
+                ok_text("0123456789")
+            };
+            Ok::<_, Infallible>(res)
+        }));
+    // An empty body: a server checks is_end_stream and never polls it.
+    let res = svc
+        .clone()
+        .oneshot(Request::get("/empty").body(()).unwrap())
+        .await
+        .unwrap();
+    drop(res);
+    // A body of known length: a server stops polling after the last byte.
+    let mut body = svc
+        .oneshot(Request::get("/ten").body(()).unwrap())
+        .await
+        .unwrap()
+        .into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap().len(), 10);
+    drop(body);
+    let events = logs.with_target("access_log");
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].fields["complete"], "true");
+    assert_eq!(events[1].fields["complete"], "true");
+    assert_eq!(events[1].fields["bytes"], "10");
+}
