@@ -70,6 +70,14 @@ fn catch_all_name(pattern: &str) -> Option<&str> {
 
 /// Builds the gateway from `config` (positions in errors refer to `source`).
 pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>, ConfigError> {
+    // hyper needs room for at least 8 KiB of request head.
+    if config.server.max_header_bytes < 8192 {
+        return Err(source.error(
+            key_span(source, "max_header_bytes"),
+            Some("max_header_bytes"),
+            "must be at least 8192",
+        ));
+    }
     // Upstreams.
     let mut proxies: BTreeMap<String, Proxy<B>> = BTreeMap::new();
     for (name, up) in &config.upstreams {
@@ -253,6 +261,21 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
         routes: rows,
         upstreams,
     })
+}
+
+/// Where `key = ...` first appears in the file (for settings read as plain values).
+fn key_span(source: &Source, key: &str) -> std::ops::Range<usize> {
+    let at = source
+        .text
+        .lines()
+        .scan(0, |offset, line| {
+            let start = *offset;
+            *offset += line.len() + 1;
+            Some((start, line))
+        })
+        .find(|(_, line)| line.trim_start().starts_with(key))
+        .map_or(0, |(start, _)| start);
+    at..at
 }
 
 fn auth_layer(

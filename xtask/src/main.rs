@@ -1,6 +1,10 @@
 //! Project automation, run as `cargo xtask <task>` through the alias in `.cargo/config.toml`.
 //!
 //! Tasks:
+//! - `demo`: builds and starts two fake backends (127.0.0.1:9001, :9002) and the gateway on
+//!   127.0.0.1:8080 with its embedded default configuration, waits until all three answer,
+//!   prints what to try, and runs until Ctrl-C (or until one of them exits, which stops the
+//!   others).
 //! - `ci`: the checks CI runs (`cargo fmt --check`, clippy with warnings denied, the tests).
 //! - `bench-router`: `cargo bench -p router`, then a table of medians and ratios against matchit
 //!   read from criterion's output, ready for BENCHMARKS.md.
@@ -14,11 +18,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("demo") => demo(),
         Some("bench-router") => bench_router(&args[1..]),
         Some("bench-balancer") => bench_balancer(&args[1..]),
         Some("help") | None => {
             println!(
-                "usage: cargo xtask <ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
+                "usage: cargo xtask <demo | ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
             );
             Ok(())
         }
@@ -54,6 +59,115 @@ fn cargo(args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
     }
+}
+
+/// The demo topology: (what, arguments, port).
+const DEMO: [(&str, &[&str], u16); 3] = [
+    ("fake-backend", &["9001"], 9001),
+    ("fake-backend", &["9002"], 9002),
+    ("gateway", &[], 8080),
+];
+
+fn demo() -> Result<(), String> {
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::time::{Duration, Instant};
+
+    // Say clearly which port is taken before starting anything.
+    for (_, _, port) in DEMO {
+        if let Err(e) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            return Err(format!(
+                "port {port} on 127.0.0.1 is not free ({e}); stop whatever holds it (`ss -ltnp | grep :{port}`) and try again"
+            ));
+        }
+    }
+    cargo(&["build", "--bin", "gateway", "--bin", "fake-backend"])?;
+    let bin = workspace_root().join("target").join("debug");
+
+    let mut children: Vec<(String, std::process::Child)> = Vec::new();
+    let stop_all = |children: &mut Vec<(String, std::process::Child)>| {
+        for (_, child) in children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    };
+    for (program, args, port) in DEMO {
+        match Command::new(bin.join(program)).args(args).spawn() {
+            Ok(child) => children.push((format!("{program} :{port}"), child)),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(format!("could not start {program}: {e}"));
+            }
+        }
+    }
+
+    // Wait until each answers HTTP, for 15 s at most.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (_, _, port) in DEMO {
+        while !answers(port) {
+            if Instant::now() > deadline {
+                stop_all(&mut children);
+                return Err(format!("nothing answered on 127.0.0.1:{port} within 15 s"));
+            }
+            if let Some(name) = exited(&mut children) {
+                stop_all(&mut children);
+                return Err(format!("{name} exited during start-up"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!(
+        "
+The demo is up: fake backends on 127.0.0.1:9001 and :9002, the gateway on http://127.0.0.1:8080
+
+  curl http://localhost:8080/api/users                                    # alternates :9001 / :9002
+  curl http://localhost:8080/static/x.png                                 # :9001, path /x.png
+  curl -H 'X-Admin-Token: letmein' http://localhost:8080/admin/dashboard  # :9002
+  curl http://localhost:8080/                                             # routes and upstream health
+  curl 'http://localhost:8080/api/slow?delay_ms=500'                      # faults: see fake-backend docs
+
+Ctrl-C stops all three.
+"
+    );
+    // Ctrl-C reaches the whole process group: the three children stop on it too. Until then,
+    // watch them: if one exits, stop the others.
+    loop {
+        if let Some(name) = exited(&mut children) {
+            stop_all(&mut children);
+            return Err(format!("{name} exited; stopped the others"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether something on 127.0.0.1:`port` answers an HTTP request.
+fn answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
+}
+
+/// The name of a child that has exited, if any.
+fn exited(children: &mut [(String, std::process::Child)]) -> Option<String> {
+    for (name, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return Some(name.clone());
+        }
+    }
+    None
 }
 
 fn ci() -> Result<(), String> {
