@@ -1,0 +1,490 @@
+//! The whole product over real sockets: two fake backends and the gateway in-process (and once
+//! as real processes), with a configuration that mirrors the default.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use gateway_bin::app;
+use gateway_bin::config::Source;
+use gateway_bin::serve::{self, Limits, ServedBody};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The default topology, on the given backend addresses, plus a slow-timeout upstream.
+fn config(b1: SocketAddr, b2: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shutdown_grace_ms = 5000
+max_body_bytes = 1000
+
+[upstreams.static]
+targets = ["http://{b1}"]
+
+[upstreams.admin]
+targets = ["http://{b2}"]
+
+[upstreams.api]
+strategy = "round-robin"
+targets = ["http://{b1}", "http://{b2}"]
+response_timeout_ms = 300
+
+[[routes]]
+path = "/api/*path"
+methods = ["GET", "POST", "PUT", "DELETE"]
+upstream = "api"
+
+[[routes]]
+path = "/static/*path"
+methods = ["GET", "HEAD"]
+upstream = "static"
+
+[[routes]]
+path = "/admin/*path"
+methods = ["GET"]
+upstream = "admin"
+auth = {{ header = "X-Admin-Token", secrets = ["letmein"] }}
+"#
+    )
+}
+
+struct Gateway {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<bool>,
+}
+
+async fn start_gateway(text: String) -> Gateway {
+    let source = Source {
+        name: "test.toml".into(),
+        text,
+    };
+    let config = source.parse().unwrap();
+    let app = app::build::<ServedBody>(&config, &source).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let limits = Limits::from(&config.server);
+    let done = tokio::spawn(serve::serve(app.service, vec![listener], limits, async {
+        let _ = stopped.await;
+    }));
+    Gateway {
+        addr,
+        stop: Some(stop),
+        done,
+    }
+}
+
+struct Demo {
+    gateway: Gateway,
+    b1: fake_backend::Backend,
+    b2: fake_backend::Backend,
+}
+
+async fn demo() -> Demo {
+    let b1 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let b2 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let gateway = start_gateway(config(b1.addr(), b2.addr())).await;
+    Demo { gateway, b1, b2 }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+async fn call(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let res = sender.send_request(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn get(path: &str) -> http::request::Builder {
+    Request::get(path).header("host", "gateway.test")
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> Reply {
+    call(addr, get(path).body(Empty::new()).unwrap()).await
+}
+
+#[tokio::test]
+async fn the_demo_topology_end_to_end() {
+    let d = demo().await;
+    let gw = d.gateway.addr;
+    let (n1, n2) = (d.b1.name().to_owned(), d.b2.name().to_owned());
+
+    // Round-robin alternation over the two backends, path stripped to the catch-all.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = fetch(gw, "/api/users?page=2").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let j = r.json();
+        assert_eq!(j["path"], "/users");
+        assert_eq!(j["query"], "page=2");
+        seen.push(j["backend"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(seen[0], seen[1]);
+    assert_eq!(seen[0], seen[2]);
+    assert_eq!(seen[1], seen[3]);
+    assert!(seen.contains(&n1) && seen.contains(&n2));
+
+    // /static goes to the first backend only, with the suffix as path.
+    let r = fetch(gw, "/static/css/app.css").await;
+    let j = r.json();
+    assert_eq!(
+        (j["backend"].as_str().unwrap(), j["path"].as_str().unwrap()),
+        (n1.as_str(), "/css/app.css")
+    );
+    let r = fetch(gw, "/static/").await;
+    assert_eq!(r.json()["path"], "/");
+
+    // The admin gate.
+    let r = fetch(gw, "/admin/dashboard").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        gw,
+        get("/admin/dashboard")
+            .header("x-admin-token", "wrong")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        gw,
+        get("/admin/dashboard")
+            .header("x-admin-token", "letmein")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["backend"], n2.as_str());
+    assert_eq!(r.json()["path"], "/dashboard");
+
+    // 404, 405 with Allow.
+    assert_eq!(fetch(gw, "/nothing").await.status, StatusCode::NOT_FOUND);
+    let r = call(
+        gw,
+        Request::patch("/api/x")
+            .header("host", "g")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "GET, HEAD, POST, PUT, DELETE, OPTIONS");
+
+    // X-Forwarded-* and the request id, at the backend and on the response.
+    let r = call(
+        gw,
+        get("/api/who")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-request-id", "e2e-42")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], "gateway.test");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-request-id"], "e2e-42");
+    assert_eq!(r.headers["x-request-id"], "e2e-42");
+    let r = fetch(gw, "/api/who").await;
+    assert_eq!(
+        r.headers["x-request-id"],
+        r.json()["headers"]["x-request-id"].as_str().unwrap()
+    );
+
+    // The index page, as text for curl.
+    let r = fetch(gw, "/").await;
+    let page = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(
+        page.contains("/api/*path") && page.contains(&d.b1.addr().to_string()),
+        "{page}"
+    );
+    let r = call(
+        gw,
+        get("/")
+            .header("accept", "text/html")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+
+    // A declared body over the limit.
+    let r = call(
+        gw,
+        Request::post("/api/up")
+            .header("host", "g")
+            .header("content-length", "5000")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn faults_502_retry_504_sse_and_websocket() {
+    let live = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("live"))
+        .await
+        .unwrap();
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    // api: one dead and one live target; static: only the dead one.
+    let d = start_gateway(config(dead, live.addr())).await;
+    for _ in 0..4 {
+        let r = fetch(d.addr, "/api/x").await;
+        assert_eq!(r.status, StatusCode::OK, "retried on the live target");
+        assert_eq!(r.json()["backend"], "live");
+    }
+    assert_eq!(
+        fetch(d.addr, "/static/x").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+
+    // Server-sent events through the gateway.
+    let r = fetch(d.addr, "/api/events?sse=3&interval_ms=10").await;
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body)
+            .matches("data: event")
+            .count(),
+        3
+    );
+
+    // A WebSocket echo through the gateway (api, live target).
+    let stream = TcpStream::connect(d.addr).await.unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{}/api/ws", d.addr), stream)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("through the gateway")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("through the gateway")
+    );
+    ws.close(None).await.unwrap();
+
+    // The api upstream answers within 300 ms or it is a 504 (last: the timeout counts as a
+    // failure and takes the live target out for fail_timeout).
+    let start = Instant::now();
+    assert_eq!(fetch(d.addr, "/api/x?delay_ms=3000").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert_eq!(fetch(d.addr, "/api/x").await.status, StatusCode::BAD_GATEWAY, "both targets out now");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_request_in_flight() {
+    let mut d = demo().await;
+    let gw = d.gateway.addr;
+    let in_flight = tokio::spawn(async move { fetch(gw, "/static/slow?delay_ms=400").await });
+    // Wait until the request is being served, by watching the backend's side: poll the
+    // gateway's index page until static shows a request in flight.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = String::from_utf8(fetch(gw, "/").await.body.to_vec()).unwrap();
+        if page
+            .lines()
+            .any(|l| l.contains("static") && l.contains("in flight 1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::task::yield_now().await;
+    }
+    let _ = d.gateway.stop.take().unwrap().send(());
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "the accepted request completed");
+    assert!(
+        d.gateway.done.await.unwrap(),
+        "every connection finished within the grace"
+    );
+    assert!(TcpStream::connect(gw).await.is_err(), "no longer accepting");
+    drop(d.b2);
+}
+
+#[test]
+fn config_errors_name_the_line_and_key() {
+    let src = |text: &str| Source {
+        name: "bad.toml".into(),
+        text: text.into(),
+    };
+    let e = src("[server]\nlisten = [\"127.0.0.1:0\"]\nmax_body_bytes = \"lots\"\n")
+        .parse()
+        .unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(3), Some("max_body_bytes")),
+        "{e}"
+    );
+
+    let text = "[upstreams.a]\ntargets = [\"http://127.0.0.1:1\"]\n\n[[routes]]\npath = \"/x\"\nupstream = \"nope\"\n";
+    let s = src(text);
+    let e = app::build::<ServedBody>(&s.parse().unwrap(), &s)
+        .err()
+        .unwrap();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(6), Some("upstream")),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("bad.toml:6: `upstream`: no upstream named `nope`"),
+        "{e}"
+    );
+
+    let text = "[upstreams.a]\ntargets = [\"https://127.0.0.1:1\"]\n";
+    let s = src(text);
+    let e = app::build::<ServedBody>(&s.parse().unwrap(), &s)
+        .err()
+        .unwrap();
+    assert_eq!(e.line, Some(2), "{e}");
+
+    let text = "[upstreams.a]\ntargets = [\"http://127.0.0.1:1\"]\n\n[[routes]]\npath = \"/x/:a/:a\"\nupstream = \"a\"\n";
+    let s = src(text);
+    let e = app::build::<ServedBody>(&s.parse().unwrap(), &s)
+        .err()
+        .unwrap();
+    assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("path")), "{e}");
+
+    let s = src("[server]\nmax_header_bytes = 100\n");
+    let e = app::build::<ServedBody>(&s.parse().unwrap(), &s)
+        .err()
+        .unwrap();
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(2), Some("max_header_bytes")),
+        "{e}"
+    );
+}
+
+/// A free loopback port for a child process (bound, then released for it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
+    let b1 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let b2 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let port = free_port();
+    let text =
+        config(b1.addr(), b2.addr()).replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, text).unwrap();
+    let exe = env!("CARGO_BIN_EXE_gateway");
+
+    let check = std::process::Command::new(exe)
+        .arg("--check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let table = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        table.contains("/admin/*path") && table.contains("auth"),
+        "{table}"
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten = 5\n").unwrap();
+    let out = std::process::Command::new(exe)
+        .arg("--check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml:2: `listen`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = fetch(addr, "/api/1").await.json()["backend"].clone();
+    let b = fetch(addr, "/api/2").await.json()["backend"].clone();
+    assert_ne!(a, b, "round-robin across processes");
+    let r = call(
+        addr,
+        get("/admin/x")
+            .header("x-admin-token", "letmein")
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.json()["backend"], b2.name());
+
+    let killed = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
