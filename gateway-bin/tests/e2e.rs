@@ -308,9 +308,16 @@ async fn faults_502_retry_504_sse_and_websocket() {
     // The api upstream answers within 300 ms or it is a 504 (last: the timeout counts as a
     // failure and takes the live target out for fail_timeout).
     let start = Instant::now();
-    assert_eq!(fetch(d.addr, "/api/x?delay_ms=3000").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        fetch(d.addr, "/api/x?delay_ms=3000").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
     assert!(start.elapsed() < Duration::from_secs(3));
-    assert_eq!(fetch(d.addr, "/api/x").await.status, StatusCode::BAD_GATEWAY, "both targets out now");
+    assert_eq!(
+        fetch(d.addr, "/api/x").await.status,
+        StatusCode::BAD_GATEWAY,
+        "both targets out now"
+    );
 }
 
 #[tokio::test]
