@@ -415,17 +415,64 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A child process killed when dropped.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `fake-backend` binary, built next to `gateway` by `cargo test --workspace`.
+fn fake_backend_exe() -> Option<std::path::PathBuf> {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name("fake-backend");
+    exe.exists().then_some(exe)
+}
+
 #[tokio::test]
-async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
-    let b1 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let b2 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
+async fn the_real_binaries_serve_a_config_file_and_exit_0_on_sigterm() {
+    // The real fake-backend binary when the workspace built it (the README's test command
+    // does); with `cargo test -p gateway-bin` alone, in-process backends stand in.
+    let mut processes = Vec::new();
+    let mut in_process = Vec::new();
+    let mut backends = Vec::new();
+    for name in ["one", "two"] {
+        match fake_backend_exe() {
+            Some(exe) => {
+                let port = free_port();
+                let child = std::process::Command::new(&exe)
+                    .args(["--port", &port.to_string(), "--name", name])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                processes.push(Process(child));
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+                wait_listening(addr).await;
+                backends.push(addr);
+            }
+            None => {
+                eprintln!("note: fake-backend binary not built; using the library in-process");
+                let b = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some(name))
+                    .await
+                    .unwrap();
+                backends.push(b.addr());
+                in_process.push(b);
+            }
+        }
+    }
     let port = free_port();
     let text =
-        config(b1.addr(), b2.addr()).replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
+        config(backends[0], backends[1]).replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
     let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
@@ -464,11 +511,7 @@ async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
         .spawn()
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(addr).await;
     let a = fetch(addr, "/api/1").await.json()["backend"].clone();
     let b = fetch(addr, "/api/2").await.json()["backend"].clone();
     assert_ne!(a, b, "round-robin across processes");
@@ -480,7 +523,7 @@ async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
             .unwrap(),
     )
     .await;
-    assert_eq!(r.json()["backend"], b2.name());
+    assert_eq!(r.json()["backend"], "two");
 
     let killed = std::process::Command::new("kill")
         .arg("-TERM")
@@ -494,4 +537,42 @@ async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_on_the_same_port() {
+    let d = demo().await;
+    let stream = TcpStream::connect(d.gateway.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get(format!("http://{}/api/h2", d.gateway.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["path"], "/h2");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = demo().await;
+    let mut stream = TcpStream::connect(d.gateway.addr).await.unwrap();
+    let big = "a".repeat(100 * 1024);
+    let head = format!("GET /api/x HTTP/1.1\r\nhost: g\r\nx-big: {big}\r\n\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut reply = vec![0u8; 64];
+    let n = stream.read(&mut reply).await.unwrap();
+    let text = String::from_utf8_lossy(&reply[..n]);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }
