@@ -368,3 +368,47 @@ async fn tower_http_style_layers_fit() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(text(res).await, "x ");
 }
+
+#[tokio::test]
+async fn tower_http_layers_fit_every_slot() {
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let mut mux = Mux::new();
+    mux.pre(SetResponseHeaderLayer::overriding(
+        http::header::SERVER,
+        HeaderValue::from_static("gateway"),
+    ));
+    let mut api = mux.group("/api");
+    api.layer(SetResponseHeaderLayer::appending(
+        http::HeaderName::from_static("x-group"),
+        HeaderValue::from_static("api"),
+    ));
+    api.get(
+        "/slow",
+        tower::ServiceBuilder::new()
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                std::time::Duration::from_millis(10),
+            ))
+            .service(service_fn(|_: Request<()>| async {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            })),
+    )
+    .unwrap();
+    let svc = mux.into_service();
+    let (status, res) = send(&svc, Method::GET, "/api/slow").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "tower-http's timeout as a route layer"
+    );
+    assert_eq!(
+        res.headers()["x-group"],
+        "api",
+        "tower-http's header layer as a group layer"
+    );
+    assert_eq!(res.headers()["server"], "gateway", "and as a pre layer");
+    let (status, res) = send(&svc, Method::GET, "/missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(res.headers()["server"], "gateway");
+}
