@@ -49,6 +49,8 @@ pub struct Server {
     pub max_connections: usize,
     /// How long in-flight requests may take to finish on shutdown (default 30 000 ms).
     pub shutdown_grace_ms: u64,
+    /// Threads serving requests (default 0: one per CPU core).
+    pub worker_threads: usize,
 }
 
 impl Default for Server {
@@ -60,6 +62,7 @@ impl Default for Server {
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
             shutdown_grace_ms: 30_000,
+            worker_threads: 0,
         }
     }
 }

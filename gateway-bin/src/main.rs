@@ -53,9 +53,29 @@ fn print_routes(rows: &[RouteRow]) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // The worker count comes from the configuration, so the runtime is built after reading it;
+    // a configuration that does not load is reported by `run` with its position.
+    let workers = load(args.check.as_ref().or(args.config.as_ref()))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(0, |c| c.server.worker_threads);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    match runtime.build() {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     if args.print_default_config {
         print!("{DEFAULT}");
         return ExitCode::SUCCESS;
