@@ -61,9 +61,15 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(0, |c| c.server.worker_threads);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, which spares the cross-thread wake-ups of a
+    // multi-thread runtime with a single worker.
+    let mut runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     runtime.enable_all();
-    if workers > 0 {
+    if workers > 1 {
         runtime.worker_threads(workers);
     }
     match runtime.build() {

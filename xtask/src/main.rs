@@ -5,6 +5,9 @@
 //!   127.0.0.1:8080 with its embedded default configuration, waits until all three answer,
 //!   prints what to try, and runs until Ctrl-C (or until one of them exits, which stops the
 //!   others).
+//! - `bench [--install-peers] [--duration S] [--rounds N] [--conns 64,256]`: the gateway next to
+//!   nginx, HAProxy and Caddy as reverse proxies under wrk, interleaved rounds, a table of
+//!   medians written to BENCHMARKS.md (see `bench.rs`).
 //! - `ci`: the checks CI runs (`cargo fmt --check`, clippy with warnings denied, the tests).
 //! - `bench-router`: `cargo bench -p router`, then a table of medians and ratios against matchit
 //!   read from criterion's output, ready for BENCHMARKS.md.
@@ -14,16 +17,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod bench;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("demo") => demo(),
+        Some("bench") => {
+            bench::Options::parse(&args[1..]).and_then(|o| bench::run(&workspace_root(), &o))
+        }
         Some("bench-router") => bench_router(&args[1..]),
         Some("bench-balancer") => bench_balancer(&args[1..]),
         Some("help") | None => {
             println!(
-                "usage: cargo xtask <demo | ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
+                "usage: cargo xtask <demo | bench [--install-peers] | ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
             );
             Ok(())
         }
@@ -44,6 +52,18 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, failing if it does.
+fn run_command(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {
