@@ -226,8 +226,7 @@ where
         *out.headers_mut() = parts.headers.clone();
         let host = match (&inbound_host, settings.preserve_host) {
             (Some(host), true) => host.clone(),
-            _ => HeaderValue::from_str(target.authority().as_str())
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            _ => target.host_header().clone(),
         };
         out.headers_mut().insert(HOST, host);
 

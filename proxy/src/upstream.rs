@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use balancer::{Balancer, BuildError, HealthPolicy, Kind};
+use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use crate::headers::TrustedProxies;
@@ -14,6 +15,8 @@ use crate::headers::TrustedProxies;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetAddr {
     authority: Authority,
+    /// `Host` for requests to this target, made once here rather than per request.
+    host: HeaderValue,
     text: Arc<str>,
 }
 
@@ -21,6 +24,11 @@ impl TargetAddr {
     /// `host:port`.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The `Host` header value for this target (its authority).
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// The scheme used to reach the target (plain HTTP).
@@ -71,8 +79,11 @@ impl FromStr for TargetAddr {
         if authority.port_u16().is_none() {
             return Err(TargetError::Malformed(s.to_owned()));
         }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| TargetError::Malformed(s.to_owned()))?;
         Ok(TargetAddr {
             text: format!("http://{authority}").into(),
+            host,
             authority,
         })
     }
