@@ -154,14 +154,24 @@ where
         .to_owned();
 
     // The outbound path and query, decided once.
-    let path = match parts.extensions.get::<ForwardPath>() {
-        Some(ForwardPath(p)) if p.is_empty() => "/",
-        Some(ForwardPath(p)) => p,
-        None => parts.uri.path(),
-    };
-    let path_and_query = match parts.uri.query() {
-        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-        None => PathAndQuery::try_from(path),
+    // The request's own path and query are reused as they are (a reference-count bump);
+    // only a ForwardPath makes a new one.
+    let path_and_query = match (
+        parts.extensions.get::<ForwardPath>(),
+        parts.uri.path_and_query(),
+    ) {
+        (None, Some(own)) => Ok(own.clone()),
+        (forward, _) => {
+            let path = match forward {
+                Some(ForwardPath(p)) if p.is_empty() => "/",
+                Some(ForwardPath(p)) => p,
+                None => "/",
+            };
+            match parts.uri.query() {
+                Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+                None => PathAndQuery::try_from(path),
+            }
+        }
     };
     let Ok(path_and_query) = path_and_query else {
         return short(StatusCode::BAD_REQUEST, "Bad Request\n");
