@@ -1,5 +1,6 @@
 //! [`Mux`]: HTTP dispatch by method and path, as a tower `Service`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -16,6 +17,7 @@ use tower_service::Service;
 use crate::body::Body;
 use crate::error::InsertError;
 use crate::method::MethodRouter;
+use crate::normalize::normalize_path;
 use crate::params::{Params, RouteInfo};
 use crate::route::{IntoRoute, Route, RouteFuture};
 
@@ -121,6 +123,7 @@ pub struct Mux<B> {
     method_not_allowed: Option<Route<B>>,
     auto_options: bool,
     redirect_trailing_slash: bool,
+    normalize_paths: bool,
 }
 
 impl<B: Send + 'static> Default for Mux<B> {
@@ -174,6 +177,7 @@ impl<B: Send + 'static> Mux<B> {
             method_not_allowed: None,
             auto_options: true,
             redirect_trailing_slash: true,
+            normalize_paths: true,
         }
     }
 
@@ -275,6 +279,17 @@ impl<B: Send + 'static> Mux<B> {
         self
     }
 
+    /// Whether paths are normalized before routing (default: on): dot segments resolved,
+    /// unreserved escapes decoded, and the request's URI rewritten to the normalized path, so
+    /// the route and the services behind it see the same path; a path that climbs above the
+    /// root or holds `%00` or a broken escape gets `400 Bad Request`. See [`normalize_path`].
+    ///
+    /// [`normalize_path`]: crate::normalize_path
+    pub fn normalize_paths(&mut self, on: bool) -> &mut Self {
+        self.normalize_paths = on;
+        self
+    }
+
     /// Every route as `(method, pattern)`, `None` standing for any method.
     pub fn routes(&self) -> impl Iterator<Item = (Option<&Method>, &str)> {
         self.routes.routes().map(|(m, p, _)| (m, p))
@@ -289,6 +304,7 @@ impl<B: Send + 'static> Mux<B> {
             method_not_allowed: self.method_not_allowed,
             auto_options: self.auto_options,
             redirect_trailing_slash: self.redirect_trailing_slash,
+            normalize_paths: self.normalize_paths,
         });
         if self.pre.is_empty() {
             return MuxService(Inner::Direct(Dispatch(table)));
@@ -386,6 +402,7 @@ struct Table<B> {
     method_not_allowed: Option<Route<B>>,
     auto_options: bool,
     redirect_trailing_slash: bool,
+    normalize_paths: bool,
 }
 
 /// The routing step itself, wrapped by the `pre` layers.
@@ -412,6 +429,17 @@ impl<B: Send + 'static> Service<Request<B>> for Dispatch<B> {
 }
 
 fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>) -> MuxFuture {
+    if table.normalize_paths && !req.uri().path().is_empty() {
+        match normalize_path(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(path)) => {
+                if set_path(&mut req, &path).is_none() {
+                    return ready(plain(StatusCode::BAD_REQUEST, "Bad Request: path\n"));
+                }
+            }
+            Err(_) => return ready(plain(StatusCode::BAD_REQUEST, "Bad Request: path\n")),
+        }
+    }
     let found = match table.routes.at(req.method(), req.uri().path()) {
         Ok(m) => Some((m.value, m.route_info())),
         Err(_) => None,
@@ -428,6 +456,18 @@ fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>) -> MuxFutu
         return MuxFuture(State::Route(route.call_ref(req)));
     }
     miss(table, req)
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
+    let pq = match req.uri().query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).ok()?,
+        None => PathAndQuery::try_from(path).ok()?,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq);
+    *req.uri_mut() = http::Uri::from_parts(parts).ok()?;
+    Some(())
 }
 
 /// No route for this method: OPTIONS answer, trailing-slash redirect, 405 or 404.

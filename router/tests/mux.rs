@@ -412,3 +412,46 @@ async fn tower_http_layers_fit_every_slot() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["server"], "gateway");
 }
+
+#[tokio::test]
+async fn paths_are_normalized_before_routing_and_the_request_sees_the_result() {
+    let mut mux = Mux::new();
+    mux.get(
+        "/admin/*path",
+        service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(Body::from(format!("admin {}", req.uri()))))
+        }),
+    )
+    .unwrap();
+    mux.get("/static/*path", named("static")).unwrap();
+    let svc = mux.into_service();
+    for uri in [
+        "/static/../admin/x?q=1",
+        "/static/%2e%2e/admin/x?q=1",
+        "/static/.%2E/admin/./x?q=1",
+        "/%61dmin/x?q=1",
+    ] {
+        let (status, res) = send(&svc, Method::GET, uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(text(res).await, "admin /admin/x?q=1", "{uri}");
+    }
+    for uri in [
+        "/../admin/x",
+        "/static/%00",
+        "/static/%zz",
+        "/static/../../admin/x",
+    ] {
+        let (status, _) = send(&svc, Method::GET, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+    }
+    // Other escapes stay escaped: `%2F` is not a separator.
+    let (status, _) = send(&svc, Method::GET, "/admin%2Fx").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // And it can be turned off.
+    let mut raw = Mux::new();
+    raw.normalize_paths(false);
+    raw.get("/static/*path", named("static")).unwrap();
+    let (_, res) = send(&raw.into_service(), Method::GET, "/static/../x").await;
+    assert_eq!(text(res).await, "static path=/../x");
+}

@@ -266,4 +266,32 @@ proptest! {
         let after: Vec<_> = paths.iter().map(|p| probe(&router, p)).collect();
         prop_assert_eq!(before, after);
     }
+
+    #[test]
+    fn normalized_paths_are_stable_and_free_of_dot_segments(
+        pieces in proptest::collection::vec(
+            prop_oneof![
+                Just(".".to_owned()), Just("..".to_owned()), Just("%2e%2E".to_owned()),
+                Just(".%2e".to_owned()), Just("%2F".to_owned()), Just("%61".to_owned()),
+                Just("".to_owned()), "[a-z%.;~]{1,6}".prop_map(|s| s),
+            ],
+            0..10,
+        ),
+    ) {
+        let path = format!("/{}", pieces.join("/"));
+        if let Ok(once) = router::normalize_path(&path) {
+            prop_assert!(once.starts_with('/'));
+            let segs: Vec<&str> = once.split('/').collect();
+            prop_assert!(!segs.iter().any(|s| *s == "." || *s == ".."), "{} -> {}", path, once);
+            prop_assert!(!once.to_ascii_lowercase().contains("%2e"), "{} -> {}", path, once);
+            let twice = router::normalize_path(&once).unwrap();
+            prop_assert_eq!(&*twice, &*once, "not idempotent on {}", path);
+        }
+    }
+
+    #[test]
+    fn normalizing_arbitrary_strings_never_panics(text in "\\PC{0,64}") {
+        let _ = router::normalize_path(&text);
+        let _ = router::normalize_path(&format!("/{text}"));
+    }
 }
