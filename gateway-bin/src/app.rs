@@ -78,6 +78,18 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
             "must be at least 8192",
         ));
     }
+    for (key, value) in [
+        (
+            "header_read_timeout_ms",
+            config.server.header_read_timeout_ms,
+        ),
+        ("idle_timeout_ms", config.server.idle_timeout_ms),
+        ("max_connections", config.server.max_connections as u64),
+    ] {
+        if value == 0 {
+            return Err(source.error(key_span(source, key), Some(key), "must be at least 1"));
+        }
+    }
     // Upstreams.
     let mut proxies: BTreeMap<String, Proxy<B>> = BTreeMap::new();
     for (name, up) in &config.upstreams {

@@ -39,8 +39,13 @@ pub struct Config {
 pub struct Server {
     /// Addresses to listen on (default `["127.0.0.1:8080"]`).
     pub listen: Vec<Spanned<String>>,
-    /// Time a client has to send a request head (default 10 000 ms).
+    /// Time a client has to send a request head (default 10 000 ms). On HTTP/1.1 the clock
+    /// also runs while a keep-alive connection waits for its next request.
     pub header_read_timeout_ms: u64,
+    /// A connection with no bytes in either direction for this long is closed gracefully: an
+    /// HTTP/1.1 connection after its current response, HTTP/2 with `GOAWAY` once its streams
+    /// end (default 60 000 ms).
+    pub idle_timeout_ms: u64,
     /// Largest request head, in bytes; larger gets `431` (default 65 536).
     pub max_header_bytes: usize,
     /// Largest request body, in bytes; larger gets `413` (default 10 MiB; 0 means no limit).
@@ -58,6 +63,7 @@ impl Default for Server {
         Server {
             listen: vec![Spanned::new(0..0, "127.0.0.1:8080".to_owned())],
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
@@ -255,6 +261,10 @@ impl Server {
     /// `header_read_timeout_ms` as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// `idle_timeout_ms` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
     /// `shutdown_grace_ms` as a duration.
     pub fn shutdown_grace(&self) -> Duration {

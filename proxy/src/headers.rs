@@ -27,8 +27,8 @@
 use std::net::IpAddr;
 
 use http::header::{
-    CONNECTION, FORWARDED, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, HeaderName, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderValue};
 
@@ -54,6 +54,74 @@ pub const HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("http2-settings"),
 ];
 
+/// Headers a `Connection` header can never remove: the target of the request and the length
+/// of its body are facts about the message, not the connection.
+pub const PROTECTED: [HeaderName; 2] = [HOST, CONTENT_LENGTH];
+
+/// Removes, on receipt, every header a `Connection` header names (except [`PROTECTED`] and
+/// the hop-by-hop headers [`strip_hop_by_hop`] handles itself, such as `Upgrade` and `TE`),
+/// and drops those names from `Connection`.
+///
+/// RFC 9110 §7.6.1 has an intermediary remove connection options before forwarding. A server
+/// that runs middleware before the proxy calls this first, so that the auth gate sees what
+/// the upstream will see, and a client's `Connection: X-Request-Id` cannot remove a header
+/// the gateway sets later. Costs one lookup when there is no `Connection` header and no
+/// allocation when it names only hop-by-hop headers (`keep-alive`, `close`, `upgrade`).
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use proxy::headers::consume_connection_options;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("connection", HeaderValue::from_static("x-admin-token, upgrade"));
+/// headers.insert("upgrade", HeaderValue::from_static("websocket"));
+/// headers.insert("x-admin-token", HeaderValue::from_static("letmein"));
+/// consume_connection_options(&mut headers);
+/// assert!(headers.get("x-admin-token").is_none());
+/// assert_eq!(headers["connection"], "upgrade");
+/// assert_eq!(headers["upgrade"], "websocket");
+/// ```
+pub fn consume_connection_options(headers: &mut HeaderMap) {
+    let connection_level = |t: &[u8]| {
+        t.is_empty()
+            || t.eq_ignore_ascii_case(b"close")
+            || HOP_BY_HOP
+                .iter()
+                .chain(PROTECTED.iter())
+                .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    };
+    let tokens = || {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    if tokens().all(connection_level) {
+        return;
+    }
+    let mut keep = Vec::new();
+    let mut drop = Vec::new();
+    for t in tokens() {
+        if connection_level(t) {
+            if !t.is_empty() {
+                keep.push(t.to_ascii_lowercase());
+            }
+        } else if let Ok(name) = HeaderName::from_bytes(t) {
+            drop.push(name);
+        }
+    }
+    for name in &drop {
+        headers.remove(name);
+    }
+    headers.remove(CONNECTION);
+    if !keep.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&keep.join(&b", "[..])) {
+            headers.insert(CONNECTION, v);
+        }
+    }
+}
+
 /// What the hop-by-hop pass found that the request still needs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HopByHop {
@@ -73,7 +141,8 @@ fn lists(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Removes the hop-by-hop headers and every header named in a `Connection` header.
+/// Removes the hop-by-hop headers and every header named in a `Connection` header (except
+/// [`PROTECTED`] ones).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopByHop {
     let te_trailers = headers.get_all(TE).iter().any(|v| {
         v.as_bytes()
@@ -94,6 +163,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopByHop {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .filter(|n| !PROTECTED.contains(n))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -306,6 +376,51 @@ mod tests {
             found.upgrade, None,
             "upgrade without Connection: upgrade is dropped"
         );
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_content_length() {
+        let mut h = map(&[
+            ("connection", "host, content-length, x-a"),
+            ("host", "example.com"),
+            ("content-length", "5"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["host"], "example.com");
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn connection_options_are_consumed_on_receipt() {
+        // Only hop-by-hop tokens: nothing changes.
+        let mut h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "ws")]);
+        let before = h.clone();
+        consume_connection_options(&mut h);
+        assert_eq!(h, before);
+
+        let mut h = map(&[
+            ("connection", "X-Request-Id, keep-alive"),
+            ("connection", "x-forwarded-for,,host, TE"),
+            ("x-request-id", "client-chosen"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("host", "example.com"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        consume_connection_options(&mut h);
+        assert!(h.get("x-request-id").is_none());
+        assert!(h.get("x-forwarded-for").is_none());
+        assert_eq!(h["host"], "example.com");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-kept"], "1");
+        assert_eq!(h["connection"], "keep-alive, host, te");
+        // A header set after this point survives the proxy's own pass.
+        h.insert("x-request-id", HeaderValue::from_static("gateway-id"));
+        let found = rewrite_request_headers(&mut h, &info("192.0.2.1"), &TrustedProxies::none());
+        assert!(found.te_trailers);
+        assert_eq!(h["x-request-id"], "gateway-id");
     }
 
     #[test]
