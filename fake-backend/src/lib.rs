@@ -43,7 +43,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-/// A running fake backend; dropping it (or [`shutdown`](Self::shutdown)) stops accepting.
+/// A running fake backend; dropping it (or [`shutdown`](Self::shutdown)) stops it like a
+/// killed process: the listener and every open connection close.
 #[derive(Debug)]
 pub struct Backend {
     addr: SocketAddr,
@@ -62,7 +63,7 @@ impl Backend {
         &self.name
     }
 
-    /// Stops accepting connections.
+    /// Stops it: the listener and every open connection close.
     pub fn shutdown(self) {}
 }
 
@@ -85,9 +86,16 @@ pub async fn spawn(addr: SocketAddr, name: Option<&str>) -> std::io::Result<Back
 }
 
 /// Serves connections from `listener` until the task is dropped (HTTP/1.1 and HTTP/2).
+/// Dropping it also drops every open connection, as a process that dies would.
 pub async fn serve(listener: TcpListener, name: Arc<str>) {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set stays as large as the open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, _) = match accepted {
             Ok(conn) => conn,
             Err(error) => {
                 // Out of file descriptors and the like: keep serving the others.
@@ -97,7 +105,7 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
             }
         };
         let name = Arc::clone(&name);
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&name), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder

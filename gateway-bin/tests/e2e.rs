@@ -9,132 +9,16 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::app;
 use gateway_bin::config::Source;
-use gateway_bin::serve::{self, Limits, ServedBody};
+use gateway_bin::serve::ServedBody;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The default topology, on the given backend addresses, plus a slow-timeout upstream.
-fn config(b1: SocketAddr, b2: SocketAddr) -> String {
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-shutdown_grace_ms = 5000
-max_body_bytes = 1000
-
-[upstreams.static]
-targets = ["http://{b1}"]
-
-[upstreams.admin]
-targets = ["http://{b2}"]
-
-[upstreams.api]
-strategy = "round-robin"
-targets = ["http://{b1}", "http://{b2}"]
-response_timeout_ms = 300
-
-[[routes]]
-path = "/api/*path"
-methods = ["GET", "POST", "PUT", "DELETE"]
-upstream = "api"
-
-[[routes]]
-path = "/static/*path"
-methods = ["GET", "HEAD"]
-upstream = "static"
-
-[[routes]]
-path = "/admin/*path"
-methods = ["GET"]
-upstream = "admin"
-auth = {{ header = "X-Admin-Token", secrets = ["letmein"] }}
-"#
-    )
-}
-
-struct Gateway {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<bool>,
-}
-
-async fn start_gateway(text: String) -> Gateway {
-    let source = Source {
-        name: "test.toml".into(),
-        text,
-    };
-    let config = source.parse().unwrap();
-    let app = app::build::<ServedBody>(&config, &source).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let limits = Limits::from(&config.server);
-    let done = tokio::spawn(serve::serve(app.service, vec![listener], limits, async {
-        let _ = stopped.await;
-    }));
-    Gateway {
-        addr,
-        stop: Some(stop),
-        done,
-    }
-}
-
-struct Demo {
-    gateway: Gateway,
-    b1: fake_backend::Backend,
-    b2: fake_backend::Backend,
-}
-
-async fn demo() -> Demo {
-    let b1 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let b2 = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let gateway = start_gateway(config(b1.addr(), b2.addr())).await;
-    Demo { gateway, b1, b2 }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-async fn call(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let res = sender.send_request(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
-fn get(path: &str) -> http::request::Builder {
-    Request::get(path).header("host", "gateway.test")
-}
-
-async fn fetch(addr: SocketAddr, path: &str) -> Reply {
-    call(addr, get(path).body(Empty::new()).unwrap()).await
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn the_demo_topology_end_to_end() {
@@ -404,33 +288,6 @@ fn config_errors_name_the_line_and_key() {
         (Some(2), Some("max_header_bytes")),
         "{e}"
     );
-}
-
-/// A free loopback port for a child process (bound, then released for it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The `fake-backend` binary, built next to `gateway` by `cargo test --workspace`.

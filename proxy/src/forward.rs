@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -213,7 +214,7 @@ where
 
     // A body that was never polled can be sent again after a failed connect.
     let size_hint = body.size_hint();
-    let slot = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(body))));
+    let slot = (!body.is_end_stream()).then(|| Arc::new(BodySlot::new(body)));
 
     let mut attempts = Attempts::new();
     while let Some(picked) = upstream.balancer().next_attempt(&mut attempts) {
@@ -285,6 +286,20 @@ where
                 return Response::from_parts(head, body);
             }
             Err(_elapsed) => {
+                if slot
+                    .as_ref()
+                    .is_some_and(|s| s.progress() == Progress::WaitingForClient)
+                {
+                    // The upstream is waiting for the rest of the body; so are we.
+                    tracing::info!(
+                        upstream = %upstream.name(),
+                        target = %target,
+                        request_id = %request_id,
+                        timeout_ms = settings.response_timeout.as_millis() as u64,
+                        "the client did not send its body in time"
+                    );
+                    return short(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n");
+                }
                 upstream.balancer().report(&picked, false);
                 tracing::warn!(
                     upstream = %upstream.name(),
@@ -296,11 +311,27 @@ where
                 return short(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n");
             }
             Ok(Err(error)) => {
+                // The client's body broke the exchange: its fault, not the upstream's.
+                let client_fault = match slot.as_ref().map(|s| s.progress()) {
+                    Some(Progress::TooLarge) => {
+                        Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"))
+                    }
+                    Some(Progress::Failed) => Some((StatusCode::BAD_REQUEST, "Bad Request\n")),
+                    _ => None,
+                };
+                if let Some((status, text)) = client_fault {
+                    tracing::info!(
+                        upstream = %upstream.name(),
+                        target = %target,
+                        request_id = %request_id,
+                        error = %error_chain(&error),
+                        status = status.as_u16(),
+                        "the client's request body failed"
+                    );
+                    return short(status, text);
+                }
                 upstream.balancer().report(&picked, false);
-                let retriable = error.is_connect()
-                    && slot
-                        .as_ref()
-                        .is_none_or(|s| s.lock().unwrap_or_else(PoisonError::into_inner).is_some());
+                let retriable = error.is_connect() && slot.as_ref().is_none_or(|s| s.unsent());
                 tracing::warn!(
                     upstream = %upstream.name(),
                     target = %target,
@@ -358,8 +389,64 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The request body as sent upstream: empty, or the client's body held where a failed connect
-/// can give it back for the next attempt.
+/// How far the client's request body got, as the attempt that owns it last saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Progress {
+    /// Not polled yet.
+    NotStarted = 0,
+    /// The last poll waited for the client.
+    WaitingForClient = 1,
+    /// The last poll returned data: any wait now is the upstream's.
+    Flowing = 2,
+    /// All of it was sent.
+    Done = 3,
+    /// The client sent more than the server's body limit.
+    TooLarge = 4,
+    /// The client's body failed (malformed chunked framing, the client went away).
+    Failed = 5,
+}
+
+/// The client's body, where a failed connect can give it back for the next attempt, and how
+/// far it got, so a failure the client caused is not blamed on the upstream.
+struct BodySlot<B> {
+    body: Mutex<Option<B>>,
+    progress: AtomicU8,
+}
+
+impl<B> BodySlot<B> {
+    fn new(body: B) -> Self {
+        BodySlot {
+            body: Mutex::new(Some(body)),
+            progress: AtomicU8::new(Progress::NotStarted as u8),
+        }
+    }
+
+    fn set(&self, p: Progress) {
+        self.progress.store(p as u8, Ordering::Relaxed);
+    }
+
+    fn progress(&self) -> Progress {
+        match self.progress.load(Ordering::Relaxed) {
+            0 => Progress::NotStarted,
+            1 => Progress::WaitingForClient,
+            2 => Progress::Flowing,
+            3 => Progress::Done,
+            4 => Progress::TooLarge,
+            _ => Progress::Failed,
+        }
+    }
+
+    /// Whether no attempt has taken the body yet (so it can still be sent).
+    fn unsent(&self) -> bool {
+        self.body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+/// The request body as sent upstream: empty, or the client's body (see [`BodySlot`]).
 pub struct Outgoing<B> {
     state: OutState<B>,
     hint: SizeHint,
@@ -367,8 +454,8 @@ pub struct Outgoing<B> {
 
 enum OutState<B> {
     Empty,
-    Shared(Arc<Mutex<Option<B>>>),
-    Owned(B),
+    Shared(Arc<BodySlot<B>>),
+    Owned(B, Arc<BodySlot<B>>),
 }
 
 impl<B> Outgoing<B> {
@@ -379,7 +466,7 @@ impl<B> Outgoing<B> {
         }
     }
 
-    fn shared(slot: Arc<Mutex<Option<B>>>, hint: SizeHint) -> Self {
+    fn shared(slot: Arc<BodySlot<B>>, hint: SizeHint) -> Self {
         Outgoing {
             state: OutState::Shared(slot),
             hint,
@@ -402,23 +489,37 @@ where
         let this = self.get_mut();
         if let OutState::Shared(slot) = &this.state {
             // First poll: the body is this attempt's now, and cannot be sent again.
-            let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let taken = slot
+                .body
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
             this.state = match taken {
-                Some(body) => OutState::Owned(body),
+                Some(body) => OutState::Owned(body, Arc::clone(slot)),
                 None => OutState::Empty,
             };
         }
-        match &mut this.state {
-            OutState::Owned(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            _ => Poll::Ready(None),
-        }
+        let OutState::Owned(body, slot) = &mut this.state else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx).map_err(Into::into);
+        slot.set(match &polled {
+            Poll::Pending => Progress::WaitingForClient,
+            Poll::Ready(Some(Ok(_))) => Progress::Flowing,
+            Poll::Ready(None) => Progress::Done,
+            Poll::Ready(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                Progress::TooLarge
+            }
+            Poll::Ready(Some(Err(_))) => Progress::Failed,
+        });
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
             OutState::Empty => true,
             OutState::Shared(_) => false,
-            OutState::Owned(body) => body.is_end_stream(),
+            OutState::Owned(body, _) => body.is_end_stream(),
         }
     }
 

@@ -122,6 +122,30 @@ pub fn consume_connection_options(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a request's `Transfer-Encoding` is anything but a single `chunked`, which is the
+/// only transfer coding a gateway should accept from a client: `identity` is obsolete,
+/// `gzip, chunked` asks the gateway to decode, and `chunked, chunked` or a second
+/// `Transfer-Encoding` line are framing games. nginx refuses the same set with `400`.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use proxy::headers::odd_transfer_encoding;
+///
+/// let mut h = HeaderMap::new();
+/// h.insert("transfer-encoding", HeaderValue::from_static("Chunked"));
+/// assert!(!odd_transfer_encoding(&h));
+/// h.insert("transfer-encoding", HeaderValue::from_static("identity, chunked"));
+/// assert!(odd_transfer_encoding(&h));
+/// ```
+pub fn odd_transfer_encoding(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => false,
+        (Some(v), None) => !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
 /// What the hop-by-hop pass found that the request still needs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HopByHop {

@@ -8,7 +8,10 @@
 //!   stays one segment);
 //! - `.` and `..` segments are removed (RFC 3986 §5.2.4), also when written `%2e`;
 //! - a `..` that would climb above the root, an encoded NUL (`%00`), a malformed escape, or a
-//!   path that does not start with `/` is refused.
+//!   path that does not start with `/` is refused;
+//! - so is a `..` hidden from this normalization but not from every upstream: behind an
+//!   encoded slash or backslash (`..%2F`, `..%5C`, `..\`) or before a `;` path parameter
+//!   (`..;`, which Java servers strip).
 //!
 //! Paths with nothing to change (no `%`, no dot segment) are returned borrowed after a single
 //! scan, so the common case costs no allocation.
@@ -41,6 +44,9 @@ pub enum BadPath {
     /// `%00`.
     #[error("the path holds an encoded NUL (`%00`)")]
     Nul,
+    /// A `..` behind `%2F`, `%5C`, `\` or before `;`.
+    #[error("the path hides a `..` segment")]
+    HiddenDotSegment,
 }
 
 /// Normalizes a request path (see the [module docs](self)).
@@ -58,9 +64,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     slow(path).map(Cow::Owned)
 }
 
-/// Whether the path holds a `%` or a `.`/`..` segment.
+/// Whether the path holds a `%`, `\\`, `;` or a `.`/`..` segment.
 fn needs_work(bytes: &[u8]) -> bool {
-    bytes.contains(&b'%')
+    bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | b';'))
         || bytes
             .split(|&b| b == b'/')
             .any(|seg| seg == b"." || seg == b"..")
@@ -117,6 +123,37 @@ fn segment(raw: &str, out: &mut String) -> Result<(), BadPath> {
     Ok(())
 }
 
+/// Whether a segment, fully decoded and split at slashes and backslashes, with `;`
+/// parameters cut off, holds a `..` piece that is not the whole segment.
+fn hides_dot_dot(segment: &str) -> bool {
+    if segment == ".." {
+        return false;
+    }
+    let bytes = segment.as_bytes();
+    let mut full = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                full.push(h << 4 | l);
+                i += 3;
+            }
+            (b, _, _) => {
+                full.push(b);
+                i += 1;
+            }
+        }
+    }
+    full.split(|&b| b == b'/' || b == b'\\').any(|piece| {
+        let piece = piece.split(|&b| b == b';').next().unwrap_or(piece);
+        piece == b".."
+    })
+}
+
 fn slow(path: &str) -> Result<String, BadPath> {
     let mut out = String::with_capacity(path.len());
     let mut decoded = String::new();
@@ -126,6 +163,9 @@ fn slow(path: &str) -> Result<String, BadPath> {
         let last = pieces.peek().is_none();
         decoded.clear();
         segment(raw, &mut decoded)?;
+        if hides_dot_dot(&decoded) {
+            return Err(BadPath::HiddenDotSegment);
+        }
         match decoded.as_str() {
             "." => {
                 // `/a/.` is `/a/`: the directory itself.
@@ -189,6 +229,24 @@ mod tests {
         assert_eq!(normalize_path("/a%zz"), Err(BadPath::BadEscape));
         assert_eq!(normalize_path("/a%00"), Err(BadPath::Nul));
         assert_eq!(normalize_path("a/b"), Err(BadPath::NotAbsolute));
+        for hidden in [
+            "/static/..%2Fadmin/x",
+            "/static/..%2fadmin",
+            "/static/..%5Cadmin",
+            "/static/..\\admin",
+            "/static/..;/admin/x",
+            "/static/..;jsessionid=1/admin",
+            "/static/a%2F..%2Fb",
+        ] {
+            assert_eq!(
+                normalize_path(hidden),
+                Err(BadPath::HiddenDotSegment),
+                "{hidden}"
+            );
+        }
+        // A `;` or an encoded slash by itself is fine.
+        assert_eq!(normalize_path("/a;b=1/c").unwrap(), "/a;b=1/c");
+        assert_eq!(normalize_path("/a%2F.b").unwrap(), "/a%2F.b");
     }
 
     #[test]
