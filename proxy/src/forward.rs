@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use balancer::{Attempts, InFlight};
+use balancer::{Attempts, InFlight, Picked};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE};
 use http::uri::PathAndQuery;
@@ -77,7 +77,7 @@ impl<B> fmt::Debug for Proxy<B> {
 }
 
 struct Inner<B> {
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     client: Client<HttpConnector, Outgoing<B>>,
 }
 
@@ -98,7 +98,10 @@ where
             .pool_max_idle_per_host(settings.pool_max_idle_per_target)
             .build(connector);
         Proxy {
-            inner: Arc::new(Inner { upstream, client }),
+            inner: Arc::new(Inner {
+                upstream: Arc::new(upstream),
+                client,
+            }),
         }
     }
 
@@ -282,6 +285,11 @@ where
                 let body = ProxyBody(Kind::Upstream {
                     body,
                     _in_flight: in_flight,
+                    health: Some(BodyHealth {
+                        upstream: Arc::clone(upstream),
+                        picked,
+                        request_id,
+                    }),
                 });
                 return Response::from_parts(head, body);
             }
@@ -536,8 +544,18 @@ enum Kind {
     Upstream {
         body: Incoming,
         _in_flight: InFlight,
+        /// Taken when the body fails, to report the target.
+        health: Option<BodyHealth>,
     },
     Short(Option<Bytes>),
+}
+
+/// What a response body needs to report its target when the upstream breaks off mid-body
+/// (a reset, a body shorter than its `Content-Length`): that is a failed exchange too.
+struct BodyHealth {
+    upstream: Arc<Upstream>,
+    picked: Picked<TargetAddr>,
+    request_id: String,
 }
 
 impl fmt::Debug for ProxyBody {
@@ -558,7 +576,22 @@ impl http_body::Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().0 {
-            Kind::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Kind::Upstream { body, health, .. } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(error))) = &polled {
+                    if let Some(h) = health.take() {
+                        h.upstream.balancer().report(&h.picked, false);
+                        tracing::warn!(
+                            upstream = %h.upstream.name(),
+                            target = %h.picked.value(),
+                            request_id = %h.request_id,
+                            error = %error_chain(error),
+                            "upstream response body failed"
+                        );
+                    }
+                }
+                polled
+            }
             Kind::Short(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
         }
     }
