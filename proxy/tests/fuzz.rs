@@ -82,7 +82,7 @@ proptest! {
                 prop_assert!(!h.contains_key("forwarded"));
             }
             Some(ip) => {
-                let last = h.get_all("x-forwarded-for").iter().last().unwrap().as_bytes().to_vec();
+                let last = h.get_all("x-forwarded-for").iter().next_back().unwrap().as_bytes().to_vec();
                 prop_assert!(last.ends_with(ip.to_string().as_bytes()), "{:?}", last);
             }
             None if !trusted => prop_assert!(!h.contains_key("x-forwarded-for")),
