@@ -96,7 +96,7 @@ async fn shutdown_under_load_loses_no_accepted_request() {
         w.await.unwrap();
     }
     assert!(finished, "connections still open after the grace period");
-    let problems = problems.lock().unwrap();
+    let problems = problems.lock().unwrap().clone();
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(
         started.load(Ordering::Relaxed),
