@@ -403,7 +403,12 @@ fn websocket_echo(name: &str, mut req: Request<Incoming>) -> Response<Body> {
         while let Some(Ok(message)) = ws.next().await {
             let reply = match message {
                 Message::Text(_) | Message::Binary(_) => message,
-                Message::Close(_) => break,
+                Message::Close(_) => {
+                    // The close reply is queued on receipt; send it before leaving, as a
+                    // well-behaved server completes the closing handshake.
+                    let _ = ws.flush().await;
+                    break;
+                }
                 _ => continue,
             };
             if ws.send(reply).await.is_err() {

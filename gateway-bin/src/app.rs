@@ -452,6 +452,14 @@ impl<B: GatewayBody> IndexPage<B> {
                 "  {name:<10} {target:<26} {health:<15} in flight {in_flight}, ok {ok}, failed {failed}"
             );
         }
+        // For operators and the soak check: tasks that never end are leaks.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let _ = writeln!(
+                out,
+                "\nruntime\n  tasks alive {}",
+                rt.metrics().num_alive_tasks()
+            );
+        }
         out.push_str(EXAMPLES);
         out
     }

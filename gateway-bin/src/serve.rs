@@ -14,7 +14,7 @@ use http::Request;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use proxy::ClientAddr;
+use proxy::{ClientAddr, TunnelGuard};
 use router::MuxService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -135,7 +135,10 @@ async fn accept_loop(
             count: 0,
             shared: Arc::clone(&activity),
         };
-        let conn = serve_connection(io, peer, service.clone(), &limits);
+        // Tunnels (WebSockets) count as alive until they close, so shutdown waits for them
+        // within the grace period too.
+        let tunnel_guard = TunnelGuard(Arc::new(alive.clone()));
+        let conn = serve_connection(io, peer, service.clone(), &limits, tunnel_guard);
         let stop = stop.clone();
         let alive = alive.clone();
         let idle = limits.idle_timeout;
@@ -278,6 +281,7 @@ fn serve_connection(
     peer: SocketAddr,
     service: MuxService<ServedBody>,
     limits: &Limits,
+    tunnel_guard: TunnelGuard,
 ) -> impl Connection + use<> {
     let max_body = if limits.max_body_bytes == 0 {
         usize::MAX
@@ -291,6 +295,9 @@ fn serve_connection(
         // Connection options belong to this hop: gone before any middleware looks.
         proxy::headers::consume_connection_options(req.headers_mut());
         req.extensions_mut().insert(ClientAddr(peer));
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(tunnel_guard.clone());
+        }
         let service = service.clone();
         async move {
             if refused {

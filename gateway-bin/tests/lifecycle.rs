@@ -105,3 +105,43 @@ async fn shutdown_under_load_loses_no_accepted_request() {
     );
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_open_websocket_tunnels() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut d = demo().await;
+    let addr = d.gateway.addr;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/api/ws"), stream)
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    let _ = d.gateway.stop.take().unwrap().send(());
+    // Once new connections are refused, the shutdown is under way.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting");
+        tokio::task::yield_now().await;
+    }
+    let mut done = d.gateway.done;
+    // Without the tunnel it would be done at once: give it ample time to (wrongly) finish.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut done)
+            .await
+            .is_err(),
+        "finished with a tunnel open"
+    );
+    // The tunnel still carries messages during the grace period, and closes cleanly.
+    ws.send(Message::text("during shutdown")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("during shutdown")
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    assert!(done.await.unwrap(), "finished once the tunnel closed");
+}

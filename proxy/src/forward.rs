@@ -39,6 +39,18 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardPath(pub Box<str>);
 
+/// Held for as long as an upgraded connection (a WebSocket) is tunnelled: a server that waits
+/// for its connections on shutdown puts one in the request's extensions and so waits for the
+/// tunnels too, which outlive the HTTP connection they came from.
+#[derive(Clone)]
+pub struct TunnelGuard(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl fmt::Debug for TunnelGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TunnelGuard")
+    }
+}
+
 /// Which upstream and target served a response; in the response's extensions, for the access
 /// log. Displays as the target URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +226,10 @@ where
         parts.headers.insert(UPGRADE, protocol.clone());
     }
     let mut client_upgrade = client_upgrade.map(|(on, _)| on);
+    let mut tunnel_guard = match client_upgrade {
+        Some(_) => parts.extensions.remove::<TunnelGuard>(),
+        None => None,
+    };
 
     // A body that was never polled can be sent again after a failed connect.
     let size_hint = body.size_hint();
@@ -267,6 +283,7 @@ where
                         upstream_side,
                         in_flight,
                         request_id.clone(),
+                        tunnel_guard.take(),
                     ));
                     let (mut head, _) = res.into_parts();
                     rewrite_response_headers(&mut head.headers, true);
@@ -370,6 +387,7 @@ async fn tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     _in_flight: InFlight,
     request_id: String,
+    _guard: Option<TunnelGuard>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,

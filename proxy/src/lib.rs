@@ -38,5 +38,7 @@ mod forward;
 pub mod headers;
 mod upstream;
 
-pub use forward::{BoxError, ClientAddr, ForwardPath, Outgoing, Proxy, ProxyBody, UpstreamTarget};
+pub use forward::{
+    BoxError, ClientAddr, ForwardPath, Outgoing, Proxy, ProxyBody, TunnelGuard, UpstreamTarget,
+};
 pub use upstream::{Settings, TargetAddr, TargetError, Upstream, UpstreamError};

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 /// Processes killed when dropped.
 #[derive(Default)]
-struct Processes(Vec<(String, Child)>);
+pub(crate) struct Processes(Vec<(String, Child)>);
 
 impl Processes {
-    fn start(&mut self, name: &str, cmd: &mut Command) -> Result<u32, String> {
+    pub(crate) fn start(&mut self, name: &str, cmd: &mut Command) -> Result<u32, String> {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -27,7 +27,24 @@ impl Processes {
         Ok(pid)
     }
 
-    fn check_alive(&mut self) -> Result<(), String> {
+    /// Waits up to `bound` for the process `name` to exit; its exit code (None: by a signal).
+    pub(crate) fn wait(&mut self, name: &str, bound: Duration) -> Result<Option<i32>, String> {
+        let deadline = Instant::now() + bound;
+        let Some((_, child)) = self.0.iter_mut().find(|(n, _)| n == name) else {
+            return Err(format!("no process named {name}"));
+        };
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{name} did not exit within {bound:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         for (name, child) in &mut self.0 {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("{name} exited ({status})"));
@@ -46,7 +63,7 @@ impl Drop for Processes {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -62,7 +79,7 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-fn wait_for(port: u16, what: &str, procs: &mut Processes) -> Result<(), String> {
+pub(crate) fn wait_for(port: u16, what: &str, procs: &mut Processes) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !crate::answers(port) {
         procs.check_alive()?;

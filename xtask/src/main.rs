@@ -8,6 +8,9 @@
 //! - `bench [--install-peers] [--duration S] [--rounds N] [--conns 64,256]`: the gateway next to
 //!   nginx, HAProxy and Caddy as reverse proxies under wrk, interleaved rounds, a table of
 //!   medians written to BENCHMARKS.md (see `bench.rs`).
+//! - `soak [--minutes N] [--clients C]`: N minutes (default 2) of mixed traffic through the
+//!   release gateway; fails on any failed request, on growth of RSS, descriptors, threads or
+//!   tasks between minute 1 and the end, or on a lost response at SIGTERM (see `soak.rs`).
 //! - `ci`: the checks CI runs (`cargo fmt --check`, clippy with warnings denied, the tests).
 //! - `bench-router`: `cargo bench -p router`, then a table of medians and ratios against matchit
 //!   read from criterion's output, ready for BENCHMARKS.md.
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod soak;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,11 +31,14 @@ fn main() -> ExitCode {
         Some("bench") => {
             bench::Options::parse(&args[1..]).and_then(|o| bench::run(&workspace_root(), &o))
         }
+        Some("soak") => {
+            soak::Options::parse(&args[1..]).and_then(|o| soak::run(&workspace_root(), &o))
+        }
         Some("bench-router") => bench_router(&args[1..]),
         Some("bench-balancer") => bench_balancer(&args[1..]),
         Some("help") | None => {
             println!(
-                "usage: cargo xtask <demo | bench [--install-peers] | ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
+                "usage: cargo xtask <demo | bench [--install-peers] | soak [--minutes N] [--clients C] | ci | bench-router [criterion args...] | bench-balancer [criterion args...]>"
             );
             Ok(())
         }
