@@ -251,6 +251,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let script = work.join("percentiles.lua");
     std::fs::write(&script, WRK_SCRIPT).map_err(|e| e.to_string())?;
+    raise_fd_limit();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = cores >= 2 && which("taskset").is_some();
     // Servers on core 0, wrk on core 1, when the machine has two.
@@ -289,9 +290,23 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     // The contenders.
     let mut contenders: Vec<(&str, u16, Option<u32>)> = vec![("direct", u1, None)];
     let ours = free_port()?;
+    // A fake backend for the streaming measurements (it streams and counts big bodies).
+    let streamer = free_port()?;
+    procs.start(
+        "fake-backend (streaming)",
+        Command::new(root.join("target/release/fake-backend")).arg(streamer.to_string()),
+    )?;
+    wait_for(streamer, "the streaming backend", &mut procs)?;
     let conf = work.join("gateway.toml");
     std::fs::write(&conf, format!(
-        "[server]\nlisten = [\"127.0.0.1:{ours}\"]\nworker_threads = 1\nmax_body_bytes = 0\n\n[pre]\naccess_log = false\n\n[upstreams.api]\ntargets = [\"http://127.0.0.1:{u1}\", \"http://127.0.0.1:{u2}\"]\n# As nginx's keepalive 512: enough idle connections for 256 clients.\npool_max_idle_per_target = 512\n\n[[routes]]\npath = \"/api/*path\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"api\"\n"
+        "[server]\nlisten = [\"127.0.0.1:{ours}\"]\nworker_threads = 1\nmax_body_bytes = 0\n\
+         # Room for the 10,000 idle connections of the memory check, kept open for it.\n\
+         max_connections = 20000\nheader_read_timeout_ms = 120000\nidle_timeout_ms = 120000\n\n\
+         [pre]\naccess_log = false\n\n[upstreams.api]\ntargets = [\"http://127.0.0.1:{u1}\", \"http://127.0.0.1:{u2}\"]\n\
+         # As nginx's keepalive 512: enough idle connections for 256 clients.\npool_max_idle_per_target = 512\n\n\
+         [upstreams.stream]\ntargets = [\"http://127.0.0.1:{streamer}\"]\n\n\
+         [[routes]]\npath = \"/api/*path\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"api\"\n\n\
+         [[routes]]\npath = \"/stream/*path\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"stream\"\n"
     )).map_err(|e| e.to_string())?;
     let gateway_pid = procs.start(
         "gateway",
@@ -382,6 +397,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         }
     }
     let peak_rss = rss_kib(gateway_pid, "VmHWM:");
+    let memory = memory_checks(gateway_pid, ours)?;
 
     // The table.
     let mut table = String::new();
@@ -443,7 +459,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             .unwrap_or_default()
     };
     let header = format!(
-        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script; upstreams: {upstream_kind}. Versions: {}; {}; {}.\nGateway peak RSS over the run: {} KiB.\n",
+        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script; upstreams: {upstream_kind}. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
         opts.seconds,
         opts.rounds,
         if pin {
@@ -459,6 +475,103 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     println!("\n{header}\n{table}");
     write_benchmarks(root, &format!("{header}\n{table}"))?;
     Ok(())
+}
+
+/// Raises this process's soft limit on open files to its hard limit (children inherit it):
+/// the idle-connection check needs 10,000 on each side. Best effort, with `prlimit`.
+fn raise_fd_limit() {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        });
+    if let (Some(hard), Some(prlimit)) = (hard, which("prlimit")) {
+        let _ = Command::new(prlimit)
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+    }
+}
+
+/// The gateway's RSS with 10,000 idle keep-alive connections, and while 1 GiB streams down
+/// and up through it. Returns the sentence for the report.
+fn memory_checks(pid: u32, port: u16) -> Result<String, String> {
+    use crate::soak::Conn;
+    const GIB: usize = 1 << 30;
+    let rss = || rss_kib(pid, "VmRSS:").unwrap_or(0);
+
+    // Streaming: the highest RSS seen, sampled every 50 ms, against the RSS before.
+    let mut stream = |method: &str, path: &str, body: usize| -> Result<(u64, u64, f64), String> {
+        let before = rss();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut max = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    max = max.max(rss_kib(pid, "VmRSS:").unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                max
+            })
+        };
+        let start = Instant::now();
+        let result = Conn::open(port).and_then(|mut c| c.request(method, path, body, None, false));
+        let seconds = start.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let max = watcher.join().unwrap_or(0);
+        let (status, _) = result?;
+        if status != 200 {
+            return Err(format!("streaming {method} {path}: status {status}"));
+        }
+        Ok((before, max, seconds))
+    };
+    let (down_before, down_max, down_s) = stream("GET", &format!("/stream/d?bytes={GIB}"), 0)?;
+    let (up_before, up_max, up_s) = stream("POST", "/stream/u", GIB)?;
+    eprintln!(
+        "streaming 1 GiB: down {down_s:.1} s, RSS {down_before} -> max {down_max} KiB; up {up_s:.1} s, RSS {up_before} -> max {up_max} KiB"
+    );
+
+    // 10,000 idle keep-alive connections, each after one request.
+    let target = 10_000;
+    let before = rss();
+    let mut idle = Vec::with_capacity(target);
+    let mut stopped = None;
+    for i in 0..target {
+        match Conn::open(port)
+            .and_then(|mut c| c.request("GET", "/api/idle", 0, None, false).map(|_| c))
+        {
+            Ok(c) => idle.push(c),
+            Err(e) => {
+                stopped = Some(format!(
+                    "stopped at {i} connections: {e} (raise `ulimit -n`)"
+                ));
+                break;
+            }
+        }
+    }
+    let with = rss();
+    let n = idle.len();
+    drop(idle);
+    let per = if n > 0 {
+        (with.saturating_sub(before)) * 1024 / n as u64
+    } else {
+        0
+    };
+    eprintln!("{n} idle connections: RSS {before} -> {with} KiB ({per} bytes each)");
+    if let Some(s) = &stopped {
+        eprintln!("{s}");
+    }
+    Ok(format!(
+        "With {n} idle keep-alive connections: {with} KiB ({before} KiB before, about {per} bytes per connection){}. \
+         Streaming 1 GiB through it: download {down_before} KiB before, at most {down_max} KiB during ({:.0} MiB/s); \
+         upload {up_before} KiB before, at most {up_max} KiB during ({:.0} MiB/s).",
+        stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
+        1024.0 / down_s,
+        1024.0 / up_s,
+    ))
 }
 
 /// Replaces the generated section of BENCHMARKS.md (between markers) with `body`.

@@ -127,13 +127,13 @@ fn settled_sample(pid: u32, port: u16) -> Result<Sample, String> {
 }
 
 /// A client connection speaking just enough HTTP/1.1.
-struct Conn {
+pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
 
 impl Conn {
-    fn open(port: u16) -> Result<Conn, String> {
+    pub(crate) fn open(port: u16) -> Result<Conn, String> {
         let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
@@ -150,7 +150,7 @@ impl Conn {
     /// Sends a request (a body of `body_len` bytes; `slow` sends the head in pieces and reads
     /// the body in sips) and reads the response. Returns the status and, for small bodies,
     /// the body (large ones are counted, not kept).
-    fn request(
+    pub(crate) fn request(
         &mut self,
         method: &str,
         path: &str,
