@@ -503,7 +503,7 @@ fn memory_checks(pid: u32, port: u16) -> Result<String, String> {
     let rss = || rss_kib(pid, "VmRSS:").unwrap_or(0);
 
     // Streaming: the highest RSS seen, sampled every 50 ms, against the RSS before.
-    let mut stream = |method: &str, path: &str, body: usize| -> Result<(u64, u64, f64), String> {
+    let stream = |method: &str, path: &str, body: usize| -> Result<(u64, u64, f64), String> {
         let before = rss();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
