@@ -55,8 +55,22 @@ impl Processes {
 }
 
 impl Drop for Processes {
+    /// SIGTERM first, so that a master process (nginx) takes its workers down with it, then
+    /// SIGKILL for whatever is still running after two seconds.
     fn drop(&mut self) {
         for (_, child) in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for (_, child) in &mut self.0 {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -540,9 +554,10 @@ fn memory_checks(pid: u32, port: u16) -> Result<String, String> {
     let mut idle = Vec::with_capacity(target);
     let mut stopped = None;
     for i in 0..target {
-        match Conn::open(port)
-            .and_then(|mut c| c.request("GET", "/api/idle", 0, None, false).map(|_| c))
-        {
+        match Conn::open(port).and_then(|mut c| {
+            c.request("GET", "/api/idle", 0, None, false)
+                .map(|_| c.into_stream())
+        }) {
             Ok(c) => idle.push(c),
             Err(e) => {
                 stopped = Some(format!(

@@ -147,6 +147,11 @@ impl Conn {
         })
     }
 
+    /// The socket alone (one descriptor instead of two), for holding a connection open.
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
+    }
+
     /// Sends a request (a body of `body_len` bytes; `slow` sends the head in pieces and reads
     /// the body in sips) and reads the response. Returns the status and, for small bodies,
     /// the body (large ones are counted, not kept).
