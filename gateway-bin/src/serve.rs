@@ -160,19 +160,24 @@ async fn drive<C: Connection>(
 ) {
     let mut conn = std::pin::pin!(conn);
     let mut seen = activity.load(Ordering::Relaxed);
-    let mut deadline = tokio::time::Instant::now() + idle;
+    // One timer for the connection's life, re-armed only when it fires: the connection
+    // future is polled for every read and write, and a new timer per poll would cost a
+    // timer-wheel insert each time.
+    let timer = tokio::time::sleep(idle);
+    let mut timer = std::pin::pin!(timer);
     let mut finishing = *stop.borrow_and_update();
     if finishing {
         conn.as_mut().finish();
     }
     loop {
         tokio::select! {
+            biased;
             _ = conn.as_mut() => return,
             _ = stop.changed(), if !finishing => {
                 finishing = true;
                 conn.as_mut().finish();
             }
-            _ = tokio::time::sleep_until(deadline), if !finishing => {
+            _ = timer.as_mut(), if !finishing => {
                 let now = activity.load(Ordering::Relaxed);
                 if now == seen {
                     tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
@@ -180,7 +185,7 @@ async fn drive<C: Connection>(
                     conn.as_mut().finish();
                 } else {
                     seen = now;
-                    deadline = tokio::time::Instant::now() + idle;
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
             }
         }
