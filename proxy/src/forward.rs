@@ -17,12 +17,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::headers::{Forwarding, rewrite_request_headers, rewrite_response_headers};
+use crate::pool::Pool;
 use crate::upstream::{TargetAddr, Upstream};
 
 /// A boxed error.
@@ -90,7 +90,7 @@ impl<B> fmt::Debug for Proxy<B> {
 
 struct Inner<B> {
     upstream: Arc<Upstream>,
-    client: Client<HttpConnector, Outgoing<B>>,
+    pool: Pool<Outgoing<B>>,
 }
 
 impl<B> Proxy<B>
@@ -101,18 +101,15 @@ where
     /// A proxy to `upstream`, with a connection pool of its own.
     pub fn new(upstream: Upstream) -> Self {
         let settings = upstream.settings();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_target)
-            .build(connector);
+        let pool = Pool::new(
+            settings.pool_max_idle_per_target,
+            settings.pool_idle_timeout,
+            settings.connect_timeout,
+        );
         Proxy {
             inner: Arc::new(Inner {
                 upstream: Arc::new(upstream),
-                client,
+                pool,
             }),
         }
     }
@@ -128,9 +125,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ProxyBody<B>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody<B>>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -142,7 +139,7 @@ where
     }
 }
 
-fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+fn short<B>(status: StatusCode, text: &'static str) -> Response<ProxyBody<B>> {
     let mut res = Response::new(ProxyBody(Kind::Short(Some(Bytes::from_static(
         text.as_bytes(),
     )))));
@@ -154,7 +151,7 @@ fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     res
 }
 
-async fn forward<B>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody>
+async fn forward<B>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody<B>>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -231,38 +228,84 @@ where
         None => None,
     };
 
-    // A body that was never polled can be sent again after a failed connect.
+    // The request is built once: connecting is a step of its own, and a request hyper could
+    // not write on a stale pooled connection comes back whole, so no attempt copies it.
     let size_hint = body.size_hint();
     let slot = (!body.is_end_stream()).then(|| Arc::new(BodySlot::new(body)));
+    let mut out = Request::new(match &slot {
+        Some(slot) => Outgoing::shared(Arc::clone(slot), size_hint),
+        None => Outgoing::empty(),
+    });
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = Uri::from(path_and_query);
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = std::mem::take(&mut parts.headers);
+    let mut out = Some(out);
 
+    let pool = &inner.pool;
     let mut attempts = Attempts::new();
-    while let Some(picked) = upstream.balancer().next_attempt(&mut attempts) {
+    'targets: while let Some(picked) = upstream.balancer().next_attempt(&mut attempts) {
         let target = picked.value().clone();
-        let uri = Uri::builder()
-            .scheme(target.scheme())
-            .authority(target.authority().clone())
-            .path_and_query(path_and_query.clone())
-            .build();
-        let Ok(uri) = uri else {
-            return short(StatusCode::BAD_REQUEST, "Bad Request\n");
+        let mut conn = match pool.checkout(&target) {
+            Some(conn) => conn,
+            None => match pool.connect(&target).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    upstream.balancer().report(&picked, false);
+                    tracing::warn!(
+                        upstream = %upstream.name(),
+                        target = %target,
+                        request_id = %request_id,
+                        error = %error,
+                        retry = true,
+                        "upstream connect failed"
+                    );
+                    continue 'targets;
+                }
+            },
         };
-        let mut out = Request::new(match &slot {
-            Some(slot) => Outgoing::shared(Arc::clone(slot), size_hint),
-            None => Outgoing::empty(),
-        });
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = parts.headers.clone();
+        let Some(mut req) = out.take() else {
+            break 'targets;
+        };
         let host = match (&inbound_host, settings.preserve_host) {
             (Some(host), true) => host.clone(),
             _ => target.host_header().clone(),
         };
-        out.headers_mut().insert(HOST, host);
+        req.headers_mut().insert(HOST, host);
 
         let in_flight = picked.state().start();
-        let outcome =
-            tokio::time::timeout(settings.response_timeout, inner.client.request(out)).await;
+        let outcome = loop {
+            let outcome =
+                tokio::time::timeout(settings.response_timeout, conn.sender.try_send_request(req))
+                    .await;
+            match outcome {
+                Ok(Err(mut e)) if conn.reused => match e.take_message() {
+                    // The pooled connection had closed before the request was written: the
+                    // same request, on a new connection to the same target.
+                    Some(back) => {
+                        req = back;
+                        conn = match pool.connect(&target).await {
+                            Ok(conn) => conn,
+                            Err(error) => {
+                                upstream.balancer().report(&picked, false);
+                                tracing::warn!(
+                                    upstream = %upstream.name(),
+                                    target = %target,
+                                    request_id = %request_id,
+                                    error = %error,
+                                    retry = true,
+                                    "upstream connect failed"
+                                );
+                                out = Some(req);
+                                continue 'targets;
+                            }
+                        };
+                    }
+                    None => break Ok(Err(e)),
+                },
+                other => break other,
+            }
+        };
         match outcome {
             Ok(Ok(mut res)) => {
                 upstream.balancer().report(&picked, true);
@@ -299,7 +342,7 @@ where
                     upstream: Arc::clone(upstream.name_arc()),
                     target,
                 });
-                let body = ProxyBody(Kind::Upstream {
+                let mut proxied = ProxyBody(Kind::Upstream {
                     body,
                     _in_flight: in_flight,
                     health: Some(BodyHealth {
@@ -307,8 +350,11 @@ where
                         picked,
                         request_id,
                     }),
+                    back: Some((pool.clone(), conn.sender)),
                 });
-                return Response::from_parts(head, body);
+                // A response without a body (204, 304, HEAD, length 0) ends here.
+                proxied.checkin_if_done();
+                return Response::from_parts(head, proxied);
             }
             Err(_elapsed) => {
                 if slot
@@ -335,7 +381,23 @@ where
                 );
                 return short(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n");
             }
-            Ok(Err(error)) => {
+            Ok(Err(mut e)) => {
+                if let Some(back) = e.take_message() {
+                    // Never written (a new connection that closed at once): the request can
+                    // go to the next target.
+                    out = Some(back);
+                    upstream.balancer().report(&picked, false);
+                    tracing::warn!(
+                        upstream = %upstream.name(),
+                        target = %target,
+                        request_id = %request_id,
+                        error = %error_chain(e.error()),
+                        retry = true,
+                        "upstream connection closed before the request was sent"
+                    );
+                    continue 'targets;
+                }
+                let error = e.into_error();
                 // The client's body broke the exchange: its fault, not the upstream's.
                 let client_fault = match slot.as_ref().map(|s| s.progress()) {
                     Some(Progress::TooLarge) => {
@@ -356,18 +418,15 @@ where
                     return short(status, text);
                 }
                 upstream.balancer().report(&picked, false);
-                let retriable = error.is_connect() && slot.as_ref().is_none_or(|s| s.unsent());
                 tracing::warn!(
                     upstream = %upstream.name(),
                     target = %target,
                     request_id = %request_id,
                     error = %error_chain(&error),
-                    retry = retriable,
+                    retry = false,
                     "upstream request failed"
                 );
-                if !retriable {
-                    return short(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
-                }
+                return short(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
             }
         }
     }
@@ -462,14 +521,6 @@ impl<B> BodySlot<B> {
             _ => Progress::Failed,
         }
     }
-
-    /// Whether no attempt has taken the body yet (so it can still be sent).
-    fn unsent(&self) -> bool {
-        self.body
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
 }
 
 /// The request body as sent upstream: empty, or the client's body (see [`BodySlot`]).
@@ -555,18 +606,24 @@ where
 }
 
 /// The response body: the upstream's, streamed as it arrives (its in-flight count ends when
-/// the body is done or dropped), or a short text the proxy answered itself.
-pub struct ProxyBody(Kind);
+/// the body is done or dropped, and its connection goes back to the pool when the body
+/// ends), or a short text the proxy answered itself. `B` is the request body type.
+pub struct ProxyBody<B>(Kind<B>);
 
-enum Kind {
+enum Kind<B> {
     Upstream {
         body: Incoming,
         _in_flight: InFlight,
         /// Taken when the body fails, to report the target.
         health: Option<BodyHealth>,
+        /// The connection, back to the pool once the body has ended.
+        back: Option<Back<B>>,
     },
     Short(Option<Bytes>),
 }
+
+/// A connection on its way back to the pool.
+type Back<B> = (Pool<Outgoing<B>>, SendRequest<Outgoing<B>>);
 
 /// What a response body needs to report its target when the upstream breaks off mid-body
 /// (a reset, a body shorter than its `Content-Length`): that is a failed exchange too.
@@ -576,7 +633,30 @@ struct BodyHealth {
     request_id: String,
 }
 
-impl fmt::Debug for ProxyBody {
+impl<B> ProxyBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Returns the connection to the pool if the upstream's body has ended.
+    fn checkin_if_done(&mut self) {
+        if let Kind::Upstream {
+            body,
+            health: Some(h),
+            back,
+            ..
+        } = &mut self.0
+        {
+            if http_body::Body::is_end_stream(body) {
+                if let Some((pool, sender)) = back.take() {
+                    pool.checkin(h.picked.value(), sender);
+                }
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for ProxyBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
             Kind::Upstream { .. } => "ProxyBody(upstream)",
@@ -585,7 +665,11 @@ impl fmt::Debug for ProxyBody {
     }
 }
 
-impl http_body::Body for ProxyBody {
+impl<B> http_body::Body for ProxyBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -594,8 +678,17 @@ impl http_body::Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().0 {
-            Kind::Upstream { body, health, .. } => {
-                let polled = Pin::new(body).poll_frame(cx);
+            Kind::Upstream {
+                body, health, back, ..
+            } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Poll::Ready(None) | Poll::Ready(Some(Ok(_))) = &polled {
+                    if body.is_end_stream() {
+                        if let (Some((pool, sender)), Some(h)) = (back.take(), health.as_ref()) {
+                            pool.checkin(h.picked.value(), sender);
+                        }
+                    }
+                }
                 if let Poll::Ready(Some(Err(error))) = &polled {
                     if let Some(h) = health.take() {
                         h.upstream.balancer().report(&h.picked, false);

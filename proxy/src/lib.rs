@@ -36,6 +36,7 @@
 
 mod forward;
 pub mod headers;
+mod pool;
 mod upstream;
 
 pub use forward::{

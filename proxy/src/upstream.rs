@@ -31,6 +31,11 @@ impl TargetAddr {
         &self.host
     }
 
+    /// The target as written (`http://host:port`), shared: the connection pool's key.
+    pub(crate) fn key(&self) -> &Arc<str> {
+        &self.text
+    }
+
     /// The scheme used to reach the target (plain HTTP).
     pub fn scheme(&self) -> Scheme {
         Scheme::HTTP

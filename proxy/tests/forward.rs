@@ -176,7 +176,11 @@ async fn dead_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn text(res: Response<proxy::ProxyBody>) -> String {
+async fn text<B>(res: Response<proxy::ProxyBody<B>>) -> String
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<proxy::BoxError>,
+{
     String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
@@ -594,4 +598,51 @@ async fn a_websocket_echo_through_the_proxy() {
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
     }
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_pool_honours_its_idle_timeout_and_size() {
+    let send = |proxy: &Proxy<Full<Bytes>>| {
+        let proxy = proxy.clone();
+        async move {
+            let res = proxy
+                .oneshot(request("/x").body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            text(res).await;
+        }
+    };
+    let connections =
+        |log: &Log| -> Vec<usize> { log.lock().unwrap().iter().map(|s| s.connection).collect() };
+
+    // No idle connections kept: each request has a connection of its own.
+    let (addr, log) = upstream("a", released()).await;
+    let proxy = proxy_to(
+        &[addr],
+        Settings {
+            pool_max_idle_per_target: 0,
+            ..Settings::default()
+        },
+    );
+    for _ in 0..3 {
+        send(&proxy).await;
+    }
+    assert_eq!(connections(&log), [1, 2, 3]);
+
+    // A connection idle past the timeout is not used again.
+    let (addr, log) = upstream("b", released()).await;
+    let proxy = proxy_to(
+        &[addr],
+        Settings {
+            pool_idle_timeout: Duration::from_millis(100),
+            ..Settings::default()
+        },
+    );
+    send(&proxy).await;
+    send(&proxy).await;
+    // Idle for longer than the timeout (this wait is the thing under test).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    send(&proxy).await;
+    assert_eq!(connections(&log), [1, 1, 2]);
 }

@@ -1,0 +1,203 @@
+//! The upstream connection pool: HTTP/1.1 connections per target, made with hyper's
+//! connection API and kept idle, most recently used first.
+//!
+//! It replaces hyper-util's general-purpose client, which per request builds and boxes a large
+//! future, hashes a pool key, and spawns a task to return the connection once it is ready
+//! again. Here a connection goes back to the pool when its response body ends (the
+//! [`ProxyBody`](crate::ProxyBody) does it), a request that could not be written on a stale
+//! pooled connection is handed back by hyper and sent on another one, and connecting is a
+//! separate step, so a connect failure never touches the request.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::upstream::TargetAddr;
+
+/// A target's idle connections, oldest first.
+type IdleList<B> = (Arc<str>, Vec<Idle<B>>);
+
+/// Idle connections by target.
+struct Shared<B> {
+    idle: Mutex<Vec<IdleList<B>>>,
+    max_idle_per_target: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    reaper: AtomicBool,
+}
+
+struct Idle<B> {
+    sender: SendRequest<B>,
+    since: Instant,
+}
+
+/// A pool of HTTP/1.1 connections to the targets of one upstream.
+pub(crate) struct Pool<B>(Arc<Shared<B>>);
+
+impl<B> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Pool(Arc::clone(&self.0))
+    }
+}
+
+/// A connection taken from the pool (or just made) for one request.
+pub(crate) struct Conn<B> {
+    pub(crate) sender: SendRequest<B>,
+    /// Came from the pool: it may have been closed by the upstream meanwhile.
+    pub(crate) reused: bool,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The TCP connect did not finish in time.
+    Timeout(Duration),
+    /// The TCP connect failed.
+    Io(std::io::Error),
+    /// The HTTP/1.1 handshake failed.
+    Handshake(hyper::Error),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+impl<B> Pool<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub(crate) fn new(
+        max_idle_per_target: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Pool(Arc::new(Shared {
+            idle: Mutex::new(Vec::new()),
+            max_idle_per_target,
+            idle_timeout,
+            connect_timeout,
+            reaper: AtomicBool::new(false),
+        }))
+    }
+
+    /// The most recently used idle connection to `target` that is still open and ready.
+    pub(crate) fn checkout(&self, target: &TargetAddr) -> Option<Conn<B>> {
+        let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle
+            .iter_mut()
+            .find(|(key, _)| same(key, target.key()))
+            .map(|(_, list)| list)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if entry.sender.is_closed() || now.duration_since(entry.since) >= self.0.idle_timeout {
+                continue;
+            }
+            if entry.sender.is_ready() {
+                return Some(Conn {
+                    sender: entry.sender,
+                    reused: true,
+                });
+            }
+            // Not ready (its last response is still being read): not for this request.
+            list.insert(0, entry);
+            break;
+        }
+        None
+    }
+
+    /// A new connection to `target`; its connection task runs on its own.
+    pub(crate) async fn connect(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
+        let timeout = self.0.connect_timeout;
+        let stream =
+            match tokio::time::timeout(timeout, TcpStream::connect(target.authority().as_str()))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(ConnectError::Io(e)),
+                Err(_) => return Err(ConnectError::Timeout(timeout)),
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Puts a connection whose exchange is over back, unless it is closed or the target has
+    /// enough idle ones.
+    pub(crate) fn checkin(&self, target: &TargetAddr, sender: SendRequest<B>) {
+        if sender.is_closed() || self.0.max_idle_per_target == 0 {
+            return;
+        }
+        let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = match idle.iter().position(|(key, _)| same(key, target.key())) {
+            Some(at) => at,
+            None => {
+                idle.push((Arc::clone(target.key()), Vec::new()));
+                idle.len() - 1
+            }
+        };
+        let list = &mut idle[at].1;
+        if list.len() >= self.0.max_idle_per_target {
+            // The oldest goes; its connection closes when its sender is dropped.
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        drop(idle);
+        if !self.0.reaper.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(&self.0)));
+        }
+    }
+}
+
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+/// Closes idle connections past the idle timeout, every half timeout, for as long as the pool
+/// exists (connections are otherwise only looked at when a request wants one).
+async fn reap<B>(pool: Weak<Shared<B>>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(10)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, list) in idle.iter_mut() {
+            list.retain(|e| {
+                !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
+            });
+        }
+    }
+}
