@@ -10,10 +10,11 @@ use std::time::Duration;
 use balancer::{HealthPolicy, Kind};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use middleware::{AccessLogLayer, AuthLayer, RecoverLayer, RequestIdLayer, Secrets, TimeoutLayer};
 use proxy::headers::TrustedProxies;
-use proxy::{ForwardPath, Proxy, Settings, Upstream, UpstreamTarget};
+use proxy::{Proxy, Settings, Upstream, UpstreamTarget};
 use router::{Body, IntoRoute, Mux, MuxService, PathParams};
 use tower::util::MapRequestLayer;
 use tower::{Layer, ServiceBuilder};
@@ -66,6 +67,34 @@ fn kind(s: config::Strategy) -> Kind {
 /// The name of a pattern's catch-all, if it ends in one.
 fn catch_all_name(pattern: &str) -> Option<&str> {
     pattern.rsplit('/').next()?.strip_prefix('*')
+}
+
+/// Replaces the request's path with its last `suffix_len` bytes (`/` when empty), keeping
+/// the query, scheme and authority.
+fn strip_to_suffix<B>(req: &mut Request<B>, suffix_len: usize) {
+    let path_len = req.uri().path().len();
+    let Some(full) = req.uri().path_and_query().map(|pq| pq.as_str()) else {
+        return;
+    };
+    let Some(tail) = path_len
+        .checked_sub(suffix_len)
+        .and_then(|start| full.get(start..))
+    else {
+        return;
+    };
+    let pq = if suffix_len == 0 {
+        PathAndQuery::try_from(format!("/{tail}"))
+    } else {
+        PathAndQuery::try_from(tail)
+    };
+    let Ok(pq) = pq else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// Builds the gateway from `config` (positions in errors refer to `source`).
@@ -179,15 +208,17 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
             .then(|| catch_all_name(pattern))
             .flatten()
             .map(Arc::from);
+        // The catch-all suffix becomes the request's path (query kept): it is the tail of
+        // the path, so the new path-and-query is a tail of the old one, one copy.
         let forward_path = MapRequestLayer::new(move |mut req: Request<B>| {
             if let Some(name) = &forward_name {
-                let suffix = req
+                let suffix_len = req
                     .extensions()
                     .get::<PathParams>()
                     .and_then(|p| p.get(name))
-                    .map(Box::<str>::from);
-                if let Some(suffix) = suffix {
-                    req.extensions_mut().insert(ForwardPath(suffix));
+                    .map(str::len);
+                if let Some(suffix_len) = suffix_len {
+                    strip_to_suffix(&mut req, suffix_len);
                 }
             }
             req

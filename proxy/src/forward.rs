@@ -159,12 +159,7 @@ where
     let upstream = &inner.upstream;
     let settings = upstream.settings();
     let (mut parts, body) = req.into_parts();
-    let request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    let request_id = RequestIdText(parts.headers.get("x-request-id").cloned());
 
     // The outbound path and query, decided once.
     // The request's own path and query are reused as they are (a reference-count bump);
@@ -445,7 +440,7 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     _in_flight: InFlight,
-    request_id: String,
+    request_id: RequestIdText,
     _guard: Option<TunnelGuard>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -459,6 +454,17 @@ async fn tunnel(
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(request_id = %request_id, error = %error, "tunnel closed with an error");
+    }
+}
+
+/// The request's `X-Request-Id` for log lines (`-` without one): a reference-counted copy of
+/// the header value, so a request pays no allocation for it.
+#[derive(Clone)]
+struct RequestIdText(Option<HeaderValue>);
+
+impl fmt::Display for RequestIdText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"))
     }
 }
 
@@ -630,7 +636,7 @@ type Back<B> = (Pool<Outgoing<B>>, SendRequest<Outgoing<B>>);
 struct BodyHealth {
     upstream: Arc<Upstream>,
     picked: Picked<TargetAddr>,
-    request_id: String,
+    request_id: RequestIdText,
 }
 
 impl<B> ProxyBody<B>

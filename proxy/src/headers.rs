@@ -182,11 +182,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopByHop {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
         })
         .cloned();
+    // Tokens naming hop-by-hop headers (`keep-alive`, `upgrade`) or `close` need no name of
+    // their own: the common `Connection` values allocate nothing here.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .filter(|n| !PROTECTED.contains(n))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
@@ -292,17 +302,27 @@ pub fn rewrite_request_headers(
     }
     // X-Forwarded-For: a trusted proxy's list, extended with its address; else just the peer.
     if let Some(client) = info.client {
-        let prior: Vec<&[u8]> = headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        let mut list = prior.join(&b", "[..]);
-        if !list.is_empty() {
-            list.extend_from_slice(b", ");
-        }
-        list.extend_from_slice(client.to_string().as_bytes());
-        if let Ok(value) = HeaderValue::from_bytes(&list) {
+        // The address is written into a stack buffer; only the header value allocates.
+        let mut ip = [0u8; 48];
+        let ip = {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut ip[..]);
+            let _ = write!(cursor, "{client}");
+            let n = usize::try_from(cursor.position()).unwrap_or(0);
+            &ip[..n]
+        };
+        let value = if headers.contains_key(X_FORWARDED_FOR) {
+            let mut list = Vec::new();
+            for v in headers.get_all(X_FORWARDED_FOR) {
+                list.extend_from_slice(v.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(ip);
+            HeaderValue::from_bytes(&list)
+        } else {
+            HeaderValue::from_bytes(ip)
+        };
+        if let Ok(value) = value {
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
