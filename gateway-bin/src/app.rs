@@ -285,20 +285,27 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
         })?;
     }
 
+    // The pre stack is one service, outermost first, with the switched-off layers passing
+    // straight through: one type-erased route for all of it instead of one per layer.
     let server = &config.server;
     let max_body = server.max_body_bytes;
-    if config.pre.request_id {
-        mux.pre(RequestIdLayer::new());
-    }
-    if config.pre.recover {
-        mux.pre(RecoverLayer::new());
-    }
-    if config.pre.access_log {
-        mux.pre(AccessLogLayer::new().upstream::<UpstreamTarget>());
-    }
-    if max_body > 0 {
-        mux.pre(BodyLimitLayer(max_body));
-    }
+    let pre = ServiceBuilder::new()
+        .layer(Optional::<_, B>::new(
+            config.pre.request_id.then(RequestIdLayer::new),
+        ))
+        .layer(Optional::<_, B>::new(
+            config.pre.recover.then(RecoverLayer::new),
+        ))
+        .layer(Optional::<_, B>::new(
+            config
+                .pre
+                .access_log
+                .then(|| AccessLogLayer::new().upstream::<UpstreamTarget>()),
+        ))
+        .layer(Optional::<_, B>::new(
+            (max_body > 0).then_some(BodyLimitLayer(max_body)),
+        ));
+    mux.pre(pre);
     Ok(App {
         service: mux.into_service(),
         routes: rows,
@@ -358,6 +365,48 @@ fn auth_layer(
     }
 }
 
+/// A layer that may be switched off: either way the service has one type, and so does its
+/// response body (`http_body_util::Either` of the layer's and the inner one's).
+struct Optional<L, B>(Option<L>, std::marker::PhantomData<fn(B)>);
+
+impl<L, B> Optional<L, B> {
+    fn new(layer: Option<L>) -> Self {
+        Optional(layer, std::marker::PhantomData)
+    }
+}
+
+type ToEither<A, B, X> = fn(Response<X>) -> Response<http_body_util::Either<A, B>>;
+
+/// The service an [`Optional`] layer makes.
+type OptionalService<On, Off, OnBody, OffBody> = tower::util::Either<
+    tower::util::MapResponse<On, ToEither<OnBody, OffBody, OnBody>>,
+    tower::util::MapResponse<Off, ToEither<OnBody, OffBody, OffBody>>,
+>;
+
+impl<S, L, B, OnBody, OffBody> Layer<S> for Optional<L, B>
+where
+    L: Layer<S>,
+    L::Service: tower::Service<Request<B>, Response = Response<OnBody>>,
+    S: tower::Service<Request<B>, Response = Response<OffBody>>,
+{
+    type Service = OptionalService<L::Service, S, OnBody, OffBody>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match &self.0 {
+            Some(layer) => tower::util::Either::Left(tower::util::MapResponse::new(
+                layer.layer(inner),
+                (|res: Response<OnBody>| res.map(http_body_util::Either::Left))
+                    as ToEither<_, _, _>,
+            )),
+            None => tower::util::Either::Right(tower::util::MapResponse::new(
+                inner,
+                (|res: Response<OffBody>| res.map(http_body_util::Either::Right))
+                    as ToEither<_, _, _>,
+            )),
+        }
+    }
+}
+
 /// Refuses a declared body over the limit with `413` before anything else runs; the server
 /// also caps the body as it streams, for bodies without a length.
 #[derive(Debug, Clone, Copy)]
@@ -379,13 +428,11 @@ struct BodyLimit<S> {
 impl<S, B> tower::Service<Request<B>> for BodyLimit<S>
 where
     S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    S::Future: Send + Unpin + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
-    >;
+    type Future = LimitFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -403,9 +450,39 @@ where
         if declared.is_some_and(|n| n > self.max) {
             let mut res = Response::new(Body::from("Payload Too Large\n"));
             *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return Box::pin(async move { Ok(res) });
+            return LimitFuture::Refused(Some(res));
         }
-        Box::pin(self.inner.call(req))
+        LimitFuture::Inner(self.inner.call(req))
+    }
+}
+
+/// The response future of [`BodyLimit`]: the refusal, or the inner service's (a boxed route
+/// future, so `Unpin`).
+enum LimitFuture<F> {
+    Refused(Option<Response<Body>>),
+    Inner(F),
+}
+
+impl<F> std::future::Future for LimitFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            LimitFuture::Refused(res) => {
+                std::task::Poll::Ready(Ok(res.take().unwrap_or_else(|| {
+                    let mut r = Response::new(Body::empty());
+                    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                    r
+                })))
+            }
+            LimitFuture::Inner(f) => std::pin::Pin::new(f).poll(cx),
+        }
     }
 }
 
