@@ -70,7 +70,8 @@ pub struct Recover<S> {
 #[derive(Debug, Clone)]
 struct Context0 {
     method: Method,
-    path: String,
+    /// The request's URI (a reference-counted copy); escaped only if a panic is logged.
+    uri: http::Uri,
     request_id: Option<RequestId>,
 }
 
@@ -84,7 +85,7 @@ impl Context0 {
         tracing::error!(
             panic = %escape_controls(message),
             method = %self.method,
-            path = %self.path,
+            path = %escape_controls(self.uri.path()),
             request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
             "panic {during}"
         );
@@ -119,7 +120,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let context = Context0 {
             method: req.method().clone(),
-            path: escape_controls(req.uri().path()),
+            uri: req.uri().clone(),
             request_id: req.extensions().get::<RequestId>().cloned(),
         };
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
