@@ -1,5 +1,7 @@
 //! `gateway`: see `gateway --help`.
 
+/// With `--features mimalloc`: less CPU per request, more memory per idle connection.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
