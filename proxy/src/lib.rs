@@ -5,11 +5,15 @@
 //! the balancer picks: the path is the request's own or a [`ForwardPath`] extension (a
 //! router's catch-all suffix), the query passes byte for byte, `Host` is the target's, and the
 //! [`headers`] are rewritten (hop-by-hop stripping, `X-Forwarded-*`). Bodies stream both ways.
-//! A refused or timed-out connect is retried on the next target (nothing reached the
-//! upstream; a request body not yet sent is kept for the retry); when no target answers the
+//! Connections are pooled per target (HTTP/1.1 keep-alive, most recently used first, closed
+//! after `pool_idle_timeout`). A refused or timed-out connect is retried on the next target
+//! (nothing reached the upstream), and a request that could not be written on a pooled
+//! connection the upstream had closed goes out again on a new one; when no target answers the
 //! client gets `502`, and an upstream slower than `response_timeout` to send its head gets
-//! `504`. Each failure is logged with the request id, upstream and target, and reported to the
-//! balancer's passive health.
+//! `504`; a body the upstream cuts short aborts the client's response. Each failure is logged
+//! with the request id, upstream and target, and reported to the balancer's passive health.
+//! Failures the client causes are not: a malformed request body gets `400` (`413` over a
+//! limit), a body the client stops sending gets `408`.
 //!
 //! Upgrades (WebSocket): `Upgrade` and `Connection: upgrade` are forwarded (never `h2c`); on a
 //! `101` the proxy tunnels bytes both ways until either side closes, and an upstream that
