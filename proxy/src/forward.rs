@@ -529,7 +529,8 @@ impl<B> BodySlot<B> {
     }
 }
 
-/// The request body as sent upstream: empty, or the client's body (see [`BodySlot`]).
+/// The request body as sent upstream: empty, or the client's body, with its progress
+/// recorded so that a failure the client causes is told apart from the upstream's.
 pub struct Outgoing<B> {
     state: OutState<B>,
     hint: SizeHint,
