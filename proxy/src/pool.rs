@@ -20,6 +20,9 @@ use tokio::time::Instant;
 
 use crate::upstream::TargetAddr;
 
+/// How many open idle connections a checkout looks at for a ready one.
+const SCAN: usize = 8;
+
 /// A target's idle connections, oldest first.
 type IdleList<B> = (Arc<str>, Vec<Idle<B>>);
 
@@ -102,19 +105,26 @@ where
             .find(|(key, _)| same(key, target.key()))
             .map(|(_, list)| list)?;
         let now = Instant::now();
-        while let Some(entry) = list.pop() {
+        // Newest first. A connection whose response body just ended may not be ready yet
+        // (its connection task has not run since): it stays for the next request, and an
+        // older ready one is used rather than opening a new connection.
+        let mut i = list.len();
+        let mut looked = 0;
+        while i > 0 && looked < SCAN {
+            i -= 1;
+            let entry = &list[i];
             if entry.sender.is_closed() || now.duration_since(entry.since) >= self.0.idle_timeout {
+                list.remove(i);
                 continue;
             }
+            looked += 1;
             if entry.sender.is_ready() {
+                let entry = list.remove(i);
                 return Some(Conn {
                     sender: entry.sender,
                     reused: true,
                 });
             }
-            // Not ready (its last response is still being read): not for this request.
-            list.insert(0, entry);
-            break;
         }
         None
     }
@@ -131,6 +141,7 @@ where
                 Err(_) => return Err(ConnectError::Timeout(timeout)),
             };
         let _ = stream.set_nodelay(true);
+        tracing::debug!(target = %target, "new upstream connection");
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -150,6 +161,7 @@ where
     /// enough idle ones.
     pub(crate) fn checkin(&self, target: &TargetAddr, sender: SendRequest<B>) {
         if sender.is_closed() || self.0.max_idle_per_target == 0 {
+            tracing::debug!(target = %target, "upstream connection not kept");
             return;
         }
         let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
