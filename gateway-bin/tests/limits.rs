@@ -37,23 +37,6 @@ async fn gateway(server: &str) -> (Gateway, fake_backend::Backend) {
     (start_gateway(limits_config(b.addr(), server)).await, b)
 }
 
-/// Reads until the peer closes; returns what came and when the close came.
-async fn read_to_close(stream: &mut TcpStream, bound: Duration) -> (String, Instant) {
-    let mut text = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = tokio::time::timeout(bound, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "still open after {bound:?}");
-    (String::from_utf8_lossy(&text).into_owned(), Instant::now())
-}
-
 #[tokio::test]
 async fn too_many_or_too_big_headers_get_431_and_the_connection_closes() {
     let (gw, _b) = gateway("max_header_bytes = 16384").await;

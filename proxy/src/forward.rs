@@ -6,8 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use balancer::{Attempts, InFlight, Picked};
@@ -226,9 +226,9 @@ where
     // The request is built once: connecting is a step of its own, and a request hyper could
     // not write on a stale pooled connection comes back whole, so no attempt copies it.
     let size_hint = body.size_hint();
-    let slot = (!body.is_end_stream()).then(|| Arc::new(BodySlot::new(body)));
-    let mut out = Request::new(match &slot {
-        Some(slot) => Outgoing::shared(Arc::clone(slot), size_hint),
+    let progress = (!body.is_end_stream()).then(Arc::<BodyProgress>::default);
+    let mut out = Request::new(match &progress {
+        Some(p) => Outgoing::tracked(body, Arc::clone(p), size_hint),
         None => Outgoing::empty(),
     });
     *out.method_mut() = parts.method;
@@ -243,20 +243,9 @@ where
         let target = picked.value().clone();
         let mut conn = match pool.checkout(&target) {
             Some(conn) => conn,
-            None => match pool.connect(&target).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    upstream.balancer().report(&picked, false);
-                    tracing::warn!(
-                        upstream = %upstream.name(),
-                        target = %target,
-                        request_id = %request_id,
-                        error = %error,
-                        retry = true,
-                        "upstream connect failed"
-                    );
-                    continue 'targets;
-                }
+            None => match connect(pool, upstream, &picked, &request_id).await {
+                Some(conn) => conn,
+                None => continue 'targets,
             },
         };
         let Some(mut req) = out.take() else {
@@ -279,18 +268,9 @@ where
                     // same request, on a new connection to the same target.
                     Some(back) => {
                         req = back;
-                        conn = match pool.connect(&target).await {
-                            Ok(conn) => conn,
-                            Err(error) => {
-                                upstream.balancer().report(&picked, false);
-                                tracing::warn!(
-                                    upstream = %upstream.name(),
-                                    target = %target,
-                                    request_id = %request_id,
-                                    error = %error,
-                                    retry = true,
-                                    "upstream connect failed"
-                                );
+                        conn = match connect(pool, upstream, &picked, &request_id).await {
+                            Some(conn) => conn,
+                            None => {
                                 out = Some(req);
                                 continue 'targets;
                             }
@@ -352,9 +332,9 @@ where
                 return Response::from_parts(head, proxied);
             }
             Err(_elapsed) => {
-                if slot
+                if progress
                     .as_ref()
-                    .is_some_and(|s| s.progress() == Progress::WaitingForClient)
+                    .is_some_and(|p| p.get() == Progress::WaitingForClient)
                 {
                     // The upstream is waiting for the rest of the body; so are we.
                     tracing::info!(
@@ -394,7 +374,7 @@ where
                 }
                 let error = e.into_error();
                 // The client's body broke the exchange: its fault, not the upstream's.
-                let client_fault = match slot.as_ref().map(|s| s.progress()) {
+                let client_fault = match progress.as_ref().map(|p| p.get()) {
                     Some(Progress::TooLarge) => {
                         Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"))
                     }
@@ -432,6 +412,35 @@ where
         "no upstream target answered"
     );
     short(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+}
+
+/// A new connection to the picked target; a failure is logged, reported to passive health,
+/// and leaves the request free for the next target.
+async fn connect<B>(
+    pool: &Pool<Outgoing<B>>,
+    upstream: &Upstream,
+    picked: &Picked<TargetAddr>,
+    request_id: &RequestIdText,
+) -> Option<crate::pool::Conn<Outgoing<B>>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    match pool.connect(picked.value()).await {
+        Ok(conn) => Some(conn),
+        Err(error) => {
+            upstream.balancer().report(picked, false);
+            tracing::warn!(
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                request_id = %request_id,
+                error = %error,
+                retry = true,
+                "upstream connect failed"
+            );
+            None
+        }
+    }
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections until
@@ -498,27 +507,18 @@ enum Progress {
     Failed = 5,
 }
 
-/// The client's body, where a failed connect can give it back for the next attempt, and how
-/// far it got, so a failure the client caused is not blamed on the upstream.
-struct BodySlot<B> {
-    body: Mutex<Option<B>>,
-    progress: AtomicU8,
-}
+/// How far the client's body got, shared between the body as sent upstream and the proxy's
+/// future, so a failure the client caused is not blamed on the upstream.
+#[derive(Default)]
+struct BodyProgress(AtomicU8);
 
-impl<B> BodySlot<B> {
-    fn new(body: B) -> Self {
-        BodySlot {
-            body: Mutex::new(Some(body)),
-            progress: AtomicU8::new(Progress::NotStarted as u8),
-        }
-    }
-
+impl BodyProgress {
     fn set(&self, p: Progress) {
-        self.progress.store(p as u8, Ordering::Relaxed);
+        self.0.store(p as u8, Ordering::Relaxed);
     }
 
-    fn progress(&self) -> Progress {
-        match self.progress.load(Ordering::Relaxed) {
+    fn get(&self) -> Progress {
+        match self.0.load(Ordering::Relaxed) {
             0 => Progress::NotStarted,
             1 => Progress::WaitingForClient,
             2 => Progress::Flowing,
@@ -530,29 +530,25 @@ impl<B> BodySlot<B> {
 }
 
 /// The request body as sent upstream: empty, or the client's body, with its progress
-/// recorded so that a failure the client causes is told apart from the upstream's.
+/// recorded so that a failure the client causes is told apart from the upstream's. The request
+/// is built once; hyper hands it back whole when it could not be written, so the body never
+/// needs to move between attempts.
 pub struct Outgoing<B> {
-    state: OutState<B>,
+    body: Option<(B, Arc<BodyProgress>)>,
     hint: SizeHint,
-}
-
-enum OutState<B> {
-    Empty,
-    Shared(Arc<BodySlot<B>>),
-    Owned(B, Arc<BodySlot<B>>),
 }
 
 impl<B> Outgoing<B> {
     fn empty() -> Self {
         Outgoing {
-            state: OutState::Empty,
+            body: None,
             hint: SizeHint::with_exact(0),
         }
     }
 
-    fn shared(slot: Arc<BodySlot<B>>, hint: SizeHint) -> Self {
+    fn tracked(body: B, progress: Arc<BodyProgress>, hint: SizeHint) -> Self {
         Outgoing {
-            state: OutState::Shared(slot),
+            body: Some((body, progress)),
             hint,
         }
     }
@@ -570,24 +566,11 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let OutState::Shared(slot) = &this.state {
-            // First poll: the body is this attempt's now, and cannot be sent again.
-            let taken = slot
-                .body
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            this.state = match taken {
-                Some(body) => OutState::Owned(body, Arc::clone(slot)),
-                None => OutState::Empty,
-            };
-        }
-        let OutState::Owned(body, slot) = &mut this.state else {
+        let Some((body, progress)) = &mut self.get_mut().body else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(body).poll_frame(cx).map_err(Into::into);
-        slot.set(match &polled {
+        progress.set(match &polled {
             Poll::Pending => Progress::WaitingForClient,
             Poll::Ready(Some(Ok(_))) => Progress::Flowing,
             Poll::Ready(None) => Progress::Done,
@@ -600,11 +583,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.state {
-            OutState::Empty => true,
-            OutState::Shared(_) => false,
-            OutState::Owned(body, _) => body.is_end_stream(),
-        }
+        self.body.as_ref().is_none_or(|(b, _)| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -648,17 +627,24 @@ where
     /// Returns the connection to the pool if the upstream's body has ended.
     fn checkin_if_done(&mut self) {
         if let Kind::Upstream {
-            body,
-            health: Some(h),
-            back,
-            ..
+            body, health, back, ..
         } = &mut self.0
         {
-            if http_body::Body::is_end_stream(body) {
-                if let Some((pool, sender)) = back.take() {
-                    pool.checkin(h.picked.value(), sender);
-                }
-            }
+            checkin_if_done(body, health.as_ref(), back);
+        }
+    }
+}
+
+/// Gives the connection back once the body it carries has ended (not after a failure: then
+/// `health` was taken to report it).
+fn checkin_if_done<B>(body: &Incoming, health: Option<&BodyHealth>, back: &mut Option<Back<B>>)
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    if let (true, Some(h)) = (http_body::Body::is_end_stream(body), health) {
+        if let Some((pool, sender)) = back.take() {
+            pool.checkin(h.picked.value(), sender);
         }
     }
 }
@@ -690,11 +676,7 @@ where
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 if let Poll::Ready(None) | Poll::Ready(Some(Ok(_))) = &polled {
-                    if body.is_end_stream() {
-                        if let (Some((pool, sender)), Some(h)) = (back.take(), health.as_ref()) {
-                            pool.checkin(h.picked.value(), sender);
-                        }
-                    }
+                    checkin_if_done(body, health.as_ref(), back);
                 }
                 if let Poll::Ready(Some(Err(error))) = &polled {
                     if let Some(h) = health.take() {

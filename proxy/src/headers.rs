@@ -58,6 +58,16 @@ pub const HOP_BY_HOP: [HeaderName; 10] = [
 /// of its body are facts about the message, not the connection.
 pub const PROTECTED: [HeaderName; 2] = [HOST, CONTENT_LENGTH];
 
+/// Whether a trimmed `Connection` token names a header of its own to remove: not empty, not
+/// `close`, and not one of the [`HOP_BY_HOP`] headers, which go anyway.
+fn names_an_end_to_end_header(token: &[u8]) -> bool {
+    !token.is_empty()
+        && !token.eq_ignore_ascii_case(b"close")
+        && !HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
 /// Removes, on receipt, every header a `Connection` header names (except [`PROTECTED`] and
 /// the hop-by-hop headers [`strip_hop_by_hop`] handles itself, such as `Upgrade` and `TE`),
 /// and drops those names from `Connection`.
@@ -83,11 +93,9 @@ pub const PROTECTED: [HeaderName; 2] = [HOST, CONTENT_LENGTH];
 /// ```
 pub fn consume_connection_options(headers: &mut HeaderMap) {
     let connection_level = |t: &[u8]| {
-        t.is_empty()
-            || t.eq_ignore_ascii_case(b"close")
-            || HOP_BY_HOP
+        !names_an_end_to_end_header(t)
+            || PROTECTED
                 .iter()
-                .chain(PROTECTED.iter())
                 .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
     };
     let tokens = || {
@@ -189,13 +197,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> HopByHop {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
-        })
+        .filter(|t| names_an_end_to_end_header(t))
         .filter_map(|t| HeaderName::from_bytes(t).ok())
         .filter(|n| !PROTECTED.contains(n))
         .collect();

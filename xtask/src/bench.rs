@@ -172,7 +172,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+/// A numeric field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`, `Threads:`), without its unit.
+pub(crate) fn proc_status(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -410,7 +411,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             }
         }
     }
-    let peak_rss = rss_kib(gateway_pid, "VmHWM:");
+    let peak_rss = proc_status(gateway_pid, "VmHWM:");
     let memory = memory_checks(gateway_pid, ours)?;
 
     // The table.
@@ -514,7 +515,7 @@ fn raise_fd_limit() {
 fn memory_checks(pid: u32, port: u16) -> Result<String, String> {
     use crate::soak::Conn;
     const GIB: usize = 1 << 30;
-    let rss = || rss_kib(pid, "VmRSS:").unwrap_or(0);
+    let rss = || proc_status(pid, "VmRSS:").unwrap_or(0);
 
     // Streaming: the highest RSS seen, sampled every 50 ms, against the RSS before.
     let stream = |method: &str, path: &str, body: usize| -> Result<(u64, u64, f64), String> {
@@ -525,7 +526,7 @@ fn memory_checks(pid: u32, port: u16) -> Result<String, String> {
             std::thread::spawn(move || {
                 let mut max = 0;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    max = max.max(rss_kib(pid, "VmRSS:").unwrap_or(0));
+                    max = max.max(proc_status(pid, "VmRSS:").unwrap_or(0));
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 max

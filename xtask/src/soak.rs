@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::bench::{Processes, free_port, wait_for};
+use crate::bench::{Processes, free_port, proc_status, wait_for};
 
 /// Options of `cargo xtask soak`.
 pub struct Options {
@@ -80,14 +80,8 @@ struct Sample {
 }
 
 fn sample(pid: u32, port: u16) -> Result<Sample, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+        proc_status(pid, name).ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
     };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map_err(|e| format!("reading /proc/{pid}/fd: {e}"))?

@@ -312,15 +312,27 @@ impl Recorder {
 /// and reads until the gateway closes (at most 10 s). Returns the status of every response
 /// in order and the whole text.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<u16>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut out = bytes.to_vec();
     out.extend_from_slice(b"GET /sentinel HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n");
     // The gateway may answer and close before it has read it all.
     let _ = stream.write_all(&out).await;
+    let (text, _) = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    let statuses = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect();
+    (statuses, text)
+}
+
+/// Reads until the peer closes (failing after `bound`); returns what came and when the close
+/// came.
+pub async fn read_to_close(stream: &mut TcpStream, bound: Duration) -> (String, Instant) {
+    use tokio::io::AsyncReadExt;
     let mut text = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(bound, async {
         loop {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -329,11 +341,6 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<u16>, String) 
         }
     })
     .await;
-    assert!(read.is_ok(), "the gateway did not close the connection");
-    let text = String::from_utf8_lossy(&text).into_owned();
-    let statuses = text
-        .match_indices("HTTP/1.1 ")
-        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
-        .collect();
-    (statuses, text)
+    assert!(read.is_ok(), "still open after {bound:?}");
+    (String::from_utf8_lossy(&text).into_owned(), Instant::now())
 }
