@@ -31,7 +31,7 @@ async fn the_demo_topology_end_to_end() {
     for _ in 0..4 {
         let r = fetch(gw, "/api/users?page=2").await;
         assert_eq!(r.status, StatusCode::OK);
-        let j = r.json();
+        let j = json(&r);
         assert_eq!(j["path"], "/users");
         assert_eq!(j["query"], "page=2");
         seen.push(j["backend"].as_str().unwrap().to_owned());
@@ -43,13 +43,13 @@ async fn the_demo_topology_end_to_end() {
 
     // /static goes to the first backend only, with the suffix as path.
     let r = fetch(gw, "/static/css/app.css").await;
-    let j = r.json();
+    let j = json(&r);
     assert_eq!(
         (j["backend"].as_str().unwrap(), j["path"].as_str().unwrap()),
         (n1.as_str(), "/css/app.css")
     );
     let r = fetch(gw, "/static/").await;
-    assert_eq!(r.json()["path"], "/");
+    assert_eq!(json(&r)["path"], "/");
 
     // The admin gate.
     let r = fetch(gw, "/admin/dashboard").await;
@@ -58,7 +58,7 @@ async fn the_demo_topology_end_to_end() {
         gw,
         get("/admin/dashboard")
             .header("x-admin-token", "wrong")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .unwrap(),
     )
     .await;
@@ -67,13 +67,13 @@ async fn the_demo_topology_end_to_end() {
         gw,
         get("/admin/dashboard")
             .header("x-admin-token", "letmein")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .unwrap(),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json()["backend"], n2.as_str());
-    assert_eq!(r.json()["path"], "/dashboard");
+    assert_eq!(json(&r)["backend"], n2.as_str());
+    assert_eq!(json(&r)["path"], "/dashboard");
 
     // 404, 405 with Allow.
     assert_eq!(fetch(gw, "/nothing").await.status, StatusCode::NOT_FOUND);
@@ -81,7 +81,7 @@ async fn the_demo_topology_end_to_end() {
         gw,
         Request::patch("/api/x")
             .header("host", "g")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .unwrap(),
     )
     .await;
@@ -94,11 +94,11 @@ async fn the_demo_topology_end_to_end() {
         get("/api/who")
             .header("x-forwarded-for", "6.6.6.6")
             .header("x-request-id", "e2e-42")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .unwrap(),
     )
     .await;
-    let h = &r.json()["headers"];
+    let h = &json(&r)["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-host"], "gateway.test");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -107,7 +107,7 @@ async fn the_demo_topology_end_to_end() {
     let r = fetch(gw, "/api/who").await;
     assert_eq!(
         r.headers["x-request-id"],
-        r.json()["headers"]["x-request-id"].as_str().unwrap()
+        json(&r)["headers"]["x-request-id"].as_str().unwrap()
     );
 
     // The index page, as text for curl.
@@ -121,7 +121,7 @@ async fn the_demo_topology_end_to_end() {
         gw,
         get("/")
             .header("accept", "text/html")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .unwrap(),
     )
     .await;
@@ -138,7 +138,7 @@ async fn the_demo_topology_end_to_end() {
         Request::post("/api/up")
             .header("host", "g")
             .header("content-length", "5000")
-            .body(Empty::new())
+            .body(Empty::<Bytes>::new())
             .unwrap(),
     )
     .await;
@@ -159,7 +159,7 @@ async fn faults_502_retry_504_sse_and_websocket() {
     for _ in 0..4 {
         let r = fetch(d.addr, "/api/x").await;
         assert_eq!(r.status, StatusCode::OK, "retried on the live target");
-        assert_eq!(r.json()["backend"], "live");
+        assert_eq!(json(&r)["backend"], "live");
     }
     assert_eq!(
         fetch(d.addr, "/static/x").await.status,
@@ -290,48 +290,32 @@ fn config_errors_name_the_line_and_key() {
     );
 }
 
-/// The `fake-backend` binary, built next to `gateway` by `cargo test --workspace`.
-fn fake_backend_exe() -> Option<std::path::PathBuf> {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name("fake-backend");
-    exe.exists().then_some(exe)
+/// Starts the real `gateway` binary on `file` and returns it with the address it logged
+/// (it listens on port 0: no port is reserved and released).
+fn start_binary(file: &std::path::Path) -> (Guarded, SocketAddr) {
+    let mut child = Guarded::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("--config")
+            .arg(file),
+    )
+    .unwrap();
+    let line = child
+        .wait_line("gateway listening", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no listening line: {}", child.output()));
+    let addr = address_in(&line).unwrap_or_else(|| panic!("no address in {line}"));
+    (child, addr)
 }
 
 #[tokio::test]
-async fn the_real_binaries_serve_a_config_file_and_exit_0_on_sigterm() {
-    // The real fake-backend binary when the workspace built it (the README's test command
-    // does); with `cargo test -p gateway-bin` alone, in-process backends stand in.
-    let mut processes = Vec::new();
-    let mut in_process = Vec::new();
-    let mut backends = Vec::new();
-    for name in ["one", "two"] {
-        match fake_backend_exe() {
-            Some(exe) => {
-                let port = free_port();
-                let child = std::process::Command::new(&exe)
-                    .args(["--port", &port.to_string(), "--name", name])
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
-                processes.push(Process(child));
-                let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                wait_listening(addr).await;
-                backends.push(addr);
-            }
-            None => {
-                eprintln!("note: fake-backend binary not built; using the library in-process");
-                let b = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some(name))
-                    .await
-                    .unwrap();
-                backends.push(b.addr());
-                in_process.push(b);
-            }
-        }
-    }
-    let port = free_port();
-    let text =
-        config(backends[0], backends[1]).replace("127.0.0.1:0\"]", &format!("127.0.0.1:{port}\"]"));
-    let dir = std::env::temp_dir().join(format!("gateway-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
+    let one = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("one"))
+        .await
+        .unwrap();
+    let two = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("two"))
+        .await
+        .unwrap();
+    let text = config(one.addr(), two.addr());
+    let dir = tempdir("e2e");
     let file = dir.join("gateway.toml");
     std::fs::write(&file, text).unwrap();
     let exe = env!("CARGO_BIN_EXE_gateway");
@@ -361,39 +345,36 @@ async fn the_real_binaries_serve_a_config_file_and_exit_0_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut child = std::process::Command::new(exe)
-        .arg("--config")
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr).await;
-    let a = fetch(addr, "/api/1").await.json()["backend"].clone();
-    let b = fetch(addr, "/api/2").await.json()["backend"].clone();
+    let (mut child, addr) = start_binary(&file);
+    let a = json(&fetch(addr, "/api/1").await)["backend"].clone();
+    let b = json(&fetch(addr, "/api/2").await)["backend"].clone();
     assert_ne!(a, b, "round-robin across processes");
     let r = call(
         addr,
         get("/admin/x")
             .header("x-admin-token", "letmein")
-            .body(Empty::new())
+            .body(Empty::<bytes::Bytes>::new())
             .unwrap(),
     )
     .await;
-    assert_eq!(r.json()["backend"], "two");
+    assert_eq!(json(&r)["backend"], "two");
 
-    let killed = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    assert!(child.signal("TERM"));
+    let status = tokio::task::spawn_blocking(move || child.wait_exit(Duration::from_secs(20)))
         .await
         .unwrap()
-        .unwrap();
+        .expect("the gateway exits on SIGTERM");
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temp dir for this test.
+fn tempdir(name: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gateway-{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[tokio::test]

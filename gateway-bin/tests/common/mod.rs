@@ -1,21 +1,22 @@
-//! Helpers shared by the gateway's integration tests: the gateway in-process on port 0, fake
-//! backends, a recording upstream, plain HTTP/1.1 calls and raw-bytes exchanges.
-#![allow(dead_code)]
+//! Helpers shared by the gateway's integration tests: the gateway in-process on port 0 with
+//! its upstreams at hand, the demo topology on fake backends, and raw-bytes exchanges. The
+//! generic pieces (scripted upstreams, recorder, clients, log capture, child processes) are
+//! the `testkit` crate's.
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use gateway_bin::app;
 use gateway_bin::config::Source;
 use gateway_bin::serve::{self, Limits, ServedBody};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+pub use testkit::client::{Reply, call, fetch, get};
+pub use testkit::process::{Guarded, address_in};
+pub use testkit::recorder::{Recorder, Seen};
 
 /// The default topology, on the given backend addresses, plus a slow-timeout upstream.
 pub fn config(b1: SocketAddr, b2: SocketAddr) -> String {
@@ -56,23 +57,74 @@ auth = {{ header = "X-Admin-Token", secrets = ["letmein"] }}
     )
 }
 
+/// A gateway serving in this process.
 pub struct Gateway {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// Send to shut it down.
     pub stop: Option<oneshot::Sender<()>>,
+    /// `serve`'s result: whether every connection finished within the grace period.
     pub done: tokio::task::JoinHandle<bool>,
+    /// The upstreams, to look at their targets' health.
+    pub upstreams: Vec<(String, proxy::Proxy<ServedBody>)>,
 }
 
+/// One target's health as the balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealth {
+    /// `http://host:port`.
+    pub target: String,
+    /// Whether it may be picked now.
+    pub available: bool,
+    /// Failures reported so far.
+    pub failures: u64,
+    /// Successes reported so far.
+    pub successes: u64,
+}
+
+impl Gateway {
+    /// The targets of upstream `name`, with their health.
+    pub fn health(&self, name: &str) -> Vec<TargetHealth> {
+        let (_, proxy) = self
+            .upstreams
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no upstream {name}"));
+        let balancer = proxy.upstream().balancer();
+        balancer
+            .targets()
+            .iter()
+            .map(|t| TargetHealth {
+                target: t.value().to_string(),
+                available: t.state().is_available(balancer.policy()),
+                failures: t.state().failures(),
+                successes: t.state().successes(),
+            })
+            .collect()
+    }
+
+    /// Shuts it down and returns whether every connection finished within the grace.
+    pub async fn shutdown(mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.done).await.unwrap_or(false)
+    }
+}
+
+/// Builds `text` as a configuration and serves it on a free loopback port.
 pub async fn start_gateway(text: String) -> Gateway {
     let source = Source {
         name: "test.toml".into(),
         text,
     };
-    let config = source.parse().unwrap();
-    let app = app::build::<ServedBody>(&config, &source).unwrap();
+    let config = source.parse().unwrap_or_else(|e| panic!("{e}"));
+    let app = app::build::<ServedBody>(&config, &source).unwrap_or_else(|e| panic!("{e}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = Limits::from(&config.server);
+    let upstreams = app.upstreams.clone();
     let done = tokio::spawn(serve::serve(app.service, vec![listener], limits, async {
         let _ = stopped.await;
     }));
@@ -80,6 +132,7 @@ pub async fn start_gateway(text: String) -> Gateway {
         addr,
         stop: Some(stop),
         done,
+        upstreams,
     }
 }
 
@@ -100,212 +153,9 @@ pub async fn demo() -> Demo {
     Demo { gateway, b1, b2 }
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-pub async fn call(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let res = sender.send_request(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
-pub fn get(path: &str) -> http::request::Builder {
-    Request::get(path).header("host", "gateway.test")
-}
-
-pub async fn fetch(addr: SocketAddr, path: &str) -> Reply {
-    call(addr, get(path).body(Empty::new()).unwrap()).await
-}
-
-/// A free loopback port for a child process (bound, then released for it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-pub struct Process(pub std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One connection as the recording upstream saw it.
-#[derive(Debug, Clone, Default)]
-pub struct Seen {
-    /// Every byte read from the gateway, in order.
-    pub raw: Vec<u8>,
-    /// The requests hyper parsed from them: head and body.
-    pub requests: Vec<(http::request::Parts, Bytes)>,
-    /// The gateway closed the connection.
-    pub closed: bool,
-}
-
-/// An upstream that records the exact bytes and the requests the gateway sends it, and
-/// answers each request `200 ok`.
-pub struct Recorder {
-    pub addr: SocketAddr,
-    pub conns: Arc<Mutex<Vec<Seen>>>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-struct RecordingIo {
-    inner: TcpStream,
-    conns: Arc<Mutex<Vec<Seen>>>,
-    index: usize,
-}
-
-impl tokio::io::AsyncRead for RecordingIo {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let new = &buf.filled()[before..];
-        if !new.is_empty() {
-            self.conns.lock().unwrap()[self.index]
-                .raw
-                .extend_from_slice(new);
-        }
-        res
-    }
-}
-
-impl tokio::io::AsyncWrite for RecordingIo {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Recorder {
-    pub async fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let changed = Arc::new(tokio::sync::Notify::new());
-        let (c, n) = (Arc::clone(&conns), Arc::clone(&changed));
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let index = {
-                    let mut all = c.lock().unwrap();
-                    all.push(Seen::default());
-                    all.len() - 1
-                };
-                let io = RecordingIo {
-                    inner: stream,
-                    conns: Arc::clone(&c),
-                    index,
-                };
-                let (c, n) = (Arc::clone(&c), Arc::clone(&n));
-                tokio::spawn(async move {
-                    let c2 = Arc::clone(&c);
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let c = Arc::clone(&c2);
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = match body.collect().await {
-                                    Ok(b) => b.to_bytes(),
-                                    Err(_) => Bytes::from_static(b"<body error>"),
-                                };
-                                c.lock().unwrap()[index].requests.push((parts, body));
-                                Ok::<_, std::convert::Infallible>(http::Response::new(
-                                    http_body_util::Full::new(Bytes::from_static(b"ok")),
-                                ))
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(io), svc)
-                        .with_upgrades()
-                        .await;
-                    c.lock().unwrap()[index].closed = true;
-                    n.notify_waiters();
-                });
-            }
-        });
-        Recorder {
-            addr,
-            conns,
-            changed,
-        }
-    }
-
-    /// Every connection so far, once the gateway has closed all of them (upstreams in the
-    /// hostile suite keep no idle connections, so each closes after its exchange).
-    pub async fn settled(&self) -> Vec<Seen> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let wait = self.changed.notified();
-            {
-                let all = self.conns.lock().unwrap();
-                if all.iter().all(|s| s.closed) {
-                    return all.clone();
-                }
-            }
-            assert!(
-                tokio::time::timeout_at(deadline, wait).await.is_ok(),
-                "upstream connections still open"
-            );
-        }
-    }
-
-    /// Forgets what was recorded.
-    pub fn clear(&self) {
-        self.conns.lock().unwrap().clear();
-    }
+/// The fake backend's JSON answer.
+pub fn json(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{e}: {}", reply.text()))
 }
 
 /// Sends `bytes` on a fresh connection followed by a `Connection: close` sentinel request,
