@@ -5,15 +5,21 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::health::{HealthPolicy, TargetState};
+use crate::health::{HealthPolicy, Outcome, TargetState};
 use crate::strategy::{
     Attempts, LeastRequest, RoundRobin, SmoothWeighted, Strategy, WeightedTicket,
 };
 use crate::target::Target;
 
-/// The strategies a [`Balancer`] can run.
+/// The strategies a [`Balancer`] can run. With the `serde` feature it deserializes from
+/// `round-robin`, `weighted-ticket`, `smooth-weighted` and `least-request`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Kind {
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
+pub enum Algorithm {
     /// [`RoundRobin`].
     #[default]
     RoundRobin,
@@ -42,29 +48,29 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
-enum Any<T> {
+enum AnyStrategy<T> {
     RoundRobin(RoundRobin<T>),
     WeightedTicket(WeightedTicket<T>),
     SmoothWeighted(SmoothWeighted<T>),
     LeastRequest(LeastRequest<T>),
 }
 
-impl<T: Send + Sync> Any<T> {
-    fn build(kind: Kind, targets: Vec<Target<T>>, policy: HealthPolicy) -> Self {
+impl<T: Send + Sync> AnyStrategy<T> {
+    fn build(kind: Algorithm, targets: Vec<Target<T>>, policy: HealthPolicy) -> Self {
         match kind {
-            Kind::RoundRobin => Any::RoundRobin(RoundRobin::new(targets, policy)),
-            Kind::WeightedTicket => Any::WeightedTicket(WeightedTicket::new(targets, policy)),
-            Kind::SmoothWeighted => Any::SmoothWeighted(SmoothWeighted::new(targets, policy)),
-            Kind::LeastRequest => Any::LeastRequest(LeastRequest::new(targets, policy)),
+            Algorithm::RoundRobin => AnyStrategy::RoundRobin(RoundRobin::new(targets, policy)),
+            Algorithm::WeightedTicket => AnyStrategy::WeightedTicket(WeightedTicket::new(targets, policy)),
+            Algorithm::SmoothWeighted => AnyStrategy::SmoothWeighted(SmoothWeighted::new(targets, policy)),
+            Algorithm::LeastRequest => AnyStrategy::LeastRequest(LeastRequest::new(targets, policy)),
         }
     }
 
     fn get(&self) -> &dyn Strategy<T> {
         match self {
-            Any::RoundRobin(s) => s,
-            Any::WeightedTicket(s) => s,
-            Any::SmoothWeighted(s) => s,
-            Any::LeastRequest(s) => s,
+            AnyStrategy::RoundRobin(s) => s,
+            AnyStrategy::WeightedTicket(s) => s,
+            AnyStrategy::SmoothWeighted(s) => s,
+            AnyStrategy::LeastRequest(s) => s,
         }
     }
 }
@@ -93,15 +99,15 @@ impl<T> Picked<T> {
     }
 }
 
-/// A load balancer: a [`Kind`] of strategy over targets whose set can be replaced at run time
+/// A load balancer: an [`Algorithm`] over targets whose set can be replaced at run time
 /// (an atomic swap; picks never wait). Targets that stay keep their health and in-flight
 /// counts.
 ///
 /// ```
-/// use balancer::{Attempts, Balancer, HealthPolicy, Kind};
+/// use balancer::{Algorithm, Attempts, Balancer, HealthPolicy, Outcome};
 ///
 /// let lb = Balancer::new(
-///     Kind::RoundRobin,
+///     Algorithm::RoundRobin,
 ///     [("127.0.0.1:9001", 1), ("127.0.0.1:9002", 1)],
 ///     HealthPolicy::default(),
 /// )?;
@@ -109,10 +115,10 @@ impl<T> Picked<T> {
 /// // A request: try targets until one answers, never the same one twice.
 /// let mut attempts = Attempts::new();
 /// let first = lb.next_attempt(&mut attempts).unwrap();
-/// lb.report(&first, false); // connection refused: 9001 is out for fail_timeout
+/// lb.report(&first, Outcome::Failure); // connection refused: 9001 is out for fail_timeout
 /// let second = lb.next_attempt(&mut attempts).unwrap();
 /// assert_ne!(first.value(), second.value());
-/// lb.report(&second, true);
+/// lb.report(&second, Outcome::Success);
 /// assert!(lb.next_attempt(&mut attempts).is_none());
 ///
 /// // The next requests avoid the failed target.
@@ -121,9 +127,9 @@ impl<T> Picked<T> {
 /// # Ok::<_, balancer::BuildError>(())
 /// ```
 pub struct Balancer<T> {
-    kind: Kind,
+    kind: Algorithm,
     policy: HealthPolicy,
-    current: ArcSwap<Any<T>>,
+    current: ArcSwap<AnyStrategy<T>>,
 }
 
 impl<T: fmt::Debug + Send + Sync> fmt::Debug for Balancer<T> {
@@ -147,7 +153,7 @@ fn check<T>(targets: &[(T, u32)]) -> Result<(), BuildError> {
 impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
     /// A balancer over `(value, weight)` pairs.
     pub fn new(
-        kind: Kind,
+        kind: Algorithm,
         targets: impl IntoIterator<Item = (T, u32)>,
         policy: HealthPolicy,
     ) -> Result<Self, BuildError> {
@@ -159,13 +165,13 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
             .collect();
         Ok(Balancer {
             kind,
-            current: ArcSwap::from_pointee(Any::build(kind, set, policy.clone())),
+            current: ArcSwap::from_pointee(AnyStrategy::build(kind, set, policy.clone())),
             policy,
         })
     }
 
     /// The strategy in use.
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> Algorithm {
         self.kind
     }
 
@@ -175,7 +181,8 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
     }
 
     /// Replaces the target set. A target whose value equals one in the current set keeps that
-    /// target's state (health, failures, in-flight count); new ones start healthy.
+    /// target's state (health, failures, in-flight count); new ones start healthy and ramp
+    /// up over the policy's slow start.
     pub fn replace(&self, targets: impl IntoIterator<Item = (T, u32)>) -> Result<(), BuildError> {
         let targets: Vec<(T, u32)> = targets.into_iter().collect();
         check(&targets)?;
@@ -186,12 +193,16 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
             .map(
                 |(value, weight)| match old.iter().find(|t| *t.value() == value) {
                     Some(kept) => Target::with_state(value, weight, Arc::clone(kept.state())),
-                    None => Target::new(value, weight),
+                    None => Target::with_state(
+                        value,
+                        weight,
+                        Arc::new(TargetState::joining(&self.policy)),
+                    ),
                 },
             )
             .collect();
         self.current
-            .store(Arc::new(Any::build(self.kind, set, self.policy.clone())));
+            .store(Arc::new(AnyStrategy::build(self.kind, set, self.policy.clone())));
         Ok(())
     }
 
@@ -225,17 +236,18 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
 
     /// Reports the outcome of an exchange with `picked` to its passive health, and to the
     /// strategy if the target is still in the current set.
-    pub fn report(&self, picked: &Picked<T>, success: bool) {
+    pub fn report(&self, picked: &Picked<T>, outcome: Outcome) {
         let set = self.current.load();
         let strategy = set.get();
         match strategy.targets().get(picked.index) {
             Some(t) if Arc::ptr_eq(t.state(), &picked.state) => {
-                strategy.report(picked.index, success)
+                strategy.report(picked.index, outcome)
             }
             // The set was replaced since the pick: the state is still shared, the strategy not.
-            _ if success => picked.state.report_success(),
             _ => {
-                picked.state.report_failure(&self.policy);
+                picked
+                    .state
+                    .report(&self.policy, outcome, strategy.targets().len() > 1);
             }
         }
     }

@@ -9,7 +9,7 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use balancer::{
-    AllDown, Attempts, Balancer, HealthPolicy, Kind, LeastRequest, ManualClock, RoundRobin,
+    AllDown, Attempts, Balancer, HealthPolicy, Algorithm, LeastRequest, Outcome, ManualClock, RoundRobin,
     SmoothWeighted, Strategy, Target, TargetState,
 };
 
@@ -32,7 +32,7 @@ fn picks(s: &dyn Strategy<usize>, n: usize) -> Vec<usize> {
 fn one_failure_takes_a_target_out_for_fail_timeout_by_default() {
     let clock = Arc::new(ManualClock::new());
     let s = rr(2, policy(&clock, 1));
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
     assert_eq!(picks(&s, 4), [1, 1, 1, 1]);
     clock.advance(Duration::from_millis(9_999));
     assert!(!picks(&s, 4).contains(&0));
@@ -45,15 +45,15 @@ fn one_failure_takes_a_target_out_for_fail_timeout_by_default() {
 fn max_fails_counts_within_the_window_only() {
     let clock = Arc::new(ManualClock::new());
     let s = rr(2, policy(&clock, 3));
-    s.report(0, false);
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
+    s.report(0, Outcome::Failure);
     assert!(picks(&s, 4).contains(&0), "two failures of three");
     // The window moves on: the next failure starts a new count.
     clock.advance(Duration::from_secs(11));
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
     assert!(picks(&s, 4).contains(&0));
-    s.report(0, false);
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
+    s.report(0, Outcome::Failure);
     assert!(!picks(&s, 4).contains(&0), "three within the window");
 }
 
@@ -61,9 +61,9 @@ fn max_fails_counts_within_the_window_only() {
 fn success_resets_the_failure_count() {
     let clock = Arc::new(ManualClock::new());
     let s = rr(2, policy(&clock, 2));
-    s.report(0, false);
-    s.report(0, true);
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
+    s.report(0, Outcome::Success);
+    s.report(0, Outcome::Failure);
     assert!(picks(&s, 4).contains(&0));
     assert_eq!(s.targets()[0].state().successes(), 1);
 }
@@ -73,7 +73,7 @@ fn max_fails_zero_disables_passive_health() {
     let clock = Arc::new(ManualClock::new());
     let s = rr(2, policy(&clock, 0));
     for _ in 0..10 {
-        s.report(0, false);
+        s.report(0, Outcome::Failure);
     }
     assert!(picks(&s, 4).contains(&0));
 }
@@ -85,7 +85,7 @@ fn manual_marks_win_over_passive_recovery() {
     let state = s.targets()[1].state();
     state.mark_down();
     assert!(state.is_marked_down());
-    s.report(1, false); // a passive failure does not clear the manual mark
+    s.report(1, Outcome::Failure); // a passive failure does not clear the manual mark
     clock.advance(Duration::from_secs(60));
     assert!(!picks(&s, 6).contains(&1));
     state.mark_up();
@@ -95,11 +95,11 @@ fn manual_marks_win_over_passive_recovery() {
 #[test]
 fn all_down_fails_fast_or_panics() {
     let clock = Arc::new(ManualClock::new());
-    let fast = rr(2, policy(&clock, 1));
+    let fast = rr(2, policy(&clock, 1).with_all_down(AllDown::FailFast));
     let panic = rr(2, policy(&clock, 1).with_all_down(AllDown::Panic));
     for s in [&fast, &panic] {
         s.targets()[0].state().mark_down();
-        s.report(1, false);
+        s.report(1, Outcome::Failure);
     }
     assert_eq!(fast.pick(), None);
     let mut attempts = Attempts::new();
@@ -121,7 +121,7 @@ fn smooth_weighted_lowers_a_failing_weight_and_recovers_like_nginx() {
         policy(&clock, 2),
     );
     assert_eq!(picks(&s, 8), [0, 1, 0, 1, 0, 1, 0, 1]);
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
     let after = picks(&s, 20);
     // The sequence nginx gives for effective weights 10 and 20 from a zero state.
     assert_eq!(&after[..4], [1, 0, 1, 1]);
@@ -134,7 +134,7 @@ fn smooth_weighted_lowers_a_failing_weight_and_recovers_like_nginx() {
         vec![Target::new(0usize, 3), Target::new(1, 3)],
         policy(&clock, 1),
     );
-    s.report(0, false);
+    s.report(0, Outcome::Failure);
     assert!(!picks(&s, 6).contains(&0));
     clock.advance(Duration::from_secs(11));
     let ramp = picks(&s, 6);
@@ -194,7 +194,7 @@ fn least_request_prefers_fewer_in_flight() {
 #[test]
 fn replacing_the_set_keeps_the_state_of_targets_that_stay() {
     let clock = Arc::new(ManualClock::new());
-    let lb = Balancer::new(Kind::RoundRobin, [("a", 1), ("b", 1)], policy(&clock, 1)).unwrap();
+    let lb = Balancer::new(Algorithm::RoundRobin, [("a", 1), ("b", 1)], policy(&clock, 1)).unwrap();
     let a = lb.targets()[0].state().clone();
     let guard = a.start();
     lb.targets()[1].state().mark_down();
@@ -222,14 +222,14 @@ fn replacing_the_set_keeps_the_state_of_targets_that_stay() {
 fn a_report_after_replacement_still_reaches_the_target() {
     let clock = Arc::new(ManualClock::new());
     let lb = Balancer::new(
-        Kind::SmoothWeighted,
+        Algorithm::SmoothWeighted,
         [("a", 1), ("b", 1)],
         policy(&clock, 1),
     )
     .unwrap();
     let picked = lb.pick().unwrap();
     lb.replace([("b", 1), ("a", 1)]).unwrap();
-    lb.report(&picked, false);
+    lb.report(&picked, Outcome::Failure);
     let target = lb
         .targets()
         .into_iter()
@@ -237,4 +237,114 @@ fn a_report_after_replacement_still_reaches_the_target() {
         .unwrap();
     assert_eq!(target.state().failures(), 1);
     assert!(!(0..4).any(|_| lb.pick().unwrap().value() == picked.value()));
+}
+
+#[test]
+fn the_only_target_is_never_taken_out_by_passive_health() {
+    let clock = Arc::new(ManualClock::new());
+    let s = rr(1, policy(&clock, 1));
+    for _ in 0..5 {
+        s.report(0, Outcome::Failure);
+    }
+    assert_eq!(s.targets()[0].state().failures(), 5);
+    assert_eq!(picks(&s, 3), [0, 0, 0]);
+    let mut attempts = Attempts::new();
+    assert_eq!(s.next_attempt(&mut attempts), Some(0));
+}
+
+#[test]
+fn a_failed_body_is_counted_but_does_not_take_a_target_out() {
+    let clock = Arc::new(ManualClock::new());
+    let s = rr(2, policy(&clock, 1));
+    s.report(0, Outcome::BodyFailure);
+    s.report(0, Outcome::BodyFailure);
+    let state = s.targets()[0].state();
+    assert_eq!((state.failures(), state.body_failures()), (2, 2));
+    assert!(picks(&s, 4).contains(&0));
+}
+
+#[test]
+fn when_every_target_is_out_their_passive_state_is_reset_and_the_request_tried() {
+    let clock = Arc::new(ManualClock::new());
+    let s = rr(2, policy(&clock, 1));
+    // The blackout sequence: one target out, then one bad exchange with the other.
+    s.report(1, Outcome::Failure);
+    s.report(0, Outcome::Failure);
+    assert!(!s.targets()[0].state().is_available(s.policy()));
+    // A request still gets a target, and every target once before giving up.
+    let mut attempts = Attempts::new();
+    let first = s.next_attempt(&mut attempts).expect("a target despite all down");
+    s.report(first, Outcome::Failure);
+    let second = s.next_attempt(&mut attempts).expect("the other one too");
+    assert_ne!(first, second);
+    assert_eq!(s.next_attempt(&mut attempts), None, "each target once");
+    // Targets marked down by hand (or by active checks) stay out even then.
+    let s = rr(2, policy(&clock, 1));
+    s.targets()[0].state().mark_down();
+    s.report(1, Outcome::Failure);
+    assert_eq!(s.pick(), Some(1), "the passive penalty is forgiven");
+    s.targets()[1].state().mark_down();
+    assert_eq!(s.pick(), None, "manual marks are not");
+}
+
+fn check(ok: bool) -> balancer::CheckResult {
+    balancer::CheckResult {
+        ok,
+        detail: if ok { "200" } else { "refused" }.into(),
+        at_ms: 0,
+    }
+}
+
+#[test]
+fn active_checks_take_a_target_out_after_fall_and_back_after_rise() {
+    use balancer::CheckTransition::{CameUp, None as Same, WentDown};
+    let clock = Arc::new(ManualClock::new());
+    let s = rr(2, policy(&clock, 1));
+    let p = s.policy().clone();
+    let state = s.targets()[0].state();
+    assert_eq!(state.report_check(&p, check(false), 2, 3), Same);
+    assert_eq!(state.report_check(&p, check(true), 2, 3), Same, "streak broken");
+    assert_eq!(state.report_check(&p, check(false), 2, 3), Same);
+    assert_eq!(state.report_check(&p, check(false), 2, 3), Same);
+    assert_eq!(state.report_check(&p, check(false), 2, 3), WentDown);
+    assert!(state.is_check_down());
+    assert!(!picks(&s, 6).contains(&0));
+    // Passive health cannot bring it back: only rise passing checks can.
+    clock.advance(Duration::from_secs(60));
+    assert!(!picks(&s, 6).contains(&0));
+    assert_eq!(state.report_check(&p, check(true), 2, 3), Same);
+    assert_eq!(state.report_check(&p, check(true), 2, 3), CameUp);
+    assert!(picks(&s, 6).contains(&0));
+    assert_eq!(state.last_check().map(|c| c.ok), Some(true));
+}
+
+#[test]
+fn a_target_coming_back_ramps_up_over_slow_start() {
+    let clock = Arc::new(ManualClock::new());
+    let p = policy(&clock, 1).with_slow_start(Duration::from_secs(10));
+    let s = rr(2, p);
+    s.report(0, Outcome::Failure);
+    clock.advance(Duration::from_secs(11)); // the penalty is over: ramping from 10 %
+    let share = |n: usize| picks(&s, n).iter().filter(|&&i| i == 0).count();
+    let early = share(1000);
+    assert!((40..=60).contains(&early), "{early} of 1000 at the start");
+    clock.advance(Duration::from_secs(5)); // half way
+    let half = share(1000);
+    assert!((230..=270).contains(&half), "{half} of 1000 half way");
+    clock.advance(Duration::from_secs(5)); // done: an equal share
+    assert_eq!(share(1000), 500);
+    assert_eq!(s.targets()[0].state().ramp(s.policy()), None);
+}
+
+#[test]
+fn targets_added_at_run_time_ramp_up_and_the_first_ones_do_not() {
+    let clock = Arc::new(ManualClock::new());
+    let p = policy(&clock, 1).with_slow_start(Duration::from_secs(10));
+    let lb = Balancer::new(Algorithm::RoundRobin, [("a", 1), ("b", 1)], p).unwrap();
+    assert!(lb.targets().iter().all(|t| t.state().ramp(lb.policy()).is_none()));
+    lb.replace([("a", 1), ("b", 1), ("c", 1)]).unwrap();
+    let c = lb.targets()[2].state().clone();
+    assert!(c.ramp(lb.policy()).is_some_and(|r| r < 0.2));
+    let got = (0..3000).filter(|_| *lb.pick().unwrap().value() == "c").count();
+    assert!(got < 200, "c got {got} of 3000 while cold");
 }

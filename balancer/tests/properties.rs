@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use balancer::{
-    AllDown, Attempts, HealthPolicy, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted,
-    Strategy, Target, WeightedTicket,
+    AllDown, Attempts, HealthPolicy, LeastRequest, MAX_ATTEMPTS, ManualClock, Outcome,
+    RoundRobin, SmoothWeighted, Strategy, Target, WeightedTicket,
 };
 use proptest::prelude::*;
 
@@ -158,5 +160,39 @@ proptest! {
             prop_assert_eq!(seen.len(), reachable.min(MAX_ATTEMPTS));
             prop_assert_eq!(attempts.len(), seen.len());
         }
+    }
+
+    #[test]
+    fn a_ramping_target_never_gets_more_picks_than_its_ramp_allows(
+        n in 2usize..=8,
+        slow_start_s in 1u64..=100,
+        elapsed_permille in 0u64..=1200,
+        picks in 1usize..=2000,
+        ticket in any::<bool>(),
+    ) {
+        let clock = Arc::new(ManualClock::new());
+        let policy = HealthPolicy::default()
+            .with_slow_start(Duration::from_secs(slow_start_s))
+            .with_clock(Arc::clone(&clock));
+        let weights = vec![1; n];
+        let strategy: Box<dyn Strategy<usize>> = if ticket {
+            Box::new(WeightedTicket::new(targets(&weights), policy.clone()))
+        } else {
+            Box::new(RoundRobin::new(targets(&weights), policy.clone()))
+        };
+        // Target 0 fails, serves its penalty, and comes back: its ramp starts there.
+        strategy.report(0, Outcome::Failure);
+        clock.advance(policy.fail_timeout + Duration::from_millis(1));
+        prop_assert!(strategy.targets()[0].state().is_available(&policy));
+        let elapsed = Duration::from_millis(slow_start_s * elapsed_permille);
+        clock.advance(elapsed);
+        let ramp = (elapsed.as_secs_f64() / slow_start_s as f64).clamp(0.1, 1.0);
+        let got = (0..picks).filter(|_| strategy.pick() == Some(0)).count();
+        // Offered once per round of n picks; let through at most its share of the offers.
+        let offers = picks / n + 1;
+        let allowed = (offers as f64 * ramp).floor() as usize + 1;
+        prop_assert!(got <= allowed, "{} picks, ramp {:.3}, {} offers: at most {}", got, ramp, offers, allowed);
+        // And it is never starved: at least its share, less one.
+        prop_assert!(got + 1 >= ((picks / n) as f64 * ramp * 0.99) as usize, "{} picks at ramp {}", got, ramp);
     }
 }
