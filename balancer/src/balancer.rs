@@ -59,9 +59,15 @@ impl<T: Send + Sync> AnyStrategy<T> {
     fn build(kind: Algorithm, targets: Vec<Target<T>>, policy: HealthPolicy) -> Self {
         match kind {
             Algorithm::RoundRobin => AnyStrategy::RoundRobin(RoundRobin::new(targets, policy)),
-            Algorithm::WeightedTicket => AnyStrategy::WeightedTicket(WeightedTicket::new(targets, policy)),
-            Algorithm::SmoothWeighted => AnyStrategy::SmoothWeighted(SmoothWeighted::new(targets, policy)),
-            Algorithm::LeastRequest => AnyStrategy::LeastRequest(LeastRequest::new(targets, policy)),
+            Algorithm::WeightedTicket => {
+                AnyStrategy::WeightedTicket(WeightedTicket::new(targets, policy))
+            }
+            Algorithm::SmoothWeighted => {
+                AnyStrategy::SmoothWeighted(SmoothWeighted::new(targets, policy))
+            }
+            Algorithm::LeastRequest => {
+                AnyStrategy::LeastRequest(LeastRequest::new(targets, policy))
+            }
         }
     }
 
@@ -201,8 +207,11 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
                 },
             )
             .collect();
-        self.current
-            .store(Arc::new(AnyStrategy::build(self.kind, set, self.policy.clone())));
+        self.current.store(Arc::new(AnyStrategy::build(
+            self.kind,
+            set,
+            self.policy.clone(),
+        )));
         Ok(())
     }
 

@@ -15,8 +15,14 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 
-/// What a pick does when no target is available.
+/// What a pick does when no target is available. With the `serde` feature it deserializes
+/// from `reset`, `panic` and `fail-fast`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum AllDown {
     /// Forget every target's passive failures and pick again (nginx): when all of them look
     /// down at once, one bad moment is likelier than every target being dead. Targets that
@@ -40,8 +46,10 @@ pub enum Outcome {
     /// `max_fails`.
     Failure,
     /// The response head arrived and its body then broke off (a reset, a short body, a
-    /// stall). Counted in [`TargetState::failures`], but it does not take a target out by
-    /// itself: a head arrived, so the target is alive.
+    /// stall). Counted in [`TargetState::failures`], but one alone does not take a target
+    /// out: a head arrived, so the target is alive. Only [`BODY_FAILURES_IN_A_ROW`] of them
+    /// with no complete body between (see [`TargetState::body_completed`]) count as one
+    /// failure towards `max_fails`.
     BodyFailure,
 }
 
@@ -144,6 +152,9 @@ const WARMING: u32 = 1 << 3;
 const RAMP_FLOOR: u64 = 102;
 const ONE: u32 = 1024;
 
+/// Body failures in a row (no complete body between) that count as one [`Outcome::Failure`].
+pub const BODY_FAILURES_IN_A_ROW: u32 = 3;
+
 /// How a pick may use a target now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
@@ -198,6 +209,8 @@ pub struct TargetState {
     successes: AtomicU64,
     failures: AtomicU64,
     body_failures: AtomicU64,
+    /// Body failures since the last complete body.
+    body_streak: AtomicU32,
 }
 
 impl TargetState {
@@ -339,12 +352,21 @@ impl TargetState {
             Outcome::BodyFailure => {
                 self.failures.fetch_add(1, Relaxed);
                 self.body_failures.fetch_add(1, Relaxed);
-                false
+                let streak = self.body_streak.fetch_add(1, Relaxed) + 1;
+                ejectable && streak % BODY_FAILURES_IN_A_ROW == 0 && self.count_failure(policy)
             }
             Outcome::Failure => {
                 self.failures.fetch_add(1, Relaxed);
                 ejectable && self.count_failure(policy)
             }
+        }
+    }
+
+    /// Records that a response body ended whole: body failures start a new run.
+    pub fn body_completed(&self) {
+        // Read first: the common case writes nothing.
+        if self.body_streak.load(Relaxed) != 0 {
+            self.body_streak.store(0, Relaxed);
         }
     }
 

@@ -42,10 +42,11 @@ mod target;
 pub use balancer::{Algorithm, Balancer, BuildError, Picked};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use health::{
-    AllDown, CheckResult, CheckTransition, HealthPolicy, InFlight, Outcome, TargetState,
+    AllDown, BODY_FAILURES_IN_A_ROW, CheckResult, CheckTransition, HealthPolicy, InFlight, Outcome,
+    TargetState,
 };
 pub use strategy::{
-    Attempts, Choice, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted, Strategy,
-    TargetSet, WeightedTicket,
+    Attempts, Choice, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted, Strategy, TargetSet,
+    WeightedTicket,
 };
 pub use target::Target;

@@ -9,8 +9,8 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use balancer::{
-    AllDown, Attempts, Balancer, HealthPolicy, Algorithm, LeastRequest, Outcome, ManualClock, RoundRobin,
-    SmoothWeighted, Strategy, Target, TargetState,
+    Algorithm, AllDown, Attempts, Balancer, HealthPolicy, LeastRequest, ManualClock, Outcome,
+    RoundRobin, SmoothWeighted, Strategy, Target, TargetState,
 };
 
 fn policy(clock: &Arc<ManualClock>, max_fails: u32) -> HealthPolicy {
@@ -194,7 +194,12 @@ fn least_request_prefers_fewer_in_flight() {
 #[test]
 fn replacing_the_set_keeps_the_state_of_targets_that_stay() {
     let clock = Arc::new(ManualClock::new());
-    let lb = Balancer::new(Algorithm::RoundRobin, [("a", 1), ("b", 1)], policy(&clock, 1)).unwrap();
+    let lb = Balancer::new(
+        Algorithm::RoundRobin,
+        [("a", 1), ("b", 1)],
+        policy(&clock, 1),
+    )
+    .unwrap();
     let a = lb.targets()[0].state().clone();
     let guard = a.start();
     lb.targets()[1].state().mark_down();
@@ -253,14 +258,27 @@ fn the_only_target_is_never_taken_out_by_passive_health() {
 }
 
 #[test]
-fn a_failed_body_is_counted_but_does_not_take_a_target_out() {
+fn a_failed_body_is_counted_but_alone_does_not_take_a_target_out() {
     let clock = Arc::new(ManualClock::new());
     let s = rr(2, policy(&clock, 1));
-    s.report(0, Outcome::BodyFailure);
-    s.report(0, Outcome::BodyFailure);
     let state = s.targets()[0].state();
-    assert_eq!((state.failures(), state.body_failures()), (2, 2));
+    // Failures with complete bodies between them: never out.
+    for _ in 0..10 {
+        s.report(0, Outcome::BodyFailure);
+        state.body_completed();
+    }
+    assert_eq!((state.failures(), state.body_failures()), (10, 10));
     assert!(picks(&s, 4).contains(&0));
+    // A run of them in a row counts as one failure.
+    for _ in 1..balancer::BODY_FAILURES_IN_A_ROW {
+        s.report(0, Outcome::BodyFailure);
+    }
+    assert!(picks(&s, 4).contains(&0));
+    s.report(0, Outcome::BodyFailure);
+    assert!(
+        !picks(&s, 4).contains(&0),
+        "a target that always cuts its bodies goes out"
+    );
 }
 
 #[test]
@@ -273,7 +291,9 @@ fn when_every_target_is_out_their_passive_state_is_reset_and_the_request_tried()
     assert!(!s.targets()[0].state().is_available(s.policy()));
     // A request still gets a target, and every target once before giving up.
     let mut attempts = Attempts::new();
-    let first = s.next_attempt(&mut attempts).expect("a target despite all down");
+    let first = s
+        .next_attempt(&mut attempts)
+        .expect("a target despite all down");
     s.report(first, Outcome::Failure);
     let second = s.next_attempt(&mut attempts).expect("the other one too");
     assert_ne!(first, second);
@@ -303,7 +323,11 @@ fn active_checks_take_a_target_out_after_fall_and_back_after_rise() {
     let p = s.policy().clone();
     let state = s.targets()[0].state();
     assert_eq!(state.report_check(&p, check(false), 2, 3), Same);
-    assert_eq!(state.report_check(&p, check(true), 2, 3), Same, "streak broken");
+    assert_eq!(
+        state.report_check(&p, check(true), 2, 3),
+        Same,
+        "streak broken"
+    );
     assert_eq!(state.report_check(&p, check(false), 2, 3), Same);
     assert_eq!(state.report_check(&p, check(false), 2, 3), Same);
     assert_eq!(state.report_check(&p, check(false), 2, 3), WentDown);
@@ -341,10 +365,16 @@ fn targets_added_at_run_time_ramp_up_and_the_first_ones_do_not() {
     let clock = Arc::new(ManualClock::new());
     let p = policy(&clock, 1).with_slow_start(Duration::from_secs(10));
     let lb = Balancer::new(Algorithm::RoundRobin, [("a", 1), ("b", 1)], p).unwrap();
-    assert!(lb.targets().iter().all(|t| t.state().ramp(lb.policy()).is_none()));
+    assert!(
+        lb.targets()
+            .iter()
+            .all(|t| t.state().ramp(lb.policy()).is_none())
+    );
     lb.replace([("a", 1), ("b", 1), ("c", 1)]).unwrap();
     let c = lb.targets()[2].state().clone();
     assert!(c.ramp(lb.policy()).is_some_and(|r| r < 0.2));
-    let got = (0..3000).filter(|_| *lb.pick().unwrap().value() == "c").count();
+    let got = (0..3000)
+        .filter(|_| *lb.pick().unwrap().value() == "c")
+        .count();
     assert!(got < 200, "c got {got} of 3000 while cold");
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use balancer::{
-    AllDown, Attempts, HealthPolicy, LeastRequest, MAX_ATTEMPTS, ManualClock, Outcome,
-    RoundRobin, SmoothWeighted, Strategy, Target, WeightedTicket,
+    AllDown, Attempts, HealthPolicy, LeastRequest, MAX_ATTEMPTS, ManualClock, Outcome, RoundRobin,
+    SmoothWeighted, Strategy, Target, WeightedTicket,
 };
 use proptest::prelude::*;
 

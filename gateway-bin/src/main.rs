@@ -9,20 +9,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway_bin::app::{self, RouteRow};
-use gateway_bin::config::{DEFAULT, Source};
+use gateway_bin::app::{self, App, RouteRow};
+use gateway_bin::config::{Config, DEFAULT, Source};
 use gateway_bin::serve::{self, Limits, ServedBody};
 
 /// An HTTP gateway: routes, middleware, load balancing and forwarding, from a TOML file.
 /// Without --config it runs the embedded demo topology (127.0.0.1:8080 in front of
 /// 127.0.0.1:9001 and 127.0.0.1:9002).
+///
+/// Exit status: 0 after a clean stop; 1 when the configuration or a listener fails at
+/// start-up; 3 when the shutdown grace period ran out with requests still in flight (they were
+/// cut).
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 struct Args {
     /// The configuration file (default: the embedded demo configuration).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Validate FILE, print its route table, and exit.
+    /// Validate FILE, print its route table and warnings, and exit.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text (level from RUST_LOG; default info).
@@ -33,20 +37,8 @@ struct Args {
     print_default_config: bool,
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Source, String> {
-    match path {
-        None => Ok(Source {
-            name: "<embedded default>".into(),
-            text: DEFAULT.into(),
-        }),
-        Some(p) => std::fs::read_to_string(p)
-            .map(|text| Source {
-                name: p.display().to_string(),
-                text,
-            })
-            .map_err(|e| format!("{}: cannot read: {e}", p.display())),
-    }
-}
+/// Requests were cut because the shutdown grace ran out.
+const EXIT_GRACE_EXPIRED: u8 = 3;
 
 fn print_routes(rows: &[RouteRow]) {
     println!("{:<24} {:<28} {:<12} notes", "methods", "path", "upstream");
@@ -60,14 +52,28 @@ fn print_routes(rows: &[RouteRow]) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // The worker count comes from the configuration, so the runtime is built after reading it;
-    // a configuration that does not load is reported by `run` with its position.
-    let workers = load(args.check.as_ref().or(args.config.as_ref()))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(0, |c| c.server.worker_threads);
+    if args.print_default_config {
+        print!("{DEFAULT}");
+        return ExitCode::SUCCESS;
+    }
+    let checking = args.check.is_some();
+    let source = match Source::load(args.check.as_deref().or(args.config.as_deref())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match source.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // One worker: a current-thread runtime, which spares the cross-thread wake-ups of a
     // multi-thread runtime with a single worker.
+    let workers = config.server.worker_threads;
     let mut runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -78,7 +84,7 @@ fn main() -> ExitCode {
         runtime.worker_threads(workers);
     }
     match runtime.build() {
-        Ok(rt) => rt.block_on(run(args)),
+        Ok(rt) => rt.block_on(run(args, source, config, checking)),
         Err(e) => {
             eprintln!("gateway: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -86,11 +92,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> ExitCode {
-    if args.print_default_config {
-        print!("{DEFAULT}");
-        return ExitCode::SUCCESS;
-    }
+async fn run(args: Args, source: Source, config: Config, checking: bool) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_json {
@@ -104,20 +106,8 @@ async fn run(args: Args) -> ExitCode {
             .with_env_filter(filter)
             .init();
     }
-
-    let checking = args.check.is_some();
-    let source = match load(args.check.as_ref().or(args.config.as_ref())) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let built = source
-        .parse()
-        .and_then(|config| app::build::<ServedBody>(&config, &source).map(|app| (config, app)));
-    let (config, app) = match built {
-        Ok(ok) => ok,
+    let app: App<ServedBody> = match app::build(&config, &source) {
+        Ok(app) => app,
         Err(e) => {
             eprintln!("gateway: invalid configuration: {e}");
             return ExitCode::FAILURE;
@@ -126,38 +116,27 @@ async fn run(args: Args) -> ExitCode {
     if checking {
         println!("{}: ok", source.name);
         print_routes(&app.routes);
+        for w in &app.warnings {
+            println!("warning: {w}");
+        }
         return ExitCode::SUCCESS;
+    }
+    for w in &app.warnings {
+        tracing::warn!(config = %source.name, "{w}");
     }
 
     let mut listeners = Vec::new();
-    for addr in &config.server.listen {
-        let text = addr.get_ref();
-        let bound = match text.parse::<std::net::SocketAddr>() {
-            Ok(a) => tokio::net::TcpListener::bind(a)
-                .await
-                .map_err(|e| (a.to_string(), e)),
-            Err(_) => {
-                eprintln!(
-                    "gateway: invalid configuration: {}",
-                    source.error(
-                        addr.span(),
-                        Some("listen"),
-                        format!("`{text}` is not an address like 127.0.0.1:8080")
-                    )
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        match bound {
+    for &at in &config.server.listen {
+        match tokio::net::TcpListener::bind(at).await {
             Ok(l) => listeners.push(l),
-            Err((a, e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 eprintln!(
-                    "gateway: {a} is already in use; stop whatever holds it or change `server.listen`"
+                    "gateway: {at} is already in use; stop whatever holds it or change `server.listen`"
                 );
                 return ExitCode::FAILURE;
             }
-            Err((a, e)) => {
-                eprintln!("gateway: cannot listen on {a}: {e}");
+            Err(e) => {
+                eprintln!("gateway: cannot listen on {at}: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -177,7 +156,7 @@ async fn run(args: Args) -> ExitCode {
     if clean {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(0)
+        ExitCode::from(EXIT_GRACE_EXPIRED)
     }
 }
 

@@ -8,8 +8,6 @@
 mod common;
 use common::*;
 
-use std::time::Duration;
-
 use testkit::upstream::{Conn, Upstream};
 use testkit::wire::{self, Wire};
 
@@ -159,7 +157,7 @@ async fn upstream(shape: Shape) -> Upstream {
         Shape::ResetBeforeHead => {
             Upstream::start(|mut c: Conn| async move {
                 if c.next_request().await.is_some() {
-                    let _ = c.wire.stream().set_linger(Some(Duration::ZERO));
+                    c.reset();
                 }
             })
             .await
@@ -295,7 +293,10 @@ async fn every_upstream_shape_is_relayed_pooled_logged_and_judged_right() {
                 ));
             }
             if shape == Shape::ChunkedTrailers
-                && !res.trailers.iter().any(|(n, v)| n == "x-checksum" && v == "42")
+                && !res
+                    .trailers
+                    .iter()
+                    .any(|(n, v)| n == "x-checksum" && v == "42")
             {
                 problems.push(format!("{shape:?} #{i}: trailers lost: {res:?}"));
             }

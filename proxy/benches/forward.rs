@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use balancer::{HealthPolicy, Kind};
+use balancer::{Algorithm, HealthPolicy};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
         .await;
         let up = Upstream::new(
             "bench",
-            Kind::RoundRobin,
+            Algorithm::RoundRobin,
             [(format!("http://{upstream}"), 1)],
             HealthPolicy::default(),
             Settings::default(),

@@ -1,70 +1,41 @@
 //! [`Proxy`]: the tower service that forwards a request to an [`Upstream`] and streams the
-//! response back.
+//! response back. One request goes through three steps: [`prepare`] (the outbound request,
+//! built once), attempts on the targets the balancer picks ([`Exchange::attempt`]), and
+//! [`Exchange::relay`] of the response. Every failed attempt goes through one place,
+//! [`Exchange::failed`], which logs it, reports it to passive health and decides between
+//! the next target and an answer to the client.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use balancer::{Attempts, InFlight, Picked};
+use balancer::{Attempts, InFlight, Outcome, Picked};
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE};
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use tower_service::Service;
 
 use crate::headers::{Forwarding, rewrite_request_headers, rewrite_response_headers};
-use crate::pool::Pool;
-use crate::upstream::{TargetAddr, Upstream};
+use crate::outgoing::{BodyProgress, Outgoing, Progress};
+use crate::pool::{Conn, ConnectError, Pool, announced_keep_alive};
+use crate::response::{Back, ProxyBody};
+use crate::target::TargetAddr;
+use crate::tunnel::{self, TunnelGuard};
+use crate::upstream::Upstream;
+use crate::{BoxError, ClientAddr, UpstreamTarget};
 
-/// A boxed error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The client's address, put in the request's extensions by the server; used for
-/// `X-Forwarded-For` and trusted-proxy checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// The path to send upstream instead of the request's own (a router puts the catch-all
-/// suffix here: `/static/*path` forwards `/static/css/app.css` as `/css/app.css`). Empty
-/// becomes `/`. The query string is always the request's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardPath(pub Box<str>);
-
-/// Held for as long as an upgraded connection (a WebSocket) is tunnelled: a server that waits
-/// for its connections on shutdown puts one in the request's extensions and so waits for the
-/// tunnels too, which outlive the HTTP connection they came from.
-#[derive(Clone)]
-pub struct TunnelGuard(pub Arc<dyn std::any::Any + Send + Sync>);
-
-impl fmt::Debug for TunnelGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TunnelGuard")
-    }
+/// A request body the proxy can forward.
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
 }
 
-/// Which upstream and target served a response; in the response's extensions, for the access
-/// log. Displays as the target URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    /// The upstream's name.
-    pub upstream: Arc<str>,
-    /// The target that answered.
-    pub target: TargetAddr,
-}
-
-impl fmt::Display for UpstreamTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.upstream, self.target)
-    }
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
 }
 
 /// Forwards requests to an upstream (see the [crate docs](crate)).
@@ -93,19 +64,10 @@ struct Inner<B> {
     pool: Pool<Outgoing<B>>,
 }
 
-impl<B> Proxy<B>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
+impl<B: RequestBody> Proxy<B> {
     /// A proxy to `upstream`, with a connection pool of its own.
     pub fn new(upstream: Upstream) -> Self {
-        let settings = upstream.settings();
-        let pool = Pool::new(
-            settings.pool_max_idle_per_target,
-            settings.pool_idle_timeout,
-            settings.connect_timeout,
-        );
+        let pool = Pool::new(upstream.settings());
         Proxy {
             inner: Arc::new(Inner {
                 upstream: Arc::new(upstream),
@@ -113,18 +75,21 @@ where
             }),
         }
     }
+}
 
+impl<B> Proxy<B> {
     /// The upstream this proxy forwards to.
     pub fn upstream(&self) -> &Upstream {
         &self.inner.upstream
     }
+
+    /// Idle upstream connections in the pool now.
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool.idle_count()
+    }
 }
 
-impl<B> Service<Request<B>> for Proxy<B>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
+impl<B: RequestBody> Service<Request<B>> for Proxy<B> {
     type Response = Response<ProxyBody<B>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody<B>>, Infallible>> + Send>>;
@@ -139,52 +104,51 @@ where
     }
 }
 
-fn short<B>(status: StatusCode, text: &'static str) -> Response<ProxyBody<B>> {
-    let mut res = Response::new(ProxyBody(Kind::Short(Some(Bytes::from_static(
-        text.as_bytes(),
-    )))));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody<B>> {
+    let Some(mut exchange) = prepare(&inner.upstream, req) else {
+        return ProxyBody::text(StatusCode::BAD_REQUEST, "Bad Request\n");
+    };
+    let mut attempts = Attempts::new();
+    while let Some(picked) = inner.upstream.balancer().next_attempt(&mut attempts) {
+        if let Some(res) = exchange.attempt(inner, picked).await {
+            return res;
+        }
+    }
+    let upstream = inner.upstream.name();
+    if attempts.is_empty() {
+        tracing::error!(
+            upstream,
+            "no target available: every target is marked down or failing its health checks"
+        );
+        return ProxyBody::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+    }
+    tracing::error!(
+        upstream,
+        tried = attempts.len(),
+        "no upstream target answered"
     );
-    res
+    ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
 }
 
-async fn forward<B>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody<B>>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    let upstream = &inner.upstream;
+/// One request on its way through the attempts.
+struct Exchange<B> {
+    /// The outbound request; out while an attempt holds it.
+    request: Option<Request<Outgoing<B>>>,
+    /// The client's `Host`, for `preserve_host`.
+    inbound_host: Option<HeaderValue>,
+    /// How far the client's body got (`None` without a body).
+    progress: Option<Arc<BodyProgress>>,
+    /// The client's side of an upgrade it asked for, and what the tunnel must hold.
+    upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelGuard>)>,
+}
+
+/// The outbound request: path and query (the request's own, which a router may have
+/// rewritten), hop-by-hop headers out, `X-Forwarded-*` in, HTTP/1.1, and the body tracked.
+/// `None` for a request without a path (an authority-form `CONNECT`).
+fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> Option<Exchange<B>> {
     let settings = upstream.settings();
     let (mut parts, body) = req.into_parts();
-    let request_id = RequestIdText(parts.headers.get("x-request-id").cloned());
-
-    // The outbound path and query, decided once.
-    // The request's own path and query are reused as they are (a reference-count bump);
-    // only a ForwardPath makes a new one.
-    let path_and_query = match (
-        parts.extensions.get::<ForwardPath>(),
-        parts.uri.path_and_query(),
-    ) {
-        (None, Some(own)) => Ok(own.clone()),
-        (forward, _) => {
-            let path = match forward {
-                Some(ForwardPath(p)) if p.is_empty() => "/",
-                Some(ForwardPath(p)) => p,
-                None => "/",
-            };
-            match parts.uri.query() {
-                Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-                None => PathAndQuery::try_from(path),
-            }
-        }
-    };
-    let Ok(path_and_query) = path_and_query else {
-        return short(StatusCode::BAD_REQUEST, "Bad Request\n");
-    };
-
+    let path_and_query = parts.uri.path_and_query().cloned()?;
     let inbound_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -196,6 +160,7 @@ where
         host: inbound_host.clone(),
         proto: "http",
     };
+    let declared_length = parts.headers.contains_key(CONTENT_LENGTH);
     let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);
     if found.te_trailers {
         parts
@@ -204,509 +169,324 @@ where
     }
     // An upgrade (WebSocket) the server can hand over: forward the request for it, and tunnel
     // if the upstream switches protocols.
-    let client_upgrade = match &found.upgrade {
-        Some(protocol) => parts
-            .extensions
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .map(|on| (on, protocol.clone())),
+    let upgrade = match &found.upgrade {
+        Some(protocol) => match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            Some(on) => {
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(UPGRADE, protocol.clone());
+                Some((on, parts.extensions.remove::<TunnelGuard>()))
+            }
+            None => None,
+        },
         None => None,
     };
-    if let Some((_, protocol)) = &client_upgrade {
-        parts
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(UPGRADE, protocol.clone());
-    }
-    let mut client_upgrade = client_upgrade.map(|(on, _)| on);
-    let mut tunnel_guard = match client_upgrade {
-        Some(_) => parts.extensions.remove::<TunnelGuard>(),
-        None => None,
+    let hint = body.size_hint();
+    let (outgoing, progress) = if body.is_end_stream() {
+        (Outgoing::empty(), None)
+    } else {
+        // A body without a declared length goes as chunked whatever the method: hyper would
+        // send a GET's as nothing at all.
+        if !declared_length {
+            parts
+                .headers
+                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        let progress = Arc::<BodyProgress>::default();
+        (
+            Outgoing::tracked(body, Arc::clone(&progress), hint),
+            Some(progress),
+        )
     };
-
-    // The request is built once: connecting is a step of its own, and a request hyper could
-    // not write on a stale pooled connection comes back whole, so no attempt copies it.
-    let size_hint = body.size_hint();
-    let progress = (!body.is_end_stream()).then(Arc::<BodyProgress>::default);
-    let mut out = Request::new(match &progress {
-        Some(p) => Outgoing::tracked(body, Arc::clone(p), size_hint),
-        None => Outgoing::empty(),
-    });
+    let mut out = Request::new(outgoing);
     *out.method_mut() = parts.method;
     *out.uri_mut() = Uri::from(path_and_query);
     *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = std::mem::take(&mut parts.headers);
-    let mut out = Some(out);
+    *out.headers_mut() = parts.headers;
+    Some(Exchange {
+        request: Some(out),
+        inbound_host,
+        progress,
+        upgrade,
+    })
+}
 
-    let pool = &inner.pool;
-    let mut attempts = Attempts::new();
-    'targets: while let Some(picked) = upstream.balancer().next_attempt(&mut attempts) {
-        let target = picked.value().clone();
-        let mut conn = match pool.checkout(&target) {
+/// Why an attempt failed.
+enum Failure {
+    /// No connection could be made (nothing was sent).
+    Connect(ConnectError),
+    /// A new connection closed before the request could be written (nothing was sent).
+    NotSent(hyper::Error),
+    /// The exchange broke before a response head: reset, closed, malformed or oversized head.
+    Broken(hyper::Error),
+    /// A pooled connection broke before a response head (most likely the upstream closed it
+    /// while idle), and the request could not be sent again.
+    StaleNotRetried(hyper::Error),
+    /// No response head within the response timeout.
+    Timeout,
+}
+
+/// A copy of a bodiless request's head, to send it again after the upstream broke the
+/// exchange before answering.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of<B>(req: &Request<Outgoing<B>>) -> Option<Replay> {
+        req.body().is_empty().then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn into_request<B>(self) -> Request<Outgoing<B>> {
+        let mut req = Request::new(Outgoing::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl<B: RequestBody> Exchange<B> {
+    /// One attempt on `picked`: the response, or `None` to try the next target.
+    async fn attempt(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+    ) -> Option<Response<ProxyBody<B>>> {
+        let upstream = &inner.upstream;
+        let settings = upstream.settings();
+        let target = picked.value();
+        let mut conn = match inner.pool.checkout(target) {
             Some(conn) => conn,
-            None => match connect(pool, upstream, &picked, &request_id).await {
-                Some(conn) => conn,
-                None => continue 'targets,
+            None => match inner.pool.connect(target).await {
+                Ok(conn) => conn,
+                Err(e) => return self.failed(upstream, &picked, Failure::Connect(e)),
             },
         };
-        let Some(mut req) = out.take() else {
-            break 'targets;
-        };
-        let host = match (&inbound_host, settings.preserve_host) {
+        let mut req = self.request.take()?;
+        let host = match (&self.inbound_host, settings.preserve_host) {
             (Some(host), true) => host.clone(),
             _ => target.host_header().clone(),
         };
         req.headers_mut().insert(HOST, host);
-
         let in_flight = picked.state().start();
-        let outcome = loop {
-            let outcome =
+        loop {
+            let replay = Replay::of(&req);
+            let method_idempotent = idempotent(req.method());
+            let sent =
                 tokio::time::timeout(settings.response_timeout, conn.sender.try_send_request(req))
                     .await;
-            match outcome {
-                Ok(Err(mut e)) if conn.reused => match e.take_message() {
-                    // The pooled connection had closed before the request was written: the
-                    // same request, on a new connection to the same target.
-                    Some(back) => {
-                        req = back;
-                        conn = match connect(pool, upstream, &picked, &request_id).await {
-                            Some(conn) => conn,
-                            None => {
-                                out = Some(req);
-                                continue 'targets;
-                            }
-                        };
-                    }
-                    None => break Ok(Err(e)),
-                },
-                other => break other,
-            }
-        };
-        match outcome {
-            Ok(Ok(mut res)) => {
-                upstream.balancer().report(&picked, true);
-                let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if switching {
-                    let Some(client_side) = client_upgrade.take() else {
-                        tracing::warn!(
+            let mut error = match sent {
+                Ok(Ok(res)) => return Some(self.relay(inner, picked, conn, in_flight, res)),
+                Ok(Err(error)) => error,
+                Err(_elapsed) => {
+                    if self.waiting_for_client() {
+                        tracing::info!(
                             upstream = %upstream.name(),
                             target = %target,
-                            request_id = %request_id,
-                            "upstream switched protocols without being asked"
+                            timeout_ms = settings.response_timeout.as_millis() as u64,
+                            "the client did not send its body in time"
                         );
-                        return short(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
-                    };
-                    let upstream_side = hyper::upgrade::on(&mut res);
-                    tokio::spawn(tunnel(
-                        client_side,
-                        upstream_side,
-                        in_flight,
-                        request_id.clone(),
-                        tunnel_guard.take(),
-                    ));
-                    let (mut head, _) = res.into_parts();
-                    rewrite_response_headers(&mut head.headers, true);
-                    head.extensions.insert(UpstreamTarget {
-                        upstream: Arc::clone(upstream.name_arc()),
-                        target,
-                    });
-                    return Response::from_parts(head, ProxyBody(Kind::Short(None)));
-                }
-                let (mut head, body) = res.into_parts();
-                rewrite_response_headers(&mut head.headers, switching);
-                head.extensions.insert(UpstreamTarget {
-                    upstream: Arc::clone(upstream.name_arc()),
-                    target,
-                });
-                let mut proxied = ProxyBody(Kind::Upstream {
-                    body,
-                    _in_flight: in_flight,
-                    health: Some(BodyHealth {
-                        upstream: Arc::clone(upstream),
-                        picked,
-                        request_id,
-                    }),
-                    back: Some((pool.clone(), conn.sender)),
-                });
-                // A response without a body (204, 304, HEAD, length 0) ends here.
-                proxied.checkin_if_done();
-                return Response::from_parts(head, proxied);
-            }
-            Err(_elapsed) => {
-                if progress
-                    .as_ref()
-                    .is_some_and(|p| p.get() == Progress::WaitingForClient)
-                {
-                    // The upstream is waiting for the rest of the body; so are we.
-                    tracing::info!(
-                        upstream = %upstream.name(),
-                        target = %target,
-                        request_id = %request_id,
-                        timeout_ms = settings.response_timeout.as_millis() as u64,
-                        "the client did not send its body in time"
-                    );
-                    return short(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n");
-                }
-                upstream.balancer().report(&picked, false);
-                tracing::warn!(
-                    upstream = %upstream.name(),
-                    target = %target,
-                    request_id = %request_id,
-                    timeout_ms = settings.response_timeout.as_millis() as u64,
-                    "upstream did not answer in time"
-                );
-                return short(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n");
-            }
-            Ok(Err(mut e)) => {
-                if let Some(back) = e.take_message() {
-                    // Never written (a new connection that closed at once): the request can
-                    // go to the next target.
-                    out = Some(back);
-                    upstream.balancer().report(&picked, false);
-                    tracing::warn!(
-                        upstream = %upstream.name(),
-                        target = %target,
-                        request_id = %request_id,
-                        error = %error_chain(e.error()),
-                        retry = true,
-                        "upstream connection closed before the request was sent"
-                    );
-                    continue 'targets;
-                }
-                let error = e.into_error();
-                // The client's body broke the exchange: its fault, not the upstream's.
-                let client_fault = match progress.as_ref().map(|p| p.get()) {
-                    Some(Progress::TooLarge) => {
-                        Some((StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"))
+                        return Some(ProxyBody::text(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "Request Timeout\n",
+                        ));
                     }
-                    Some(Progress::Failed) => Some((StatusCode::BAD_REQUEST, "Bad Request\n")),
-                    _ => None,
-                };
-                if let Some((status, text)) = client_fault {
-                    tracing::info!(
-                        upstream = %upstream.name(),
-                        target = %target,
-                        request_id = %request_id,
-                        error = %error_chain(&error),
-                        status = status.as_u16(),
-                        "the client's request body failed"
-                    );
-                    return short(status, text);
+                    return self.failed(upstream, &picked, Failure::Timeout);
                 }
-                upstream.balancer().report(&picked, false);
-                tracing::warn!(
-                    upstream = %upstream.name(),
-                    target = %target,
-                    request_id = %request_id,
-                    error = %error_chain(&error),
-                    retry = false,
-                    "upstream request failed"
-                );
-                return short(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+            };
+            if let Some(res) = self.client_fault(upstream, target, error.error()) {
+                return Some(res);
             }
+            let never_sent = error.take_message();
+            let was_sent = never_sent.is_none();
+            let again = never_sent.or_else(|| {
+                replay
+                    .filter(|_| method_idempotent)
+                    .map(Replay::into_request)
+            });
+            let hyper_error = error.into_error();
+            if !conn.reused {
+                self.request = again;
+                let failure = if was_sent {
+                    Failure::Broken(hyper_error)
+                } else {
+                    Failure::NotSent(hyper_error)
+                };
+                return self.failed(upstream, &picked, failure);
+            }
+            // A pooled connection the upstream had closed (or closed as we wrote): not the
+            // target's fault, and the upstream never answered. Once more on a new
+            // connection to the same target, when the request can go again.
+            let Some(back) = again else {
+                return self.failed(upstream, &picked, Failure::StaleNotRetried(hyper_error));
+            };
+            tracing::debug!(
+                upstream = %upstream.name(),
+                target = %target,
+                error = %crate::error_chain(&hyper_error),
+                "pooled connection closed by the upstream; sending again on a new one"
+            );
+            req = back;
+            conn = match inner.pool.connect(target).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.request = Some(req);
+                    return self.failed(upstream, &picked, Failure::Connect(e));
+                }
+            };
         }
     }
-    tracing::error!(
-        upstream = %upstream.name(),
-        request_id = %request_id,
-        tried = attempts.len(),
-        "no upstream target answered"
-    );
-    short(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
-}
 
-/// A new connection to the picked target; a failure is logged, reported to passive health,
-/// and leaves the request free for the next target.
-async fn connect<B>(
-    pool: &Pool<Outgoing<B>>,
-    upstream: &Upstream,
-    picked: &Picked<TargetAddr>,
-    request_id: &RequestIdText,
-) -> Option<crate::pool::Conn<Outgoing<B>>>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    match pool.connect(picked.value()).await {
-        Ok(conn) => Some(conn),
-        Err(error) => {
-            upstream.balancer().report(picked, false);
+    /// Whether the attempt was waiting for the client's body, not the upstream.
+    fn waiting_for_client(&self) -> bool {
+        self.progress
+            .as_ref()
+            .is_some_and(|p| p.get() == Progress::WaitingForClient)
+    }
+
+    /// The answer when the client's body broke the exchange: its fault, not the upstream's.
+    fn client_fault(
+        &self,
+        upstream: &Upstream,
+        target: &TargetAddr,
+        error: &hyper::Error,
+    ) -> Option<Response<ProxyBody<B>>> {
+        let (status, text) = match self.progress.as_ref().map(|p| p.get()) {
+            Some(Progress::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
+            Some(Progress::Failed) => (StatusCode::BAD_REQUEST, "Bad Request\n"),
+            _ => return None,
+        };
+        tracing::info!(
+            upstream = %upstream.name(),
+            target = %target,
+            error = %crate::error_chain(error),
+            status = status.as_u16(),
+            "the client's request body failed"
+        );
+        Some(ProxyBody::text(status, text))
+    }
+
+    /// Logs a failed attempt and reports it to passive health; `None` when the request can
+    /// go to the next target (it is back in `self.request`), else the answer.
+    fn failed(
+        &mut self,
+        upstream: &Upstream,
+        picked: &Picked<TargetAddr>,
+        failure: Failure,
+    ) -> Option<Response<ProxyBody<B>>> {
+        let retry = self.request.is_some();
+        let (counts, error, message) = match &failure {
+            Failure::Connect(e) => (true, e.to_string(), "upstream connect failed"),
+            Failure::NotSent(e) => (
+                true,
+                crate::error_chain(e),
+                "upstream connection closed before the request was sent",
+            ),
+            Failure::Broken(e) => (true, crate::error_chain(e), "upstream request failed"),
+            // The upstream closed an idle connection: not a sign of a sick target.
+            Failure::StaleNotRetried(e) => (
+                false,
+                crate::error_chain(e),
+                "pooled upstream connection closed; the request cannot be sent again",
+            ),
+            Failure::Timeout => (
+                true,
+                format!(
+                    "no response head within {} ms",
+                    upstream.settings().response_timeout.as_millis()
+                ),
+                "upstream did not answer in time",
+            ),
+        };
+        if counts {
+            upstream.balancer().report(picked, Outcome::Failure);
+        }
+        tracing::warn!(
+            upstream = %upstream.name(),
+            target = %picked.value(),
+            error = %error,
+            retry,
+            "{message}"
+        );
+        if retry {
+            return None;
+        }
+        Some(match failure {
+            Failure::Timeout => ProxyBody::text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),
+            _ => ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
+        })
+    }
+
+    /// The upstream answered: its response for the client (or the start of a tunnel).
+    fn relay(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        conn: Conn<Outgoing<B>>,
+        in_flight: InFlight,
+        mut res: Response<hyper::body::Incoming>,
+    ) -> Response<ProxyBody<B>> {
+        let upstream = &inner.upstream;
+        upstream.balancer().report(&picked, Outcome::Success);
+        let origin = UpstreamTarget {
+            upstream: Arc::clone(upstream.name_arc()),
+            target: picked.value().clone(),
+        };
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some((client_side, guard)) = self.upgrade.take() else {
+                tracing::warn!(
+                    upstream = %upstream.name(),
+                    target = %picked.value(),
+                    "upstream switched protocols without being asked"
+                );
+                return ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+            };
+            tunnel::spawn(client_side, hyper::upgrade::on(&mut res), in_flight, guard);
+            let (mut head, _) = res.into_parts();
+            rewrite_response_headers(&mut head.headers, true);
+            head.extensions.insert(origin);
+            return Response::from_parts(head, ProxyBody::empty());
+        }
+        let (mut head, body) = res.into_parts();
+        let keep_for = announced_keep_alive(&head.headers);
+        // Both framings (RFC 9112 6.3): the body was read as chunked; the length goes, and a
+        // connection that spoke like this is not trusted with another request.
+        let mut reusable = true;
+        if head.headers.contains_key(TRANSFER_ENCODING)
+            && head.headers.remove(CONTENT_LENGTH).is_some()
+        {
+            reusable = false;
             tracing::warn!(
                 upstream = %upstream.name(),
                 target = %picked.value(),
-                request_id = %request_id,
-                error = %error,
-                retry = true,
-                "upstream connect failed"
+                "upstream response with both Content-Length and Transfer-Encoding; length dropped, connection not reused"
             );
-            None
         }
-    }
-}
-
-/// Copies bytes both ways between the client's and the upstream's upgraded connections until
-/// either side closes. The target's in-flight count lasts as long as the tunnel.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    _in_flight: InFlight,
-    request_id: RequestIdText,
-    _guard: Option<TunnelGuard>,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(error) => {
-            tracing::warn!(request_id = %request_id, error = %error, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(request_id = %request_id, error = %error, "tunnel closed with an error");
-    }
-}
-
-/// The request's `X-Request-Id` for log lines (`-` without one): a reference-counted copy of
-/// the header value, so a request pays no allocation for it.
-#[derive(Clone)]
-struct RequestIdText(Option<HeaderValue>);
-
-impl fmt::Display for RequestIdText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"))
-    }
-}
-
-/// An error and its sources, `: `-separated (hyper's errors say the most in their sources).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
-/// How far the client's request body got, as the attempt that owns it last saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Progress {
-    /// Not polled yet.
-    NotStarted = 0,
-    /// The last poll waited for the client.
-    WaitingForClient = 1,
-    /// The last poll returned data: any wait now is the upstream's.
-    Flowing = 2,
-    /// All of it was sent.
-    Done = 3,
-    /// The client sent more than the server's body limit.
-    TooLarge = 4,
-    /// The client's body failed (malformed chunked framing, the client went away).
-    Failed = 5,
-}
-
-/// How far the client's body got, shared between the body as sent upstream and the proxy's
-/// future, so a failure the client caused is not blamed on the upstream.
-#[derive(Default)]
-struct BodyProgress(AtomicU8);
-
-impl BodyProgress {
-    fn set(&self, p: Progress) {
-        self.0.store(p as u8, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> Progress {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Progress::NotStarted,
-            1 => Progress::WaitingForClient,
-            2 => Progress::Flowing,
-            3 => Progress::Done,
-            4 => Progress::TooLarge,
-            _ => Progress::Failed,
-        }
-    }
-}
-
-/// The request body as sent upstream: empty, or the client's body, with its progress
-/// recorded so that a failure the client causes is told apart from the upstream's. The request
-/// is built once; hyper hands it back whole when it could not be written, so the body never
-/// needs to move between attempts.
-pub struct Outgoing<B> {
-    body: Option<(B, Arc<BodyProgress>)>,
-    hint: SizeHint,
-}
-
-impl<B> Outgoing<B> {
-    fn empty() -> Self {
-        Outgoing {
-            body: None,
-            hint: SizeHint::with_exact(0),
-        }
-    }
-
-    fn tracked(body: B, progress: Arc<BodyProgress>, hint: SizeHint) -> Self {
-        Outgoing {
-            body: Some((body, progress)),
-            hint,
-        }
-    }
-}
-
-impl<B> http_body::Body for Outgoing<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some((body, progress)) = &mut self.get_mut().body else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(body).poll_frame(cx).map_err(Into::into);
-        progress.set(match &polled {
-            Poll::Pending => Progress::WaitingForClient,
-            Poll::Ready(Some(Ok(_))) => Progress::Flowing,
-            Poll::Ready(None) => Progress::Done,
-            Poll::Ready(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
-                Progress::TooLarge
-            }
-            Poll::Ready(Some(Err(_))) => Progress::Failed,
+        rewrite_response_headers(&mut head.headers, false);
+        head.extensions.insert(origin);
+        let back = reusable.then(|| Back {
+            pool: inner.pool.clone(),
+            sender: conn.sender,
+            keep_for,
         });
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(|(b, _)| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.hint
-    }
-}
-
-/// The response body: the upstream's, streamed as it arrives (its in-flight count ends when
-/// the body is done or dropped, and its connection goes back to the pool when the body
-/// ends), or a short text the proxy answered itself. `B` is the request body type.
-pub struct ProxyBody<B>(Kind<B>);
-
-enum Kind<B> {
-    Upstream {
-        body: Incoming,
-        _in_flight: InFlight,
-        /// Taken when the body fails, to report the target.
-        health: Option<BodyHealth>,
-        /// The connection, back to the pool once the body has ended.
-        back: Option<Back<B>>,
-    },
-    Short(Option<Bytes>),
-}
-
-/// A connection on its way back to the pool.
-type Back<B> = (Pool<Outgoing<B>>, SendRequest<Outgoing<B>>);
-
-/// What a response body needs to report its target when the upstream breaks off mid-body
-/// (a reset, a body shorter than its `Content-Length`): that is a failed exchange too.
-struct BodyHealth {
-    upstream: Arc<Upstream>,
-    picked: Picked<TargetAddr>,
-    request_id: RequestIdText,
-}
-
-impl<B> ProxyBody<B>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    /// Returns the connection to the pool if the upstream's body has ended.
-    fn checkin_if_done(&mut self) {
-        if let Kind::Upstream {
-            body, health, back, ..
-        } = &mut self.0
-        {
-            checkin_if_done(body, health.as_ref(), back);
-        }
-    }
-}
-
-/// Gives the connection back once the body it carries has ended (not after a failure: then
-/// `health` was taken to report it).
-fn checkin_if_done<B>(body: &Incoming, health: Option<&BodyHealth>, back: &mut Option<Back<B>>)
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    if let (true, Some(h)) = (http_body::Body::is_end_stream(body), health) {
-        if let Some((pool, sender)) = back.take() {
-            pool.checkin(h.picked.value(), sender);
-        }
-    }
-}
-
-impl<B> fmt::Debug for ProxyBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
-            Kind::Upstream { .. } => "ProxyBody(upstream)",
-            Kind::Short(_) => "ProxyBody(short)",
-        })
-    }
-}
-
-impl<B> http_body::Body for ProxyBody<B>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().0 {
-            Kind::Upstream {
-                body, health, back, ..
-            } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
-                if let Poll::Ready(None) | Poll::Ready(Some(Ok(_))) = &polled {
-                    checkin_if_done(body, health.as_ref(), back);
-                }
-                if let Poll::Ready(Some(Err(error))) = &polled {
-                    if let Some(h) = health.take() {
-                        h.upstream.balancer().report(&h.picked, false);
-                        tracing::warn!(
-                            upstream = %h.upstream.name(),
-                            target = %h.picked.value(),
-                            request_id = %h.request_id,
-                            error = %error_chain(error),
-                            "upstream response body failed"
-                        );
-                    }
-                }
-                polled
-            }
-            Kind::Short(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Kind::Upstream { body, .. } => body.is_end_stream(),
-            Kind::Short(text) => text.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Kind::Upstream { body, .. } => body.size_hint(),
-            Kind::Short(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
-        }
+        let body = ProxyBody::upstream(body, in_flight, (Arc::clone(upstream), picked), back);
+        Response::from_parts(head, body)
     }
 }

@@ -1,34 +1,50 @@
 //! Reverse-proxy forwarding to balanced upstreams, as a tower `Service`.
 //!
-//! An [`Upstream`] is a named set of `http://host:port` targets behind a
-//! [`balancer`] strategy, with [`Settings`]. A [`Proxy`] forwards each request to a target
-//! the balancer picks: the path is the request's own or a [`ForwardPath`] extension (a
-//! router's catch-all suffix), the query passes byte for byte, `Host` is the target's, and the
-//! [`headers`] are rewritten (hop-by-hop stripping, `X-Forwarded-*`). Bodies stream both ways.
-//! Connections are pooled per target (HTTP/1.1 keep-alive, most recently used first, closed
-//! after `pool_idle_timeout`). A refused or timed-out connect is retried on the next target
-//! (nothing reached the upstream), and a request that could not be written on a pooled
-//! connection the upstream had closed goes out again on a new one; when no target answers the
-//! client gets `502`, and an upstream slower than `response_timeout` to send its head gets
-//! `504`; a body the upstream cuts short aborts the client's response. Each failure is logged
-//! with the request id, upstream and target, and reported to the balancer's passive health.
-//! Failures the client causes are not: a malformed request body gets `400` (`413` over a
-//! limit), a body the client stops sending gets `408`.
+//! An [`Upstream`] is a named set of `http://host:port` targets behind a [`balancer`]
+//! algorithm, with [`Settings`]. A [`Proxy`] forwards each request to a target the balancer
+//! picks: the path and query are the request's own (a router may have rewritten them), `Host`
+//! is the target's, and the [`headers`] are rewritten (hop-by-hop stripping,
+//! `X-Forwarded-*`). Bodies stream both ways; a request body without a declared length goes
+//! as chunked, whatever the method.
+//!
+//! Connections are pooled per target (HTTP/1.1 keep-alive, most recently used first): a
+//! response hands its connection back when its body ends, however it is framed, and an idle
+//! one is closed after `pool_idle_timeout` or sooner when the upstream announced a shorter
+//! `Keep-Alive: timeout`.
+//!
+//! Failures, and what the client and passive health see:
+//! - A refused or timed-out connect: the next target (nothing reached the upstream); counted.
+//! - A pooled connection the upstream had closed while idle: the request goes again on a new
+//!   connection to the same target when it can (never written, or bodiless and idempotent);
+//!   never counted.
+//! - An exchange broken before the response head (reset, malformed or oversized head): a
+//!   bodiless idempotent request goes to the next target; otherwise `502`; counted.
+//! - No response head within `response_timeout`: `504`; counted.
+//! - A body the upstream cuts short, or leaves silent for `response_timeout`: the client's
+//!   response is cut; counted as a body failure, which alone never takes a target out.
+//! - No target left to try: `502`; no target available at all (all marked down or failing
+//!   their checks): `503`.
+//! - The client's fault: a malformed request body gets `400`, one over a limit `413`, a body
+//!   the client stops sending `408`; never counted.
+//!
+//! Each is logged with the upstream and target, inside the request's span (which carries the
+//! request id when the server makes one).
 //!
 //! Upgrades (WebSocket): `Upgrade` and `Connection: upgrade` are forwarded (never `h2c`); on a
 //! `101` the proxy tunnels bytes both ways until either side closes, and an upstream that
 //! answers anything else gives a normal response. The server must be set up to allow upgrades
-//! (hyper's `serve_connection(...).with_upgrades()`). Trailers pass through in both directions.
+//! (hyper's `serve_connection(...).with_upgrades()`). Trailers pass through in both
+//! directions; interim `1xx` responses are read past.
 //!
 //! Not yet: HTTPS targets.
 //!
 //! ```
-//! use balancer::{HealthPolicy, Kind};
+//! use balancer::{Algorithm, HealthPolicy};
 //! use proxy::{Proxy, Settings, Upstream};
 //!
 //! let api = Upstream::new(
 //!     "api",
-//!     Kind::RoundRobin,
+//!     Algorithm::RoundRobin,
 //!     [("http://127.0.0.1:9001", 1), ("http://127.0.0.1:9002", 1)],
 //!     HealthPolicy::default(),
 //!     Settings::default(),
@@ -38,12 +54,58 @@
 //! # Ok::<_, proxy::UpstreamError>(())
 //! ```
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 mod forward;
 pub mod headers;
+mod outgoing;
 mod pool;
+mod response;
+mod target;
+mod tunnel;
 mod upstream;
 
-pub use forward::{
-    BoxError, ClientAddr, ForwardPath, Outgoing, Proxy, ProxyBody, TunnelGuard, UpstreamTarget,
-};
-pub use upstream::{Settings, TargetAddr, TargetError, Upstream, UpstreamError};
+pub use forward::{Proxy, RequestBody};
+pub use outgoing::Outgoing;
+pub use response::{BodyStalled, ProxyBody};
+pub use target::{TargetAddr, TargetError};
+pub use tunnel::TunnelGuard;
+pub use upstream::{Settings, Upstream, UpstreamError};
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's address, put in the request's extensions by the server; used for
+/// `X-Forwarded-For` and trusted-proxy checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Which upstream and target served a response; in the response's extensions, for the access
+/// log. Displays as the upstream's name and the target URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// The upstream's name.
+    pub upstream: Arc<str>,
+    /// The target that answered.
+    pub target: TargetAddr,
+}
+
+impl fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.upstream, self.target)
+    }
+}
+
+/// An error and its sources, `: `-separated (hyper's errors say the most in their sources).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -4,9 +4,10 @@
 //! It replaces hyper-util's general-purpose client, which per request builds and boxes a large
 //! future, hashes a pool key, and spawns a task to return the connection once it is ready
 //! again. Here a connection goes back to the pool when its response body ends (the
-//! [`ProxyBody`](crate::ProxyBody) does it), a request that could not be written on a stale
-//! pooled connection is handed back by hyper and sent on another one, and connecting is a
-//! separate step, so a connect failure never touches the request.
+//! [`ProxyBody`](crate::ProxyBody) does it, whatever the framing: length, chunked or none),
+//! and connecting is a separate step, so a connect failure never touches the request. An
+//! idle connection is closed after `pool_idle_timeout`, or earlier when the upstream said in
+//! `Keep-Alive: timeout=N` that it closes idle connections sooner.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::upstream::TargetAddr;
+use crate::target::TargetAddr;
 
 /// How many open idle connections a checkout looks at for a ready one.
 const SCAN: usize = 8;
@@ -32,12 +33,14 @@ struct Shared<B> {
     max_idle_per_target: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    max_head_bytes: usize,
     reaper: AtomicBool,
 }
 
 struct Idle<B> {
     sender: SendRequest<B>,
-    since: Instant,
+    /// Not to be used from then on.
+    expires: Instant,
 }
 
 /// A pool of HTTP/1.1 connections to the targets of one upstream.
@@ -52,7 +55,7 @@ impl<B> Clone for Pool<B> {
 /// A connection taken from the pool (or just made) for one request.
 pub(crate) struct Conn<B> {
     pub(crate) sender: SendRequest<B>,
-    /// Came from the pool: it may have been closed by the upstream meanwhile.
+    /// Came from the pool: the upstream may have closed it meanwhile.
     pub(crate) reused: bool,
 }
 
@@ -83,16 +86,14 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub(crate) fn new(
-        max_idle_per_target: usize,
-        idle_timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(settings: &crate::Settings) -> Self {
         Pool(Arc::new(Shared {
             idle: Mutex::new(Vec::new()),
-            max_idle_per_target,
-            idle_timeout,
-            connect_timeout,
+            max_idle_per_target: settings.pool_max_idle_per_target,
+            idle_timeout: settings.pool_idle_timeout,
+            connect_timeout: settings.connect_timeout,
+            // hyper's read buffer cannot be smaller than 8 KiB.
+            max_head_bytes: settings.max_response_header_bytes.max(8192),
             reaper: AtomicBool::new(false),
         }))
     }
@@ -113,7 +114,7 @@ where
         while i > 0 && looked < SCAN {
             i -= 1;
             let entry = &list[i];
-            if entry.sender.is_closed() || now.duration_since(entry.since) >= self.0.idle_timeout {
+            if entry.sender.is_closed() || now >= entry.expires {
                 list.remove(i);
                 continue;
             }
@@ -142,7 +143,9 @@ where
             };
         let _ = stream.set_nodelay(true);
         tracing::debug!(target = %target, "new upstream connection");
+        // The read buffer's cap is also the largest response head hyper accepts.
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.0.max_head_bytes)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
@@ -156,10 +159,17 @@ where
             reused: false,
         })
     }
+}
 
+impl<B: Send + 'static> Pool<B> {
     /// Puts a connection whose exchange is over back, unless it is closed or the target has
-    /// enough idle ones.
-    pub(crate) fn checkin(&self, target: &TargetAddr, sender: SendRequest<B>) {
+    /// enough idle ones; `keep_for` is how long the upstream said it keeps it open idle.
+    pub(crate) fn checkin(
+        &self,
+        target: &TargetAddr,
+        sender: SendRequest<B>,
+        keep_for: Option<Duration>,
+    ) {
         if sender.is_closed() || self.0.max_idle_per_target == 0 {
             tracing::debug!(target = %target, "upstream connection not kept");
             return;
@@ -177,15 +187,44 @@ where
             // The oldest goes; its connection closes when its sender is dropped.
             list.remove(0);
         }
+        let keep = keep_for.map_or(self.0.idle_timeout, |k| k.min(self.0.idle_timeout));
         list.push(Idle {
             sender,
-            since: Instant::now(),
+            expires: Instant::now() + keep,
         });
         drop(idle);
         if !self.0.reaper.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(&self.0)));
         }
     }
+}
+
+impl<B> Pool<B> {
+    /// Idle connections kept now, for all targets.
+    pub(crate) fn idle_count(&self) -> usize {
+        let idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.iter().map(|(_, list)| list.len()).sum()
+    }
+}
+
+/// How long an upstream keeps an idle connection open, from its `Keep-Alive: timeout=N`
+/// (seconds), less a margin so that the gateway stops using it before the upstream closes it:
+/// half a second, or a quarter of a timeout shorter than two seconds.
+pub(crate) fn announced_keep_alive(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    let secs: u64 = value.split(',').find_map(|param| {
+        let (k, v) = param.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("timeout")
+            .then(|| v.trim().parse().ok())?
+    })?;
+    let full = Duration::from_secs(secs);
+    let margin = if secs >= 2 {
+        Duration::from_millis(500)
+    } else {
+        full / 4
+    };
+    Some(full.saturating_sub(margin))
 }
 
 fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
@@ -207,9 +246,27 @@ async fn reap<B>(pool: Weak<Shared<B>>) {
         let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in idle.iter_mut() {
-            list.retain(|e| {
-                !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
-            });
+            list.retain(|e| !e.sender.is_closed() && now < e.expires);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_announcements_parse_with_a_margin() {
+        let ka = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("keep-alive", http::HeaderValue::from_static(v));
+            announced_keep_alive(&h)
+        };
+        assert_eq!(ka("timeout=5, max=100"), Some(Duration::from_millis(4500)));
+        assert_eq!(ka("max=10, Timeout = 1"), Some(Duration::from_millis(750)));
+        assert_eq!(ka("timeout=0"), Some(Duration::ZERO));
+        assert_eq!(ka("max=10"), None);
+        assert_eq!(ka("timeout=soon"), None);
+        assert_eq!(announced_keep_alive(&http::HeaderMap::new()), None);
     }
 }

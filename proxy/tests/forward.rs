@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use balancer::{HealthPolicy, Kind};
+use balancer::{Algorithm, HealthPolicy};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use proxy::{ClientAddr, ForwardPath, Proxy, Settings, Upstream, UpstreamTarget};
+use proxy::{ClientAddr, Proxy, Settings, Upstream, UpstreamTarget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -147,7 +147,7 @@ fn proxy_to(targets: &[SocketAddr], settings: Settings) -> Proxy<Full<Bytes>> {
     let urls: Vec<(String, u32)> = targets.iter().map(|a| (format!("http://{a}"), 1)).collect();
     let upstream = Upstream::new(
         "test",
-        Kind::RoundRobin,
+        Algorithm::RoundRobin,
         urls,
         HealthPolicy::default(),
         settings,
@@ -239,14 +239,15 @@ async fn forwards_path_query_host_and_rewrites_headers() {
 }
 
 #[tokio::test]
-async fn forward_path_replaces_the_path_and_keeps_the_query() {
+async fn the_path_and_query_go_byte_for_byte() {
     let (addr, log) = upstream("a", released()).await;
     let proxy = proxy_to(&[addr], Settings::default());
-    for (suffix, expected) in [("/css/app.css", "/css/app.css?v=3"), ("", "/?v=3")] {
-        let mut req = request("/static/css/app.css?v=3")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        req.extensions_mut().insert(ForwardPath(suffix.into()));
+    for (path, expected) in [
+        ("/css/app.css?v=3", "/css/app.css?v=3"),
+        ("/?v=3&b=%2F", "/?v=3&b=%2F"),
+        ("/a%20b;c?x", "/a%20b;c?x"),
+    ] {
+        let req = request(path).body(Full::new(Bytes::new())).unwrap();
         let res = proxy.clone().oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(log.lock().unwrap().last().unwrap().path_and_query, expected);
@@ -467,7 +468,7 @@ async fn upgrades_tunnel_on_101_and_stay_http_otherwise() {
     let up = echo_upstream().await;
     let upstream = Upstream::new(
         "ws",
-        Kind::RoundRobin,
+        Algorithm::RoundRobin,
         [(format!("http://{up}"), 1)],
         HealthPolicy::default(),
         Settings::default(),
@@ -580,7 +581,7 @@ async fn a_websocket_echo_through_the_proxy() {
         .unwrap();
     let upstream = Upstream::new(
         "ws",
-        Kind::RoundRobin,
+        Algorithm::RoundRobin,
         [(format!("http://{}", backend.addr()), 1)],
         HealthPolicy::default(),
         Settings::default(),

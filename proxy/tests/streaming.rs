@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use balancer::{HealthPolicy, Kind};
+use balancer::{Algorithm, HealthPolicy};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -103,7 +103,7 @@ async fn one_gib_each_way_with_bounded_memory() {
     let addr = upstream(received.clone()).await;
     let up = Upstream::new(
         "big",
-        Kind::RoundRobin,
+        Algorithm::RoundRobin,
         [(format!("http://{addr}"), 1)],
         HealthPolicy::default(),
         Settings::default(),

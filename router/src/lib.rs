@@ -71,7 +71,7 @@ mod tree;
 pub use body::{Body, BoxError};
 pub use error::{InsertError, MalformedReason, MatchError};
 pub use method::MethodRouter;
-pub use mux::{Group, Mux, MuxFuture, MuxService, PathParams};
+pub use mux::{Group, Mux, MuxFuture, MuxService, PathParams, set_path};
 pub use normalize::{BadPath, normalize_path};
 pub use params::{Params, ParamsIter, RouteInfo};
 pub use route::{IntoRoute, Route, RouteFuture};

@@ -458,8 +458,18 @@ fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>) -> MuxFutu
     miss(table, req)
 }
 
-/// Replaces the request's path, keeping its query.
-fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
+/// Replaces the request's path with `path` (an empty one becomes `/`), keeping its query,
+/// scheme and authority. `None`, and the request untouched, when `path` is not valid in a URI.
+///
+/// ```
+/// let mut req = http::Request::get("/static/css/app.css?v=3").body(()).unwrap();
+/// router::set_path(&mut req, "/css/app.css").unwrap();
+/// assert_eq!(req.uri(), "/css/app.css?v=3");
+/// router::set_path(&mut req, "").unwrap();
+/// assert_eq!(req.uri(), "/?v=3");
+/// ```
+pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
+    let path = if path.is_empty() { "/" } else { path };
     let pq = match req.uri().query() {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).ok()?,
         None => PathAndQuery::try_from(path).ok()?,
@@ -468,6 +478,20 @@ fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
     parts.path_and_query = Some(pq);
     *req.uri_mut() = http::Uri::from_parts(parts).ok()?;
     Some(())
+}
+
+/// Whether a browser could read `location` (a redirect to a path of ours) as another origin:
+/// `//host`, `/\host`, `/%5Chost`, `/%2F%2Fhost`, or anything with a backslash, control
+/// character or white space, which browsers strip or turn into slashes.
+fn leaves_the_origin(location: &str) -> bool {
+    let lower = location.to_ascii_lowercase();
+    !location.starts_with('/')
+        || location.starts_with("//")
+        || lower.starts_with("/%5c")
+        || lower.starts_with("/%2f")
+        || location
+            .bytes()
+            .any(|b| b == b'\\' || b.is_ascii_control() || b == b' ')
 }
 
 /// No route for this method: OPTIONS answer, trailing-slash redirect, 405 or 404.
@@ -533,8 +557,8 @@ fn trailing_slash_redirect<B: Send + 'static>(
         Some(_) => return None,
         None => format!("{path}/"),
     };
-    // `//host/...` in a Location would send the client to another host.
-    if other.starts_with("//") || table.routes.at(req.method(), &other).is_err() {
+    // `//host/...` or `/\host/...` in a Location would send the client to another host.
+    if leaves_the_origin(&other) || table.routes.at(req.method(), &other).is_err() {
         return None;
     }
     let location = match req.uri().query() {

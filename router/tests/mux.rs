@@ -173,6 +173,31 @@ async fn trailing_slash_redirects() {
     let svc = mux.into_service();
     let (status, _) = send(&svc, Method::GET, "//evil.com/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nor through a backslash or an escaped one, which browsers read as a slash.
+    let mut mux = Mux::new();
+    mux.get("/:page", named("page")).unwrap();
+    let svc = mux.into_service();
+    let (status, res) = send(&svc, Method::GET, "/about/").await;
+    assert_eq!(
+        status,
+        StatusCode::MOVED_PERMANENTLY,
+        "a plain one still redirects"
+    );
+    assert_eq!(res.headers()["location"], "/about");
+    for sneaky in [
+        "/\\evil.com/",
+        "/%5Cevil.com/",
+        "/%5cevil.com/",
+        "/%2F%2Fevil.com/",
+    ] {
+        let (status, res) = send(&svc, Method::GET, sneaky).await;
+        assert!(
+            res.headers().get("location").is_none(),
+            "{sneaky}: redirected to {:?}",
+            res.headers().get("location")
+        );
+        assert_ne!(status, StatusCode::MOVED_PERMANENTLY, "{sneaky}");
+    }
     // Redirects can be turned off.
     let mut mux = Mux::new();
     mux.get("/docs/", named("docs")).unwrap();

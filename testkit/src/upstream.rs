@@ -67,6 +67,17 @@ impl Conn {
         self.wire.send(bytes).await.is_ok()
     }
 
+    /// Closes with a TCP reset instead of a clean close (a crashed process, a middlebox).
+    pub fn reset(mut self) {
+        // A zero linger makes the close a reset; it never blocks (the deprecation is about
+        // non-zero lingers).
+        #[allow(deprecated)]
+        let _ = self
+            .wire
+            .stream()
+            .set_linger(Some(std::time::Duration::ZERO));
+    }
+
     /// Answers every request on this connection with what `respond` makes of it, until the
     /// peer closes.
     pub async fn serve(mut self, respond: impl Fn(&Message) -> Vec<u8>) {

@@ -204,7 +204,7 @@ impl Wire {
     }
 
     /// Reads what is left until the peer closes.
-    async fn to_end(&mut self) -> io::Result<Vec<u8>> {
+    async fn read_until_close(&mut self) -> io::Result<Vec<u8>> {
         while self.fill().await? {}
         Ok(std::mem::take(&mut self.buf))
     }
@@ -251,7 +251,7 @@ impl Wire {
         } else if let Some(n) = head.content_length() {
             (self.exact(n).await?, Vec::new())
         } else {
-            (self.to_end().await?, Vec::new())
+            (self.read_until_close().await?, Vec::new())
         };
         Ok(Message {
             head,

@@ -27,6 +27,9 @@ listen = ["127.0.0.1:0"]
 shutdown_grace_ms = 5000
 max_body_bytes = 1000
 
+[index]
+enabled = true
+
 [upstreams.static]
 targets = ["http://{b1}"]
 

@@ -1,0 +1,84 @@
+//! Wiring: a parsed configuration becomes one `Mux` with its upstreams, routes, middleware and
+//! index page. Everything that can be decided once is decided here, in one file per job:
+//! [`upstreams`] (targets, health, forwarding settings), [`routes`] (the route stacks and the
+//! route table), `pre` (the stack every request meets first), [`index`] (the page at `GET /`)
+//! and `warnings` (valid but suspicious configurations).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use proxy::Proxy;
+use router::{Mux, MuxService};
+
+use crate::config::{Config, ConfigError, Source};
+
+pub mod index;
+mod pre;
+pub mod routes;
+mod upstreams;
+mod warnings;
+
+pub use routes::RouteRow;
+
+/// The request body type the gateway's routes take.
+pub trait GatewayBody:
+    http_body::Body<Data = Bytes, Error: Into<proxy::BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> GatewayBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<proxy::BoxError>> + Send + Unpin + 'static
+{
+}
+
+/// The built gateway: the service to serve, and what the index page and `--check` show.
+pub struct App<B> {
+    /// The router with everything wired in.
+    pub service: MuxService<B>,
+    /// The route table.
+    pub routes: Vec<RouteRow>,
+    /// The upstreams, for health display.
+    pub upstreams: Vec<(String, Proxy<B>)>,
+    /// Valid but suspicious settings, for `--check` and the start-up log.
+    pub warnings: Vec<String>,
+}
+
+/// Builds the gateway from `config` (positions in errors refer to `source`).
+pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>, ConfigError> {
+    let proxies = upstreams::build(config, source)?;
+    let mut mux: Mux<B> = Mux::new();
+    let rows = routes::build(&config.routes, &proxies, &mut mux, source)?;
+    let mut warnings = warnings::gate_bypasses(&rows, &proxies);
+    let upstreams: Vec<(String, Proxy<B>)> = proxies.into_iter().collect();
+
+    if config.index.enabled {
+        // A route of the user's always wins over the page.
+        match rows.iter().find(|r| r.answers_get_root()) {
+            Some(owner) => warnings.push(format!(
+                "the index page is enabled, but route `{}` answers GET /: the route wins and the page is not served",
+                owner.path
+            )),
+            None => {
+                let page = Arc::new(index::IndexPage {
+                    routes: rows.clone(),
+                    upstreams: upstreams.clone(),
+                });
+                let service = tower::service_fn(move |req: Request<B>| {
+                    let page = Arc::clone(&page);
+                    async move { Ok::<_, Infallible>(page.render(&req)) }
+                });
+                mux.get("/", service)
+                    .map_err(|e| source.error(0..0, Some("index"), e.to_string()))?;
+            }
+        }
+    }
+    pre::install(&mut mux, config);
+    Ok(App {
+        service: mux.into_service(),
+        routes: rows,
+        upstreams,
+        warnings,
+    })
+}

@@ -1,0 +1,156 @@
+//! The `pre` stack: what runs for every request before routing, 404s and 405s included.
+//! Declared in the order a request meets it: request id, access log, panic recovery (inside
+//! the access log, so the log sees the `500` it makes), declared-length body limit.
+
+use std::convert::Infallible;
+
+use http::header::CONTENT_LENGTH;
+use http::{Request, Response, StatusCode};
+use middleware::{AccessLogLayer, RecoverLayer, RequestIdLayer};
+use proxy::UpstreamTarget;
+use router::{Body, Mux};
+use tower::{Layer, ServiceBuilder};
+
+use super::GatewayBody;
+use crate::config::Config;
+
+/// Installs the `pre` stack on `mux`: one type-erased service for all of it, with the
+/// switched-off layers passing straight through.
+pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config) {
+    let on = &config.pre;
+    let max_body = config.server.max_body_bytes;
+    let stack = ServiceBuilder::new()
+        .layer(Optional::<_, B>::new(
+            on.request_id.then(RequestIdLayer::new),
+        ))
+        .layer(Optional::<_, B>::new(
+            on.access_log
+                .then(|| AccessLogLayer::new().upstream::<UpstreamTarget>()),
+        ))
+        .layer(Optional::<_, B>::new(on.recover.then(RecoverLayer::new)))
+        .layer(Optional::<_, B>::new(
+            (max_body > 0).then_some(BodyLimitLayer(max_body)),
+        ));
+    mux.pre(stack);
+}
+
+/// A layer that may be switched off: either way the service has one type, and so does its
+/// response body (`http_body_util::Either` of the layer's and the inner one's).
+struct Optional<L, B>(Option<L>, std::marker::PhantomData<fn(B)>);
+
+impl<L, B> Optional<L, B> {
+    fn new(layer: Option<L>) -> Self {
+        Optional(layer, std::marker::PhantomData)
+    }
+}
+
+type ToEither<A, B, X> = fn(Response<X>) -> Response<http_body_util::Either<A, B>>;
+
+/// The service an [`Optional`] layer makes.
+type OptionalService<On, Off, OnBody, OffBody> = tower::util::Either<
+    tower::util::MapResponse<On, ToEither<OnBody, OffBody, OnBody>>,
+    tower::util::MapResponse<Off, ToEither<OnBody, OffBody, OffBody>>,
+>;
+
+impl<S, L, B, OnBody, OffBody> Layer<S> for Optional<L, B>
+where
+    L: Layer<S>,
+    L::Service: tower::Service<Request<B>, Response = Response<OnBody>>,
+    S: tower::Service<Request<B>, Response = Response<OffBody>>,
+{
+    type Service = OptionalService<L::Service, S, OnBody, OffBody>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match &self.0 {
+            Some(layer) => tower::util::Either::Left(tower::util::MapResponse::new(
+                layer.layer(inner),
+                (|res: Response<OnBody>| res.map(http_body_util::Either::Left))
+                    as ToEither<_, _, _>,
+            )),
+            None => tower::util::Either::Right(tower::util::MapResponse::new(
+                inner,
+                (|res: Response<OffBody>| res.map(http_body_util::Either::Right))
+                    as ToEither<_, _, _>,
+            )),
+        }
+    }
+}
+
+/// Refuses a declared body over the limit with `413` before anything else runs; the server
+/// also caps the body as it streams, for bodies without a length.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimitLayer(u64);
+
+impl<S> tower::Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+    fn layer(&self, inner: S) -> BodyLimit<S> {
+        BodyLimit { inner, max: self.0 }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BodyLimit<S> {
+    inner: S,
+    max: u64,
+}
+
+impl<S, B> tower::Service<Request<B>> for BodyLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + Unpin + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = LimitFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max) {
+            let mut res = Response::new(Body::from("Payload Too Large\n"));
+            *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return LimitFuture::Refused(Some(res));
+        }
+        LimitFuture::Inner(self.inner.call(req))
+    }
+}
+
+/// The response future of [`BodyLimit`]: the refusal, or the inner service's (a boxed route
+/// future, so `Unpin`).
+enum LimitFuture<F> {
+    Refused(Option<Response<Body>>),
+    Inner(F),
+}
+
+impl<F> std::future::Future for LimitFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            LimitFuture::Refused(res) => {
+                std::task::Poll::Ready(Ok(res.take().unwrap_or_else(|| {
+                    let mut r = Response::new(Body::empty());
+                    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                    r
+                })))
+            }
+            LimitFuture::Inner(f) => std::pin::Pin::new(f).poll(cx),
+        }
+    }
+}

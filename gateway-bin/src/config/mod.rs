@@ -1,0 +1,412 @@
+//! The configuration file: TOML, every setting with a documented default, every value checked
+//! as it is read, and errors that name the file, the line and the key.
+//!
+//! Durations are in milliseconds and at most 24 hours; timeouts are at least 1 ms.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use balancer::{Algorithm, AllDown};
+use serde::Deserialize;
+use toml::Spanned;
+
+mod source;
+pub mod values;
+
+pub use source::{ConfigError, Source};
+
+/// The embedded default configuration: the demo topology.
+pub const DEFAULT: &str = include_str!("default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening and limits.
+    #[serde(default)]
+    pub server: Server,
+    /// Middleware that runs for every request, before routing.
+    #[serde(default)]
+    pub pre: Pre,
+    /// The index page at `GET /`.
+    #[serde(default)]
+    pub index: Index,
+    /// Upstreams by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    /// Routes, in order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Addresses to listen on (default `["127.0.0.1:8080"]`).
+    #[serde(deserialize_with = "values::listen")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Time a client has to send a request head (default 10 000 ms). On HTTP/1.1 the clock
+    /// also runs while a keep-alive connection waits for its next request.
+    #[serde(deserialize_with = "values::timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A connection with no bytes in either direction for this long is closed gracefully: an
+    /// HTTP/1.1 connection after its current response, HTTP/2 with `GOAWAY` once its streams
+    /// end (default 60 000 ms). A connection that still moves no byte for a further
+    /// `min(idle_timeout_ms, 5 s)` after that (a client that stopped reading, an HTTP/2
+    /// client that never answers) is closed hard. A response whose upstream is silent for
+    /// longer than this also counts as idle.
+    #[serde(deserialize_with = "values::timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Largest request head, in bytes, 8 KiB to 1 MiB; larger gets `431` (default 65 536).
+    #[serde(deserialize_with = "values::head_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes; larger gets `413` (default 10 MiB; 0 means no limit).
+    pub max_body_bytes: u64,
+    /// Connections served at once, WebSocket tunnels included; more wait to be accepted
+    /// (default 10 000).
+    #[serde(deserialize_with = "values::count")]
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish on shutdown (default 30 000 ms). If any
+    /// are still running then, they are cut and the gateway exits with status 3.
+    #[serde(deserialize_with = "values::duration_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Threads serving requests (default 0: one per CPU core).
+    #[serde(deserialize_with = "values::count_or_zero")]
+    pub worker_threads: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))],
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+            shutdown_grace_ms: 30_000,
+            worker_threads: 0,
+        }
+    }
+}
+
+impl Server {
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// `idle_timeout_ms` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// `shutdown_grace_ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// `[pre]`: each on by default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pre {
+    /// Accept or assign `X-Request-Id`.
+    pub request_id: bool,
+    /// Turn panics into `500`s.
+    pub recover: bool,
+    /// One log event per request.
+    pub access_log: bool,
+}
+
+impl Default for Pre {
+    fn default() -> Self {
+        Pre {
+            request_id: true,
+            recover: true,
+            access_log: true,
+        }
+    }
+}
+
+/// `[index]`: a page at `GET /` listing the routes and the targets' health.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Index {
+    /// Serve the index page on the traffic port (default false: it shows internal target
+    /// addresses; the embedded demo configuration turns it on). A route of yours that
+    /// matches `GET /` always wins over it.
+    pub enabled: bool,
+}
+
+/// A target: `"http://host:port"` or `{ url = "...", weight = N }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TargetConfig {
+    /// Weight 1.
+    Url(String),
+    /// With a weight.
+    Weighted {
+        /// `http://host:port`.
+        url: String,
+        /// 1 to 1 000 000.
+        weight: u32,
+    },
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Balancing algorithm: `round-robin` (default), `weighted-ticket`, `smooth-weighted`,
+    /// `least-request`.
+    #[serde(default)]
+    pub strategy: Algorithm,
+    /// The targets.
+    pub targets: Vec<Spanned<TargetConfig>>,
+    /// TCP connect timeout (default 5 000 ms).
+    #[serde(
+        default = "defaults::connect_timeout_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub connect_timeout_ms: u64,
+    /// How long the upstream may stay silent: before its response head (then `504`), and
+    /// between two reads of its body (then the response is cut) (default 60 000 ms).
+    #[serde(
+        default = "defaults::response_timeout_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub response_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this, or sooner when the upstream
+    /// announces a shorter `Keep-Alive: timeout` (default 90 000 ms).
+    #[serde(
+        default = "defaults::pool_idle_timeout_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub pool_idle_timeout_ms: u64,
+    /// Idle connections kept per target (default 64; 0 keeps none).
+    #[serde(
+        default = "defaults::pool_max_idle_per_target",
+        deserialize_with = "values::count_or_zero"
+    )]
+    pub pool_max_idle_per_target: usize,
+    /// The largest response head accepted from a target, 8 KiB to 1 MiB; larger gets `502`
+    /// (default 65 536).
+    #[serde(
+        default = "defaults::max_response_header_bytes",
+        deserialize_with = "values::head_bytes"
+    )]
+    pub max_response_header_bytes: usize,
+    /// Send the client's `Host` upstream (default false: the target's).
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Networks allowed to set `X-Forwarded-*` (default none).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Failures within `fail_timeout_ms` that take a target out (default 1; 0 disables). The
+    /// only target of an upstream is never taken out this way.
+    #[serde(default = "defaults::max_fails")]
+    pub max_fails: u32,
+    /// The failure window and the time out (default 10 000 ms).
+    #[serde(
+        default = "defaults::fail_timeout_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub fail_timeout_ms: u64,
+    /// When every target is out: `reset` (default: forget their passive failures and try
+    /// them, as nginx), `panic` (try them all anyway, as Envoy), `fail-fast` (`502` at once).
+    #[serde(default)]
+    pub all_down: AllDown,
+    /// A target that comes back ramps from a tenth of its share to all of it over this long
+    /// (default 0: at once).
+    #[serde(default, deserialize_with = "values::duration_ms")]
+    pub slow_start_ms: u64,
+}
+
+mod defaults {
+    use toml::Spanned;
+
+    pub fn connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn response_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn pool_idle_timeout_ms() -> u64 {
+        90_000
+    }
+    pub fn pool_max_idle_per_target() -> usize {
+        64
+    }
+    pub fn max_response_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_fails() -> u32 {
+        1
+    }
+    pub fn fail_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn methods() -> Spanned<Vec<Spanned<String>>> {
+        Spanned::new(0..0, vec![Spanned::new(0..0, "GET".to_owned())])
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The pattern: static text, `:name`, a final `*name`. It must be in normalized form
+    /// (requests are normalized before routing: no `.` or `..` segments, no escaped unreserved
+    /// characters, upper-case escapes), or it could never match.
+    pub path: Spanned<String>,
+    /// Methods (default `["GET"]`; `"*"` for any). Standard methods only, unless also listed
+    /// in `extension_methods`.
+    #[serde(default = "defaults::methods")]
+    pub methods: Spanned<Vec<Spanned<String>>>,
+    /// Methods outside RFC 9110 that this route accepts (`PURGE`, `PROPFIND`...), listed in
+    /// `methods` too. Guards against typos such as `GETT` being taken as a method.
+    #[serde(default)]
+    pub extension_methods: Vec<String>,
+    /// The upstream's name.
+    pub upstream: Spanned<String>,
+    /// Forward only the catch-all suffix (`/static/x.png` -> `/x.png`) when the route has one
+    /// (default true); false forwards the full path.
+    #[serde(default = "defaults::yes")]
+    pub strip_prefix: bool,
+    /// A deadline for the whole exchange, then `503` (default none: only the upstream's
+    /// own timeouts).
+    #[serde(default, deserialize_with = "values::optional_timeout_ms")]
+    pub timeout_ms: Option<u64>,
+    /// An auth gate (default none).
+    #[serde(default)]
+    pub auth: Option<Spanned<AuthConfig>>,
+}
+
+/// A route's `auth = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The header that must carry a secret (e.g. `X-Admin-Token`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Require `Authorization: Bearer <secret>` instead.
+    #[serde(default)]
+    pub bearer: bool,
+    /// The secrets, inline (keep them out of files in production).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// An environment variable holding the secrets, comma-separated.
+    #[serde(default)]
+    pub secrets_env: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(text: &str) -> Source {
+        Source {
+            name: "gw.toml".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn the_default_parses() {
+        let c = src(DEFAULT).parse().unwrap();
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.upstreams.len(), 3);
+        assert_eq!(c.server.listen[0].to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.max_connections, 10_000);
+        assert!(c.pre.request_id && c.pre.recover && c.pre.access_log);
+        assert!(c.index.enabled, "the demo shows its index page");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = src("[server]\nlisten = [\"127.0.0.1:1\"]\nmax_connections = \"many\"\n")
+            .parse()
+            .unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line, e.key.as_deref()),
+            ("gw.toml", Some(3), Some("max_connections")),
+            "{e}"
+        );
+        let e = src("[server]\nlisten = []\n\n[pre]\nrequest_idd = true\n")
+            .parse()
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(5), Some("request_idd")),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("gw.toml:5: `request_idd`: unknown field"),
+            "{e}"
+        );
+        let e = src("[[routes]]\npath = \"/x\"\n").parse().unwrap_err();
+        assert!(e.message.contains("upstream"), "{e}");
+        let e = src("this is not toml").parse().unwrap_err();
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_where_they_stand() {
+        for (text, line, key) in [
+            ("[server]\nidle_timeout_ms = 0\n", 2, "idle_timeout_ms"),
+            (
+                "[server]\nlisten = [\"127.0.0.1:1\", \"localhost\"]\n",
+                2,
+                "listen",
+            ),
+            (
+                "[server]\n\nmax_header_bytes = 100\n",
+                3,
+                "max_header_bytes",
+            ),
+            (
+                "[server]\nshutdown_grace_ms = 86400001\n",
+                2,
+                "shutdown_grace_ms",
+            ),
+            (
+                "[upstreams.a]\ntargets = []\nfail_timeout_ms = 9223372036854775807\n",
+                3,
+                "fail_timeout_ms",
+            ),
+            (
+                "[[routes]]\npath = \"/\"\nupstream = \"a\"\ntimeout_ms = 0\n",
+                4,
+                "timeout_ms",
+            ),
+        ] {
+            let e = src(text).parse().unwrap_err();
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(line), Some(key)),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn windows_line_endings_and_non_ascii_text_keep_positions_right() {
+        let text = "# caf\u{e9} \u{2603} config\r\n[server]\r\nlisten = [\"127.0.0.1:1\"]\r\n# \u{fc}ber\r\nmax_connections = \"many\"\r\n";
+        let e = src(text).parse().unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(5), Some("max_connections")),
+            "{e}"
+        );
+        // A position inside a multi-byte character never panics.
+        let s = src("# \u{2603}\u{2603}\r\nx = 1\r\n");
+        for at in 0..s.text.len() + 3 {
+            let e = s.error(at..at, None, "m");
+            assert!(e.line.is_some());
+        }
+    }
+}

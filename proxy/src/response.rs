@@ -1,0 +1,236 @@
+//! [`ProxyBody`]: the response body the client gets, either the upstream's (streamed, its
+//! connection back to the pool once it ends, cut when the upstream stalls) or a short text
+//! the proxy answered itself.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use balancer::{InFlight, Outcome, Picked};
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Sleep;
+
+use crate::BoxError;
+use crate::outgoing::Outgoing;
+use crate::pool::Pool;
+use crate::target::TargetAddr;
+use crate::upstream::Upstream;
+
+/// The response body: the upstream's, streamed as it arrives, or a short text the proxy
+/// answered itself. `B` is the request body type.
+pub struct ProxyBody<B>(Kind<B>);
+
+// The upstream variant is the common one: boxing it would cost an allocation per request to
+// save a few hundred bytes on the rare short answers.
+#[allow(clippy::large_enum_variant)]
+enum Kind<B> {
+    Upstream(Streamed<B>),
+    Short(Option<Bytes>),
+}
+
+/// An upstream body on its way to the client.
+struct Streamed<B> {
+    body: Incoming,
+    _in_flight: InFlight,
+    /// Taken when the body fails or ends, so it is reported at most once.
+    health: Option<(Arc<Upstream>, Picked<TargetAddr>)>,
+    /// The connection, back to the pool once the body has ended; `None` when it must not be
+    /// reused.
+    back: Option<Back<B>>,
+    /// The request's span, for the lines logged once the request's future is gone.
+    span: tracing::Span,
+    /// The longest the upstream may stay silent mid-body.
+    timeout: Duration,
+    /// Armed while waiting for the upstream; re-armed only when it fires after progress.
+    timer: Option<Pin<Box<Sleep>>>,
+    frames: u64,
+    frames_at_arm: u64,
+}
+
+/// A connection on its way back to the pool, with how long the upstream said it keeps it.
+pub(crate) struct Back<B> {
+    pub(crate) pool: Pool<Outgoing<B>>,
+    pub(crate) sender: SendRequest<Outgoing<B>>,
+    pub(crate) keep_for: Option<Duration>,
+}
+
+/// The upstream sent no body bytes for longer than the response timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0} ms in the middle of its body")]
+pub struct BodyStalled(pub u64);
+
+impl<B: Send + 'static> ProxyBody<B> {
+    /// A short plain-text response the proxy makes itself.
+    pub(crate) fn text(status: StatusCode, text: &'static str) -> Response<ProxyBody<B>> {
+        let mut res = Response::new(ProxyBody(Kind::Short(Some(Bytes::from_static(
+            text.as_bytes(),
+        )))));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        res
+    }
+
+    /// No body (a `101`'s).
+    pub(crate) fn empty() -> Self {
+        ProxyBody(Kind::Short(None))
+    }
+
+    /// The upstream's body. The connection goes back to the pool when it ends, unless `back`
+    /// is `None`.
+    pub(crate) fn upstream(
+        body: Incoming,
+        in_flight: InFlight,
+        health: (Arc<Upstream>, Picked<TargetAddr>),
+        back: Option<Back<B>>,
+    ) -> Self {
+        let timeout = health.0.settings().response_timeout;
+        let mut streamed = Streamed {
+            body,
+            _in_flight: in_flight,
+            health: Some(health),
+            back,
+            span: tracing::Span::current(),
+            timeout,
+            timer: None,
+            frames: 0,
+            frames_at_arm: 0,
+        };
+        // A response without a body (204, 304, HEAD, length 0) ends here.
+        if http_body::Body::is_end_stream(&streamed.body) {
+            streamed.ended();
+        }
+        ProxyBody(Kind::Upstream(streamed))
+    }
+}
+
+impl<B: Send + 'static> Streamed<B> {
+    /// The body ended whole: the connection can carry the next request.
+    fn ended(&mut self) {
+        let Some((_, picked)) = self.health.take() else {
+            return;
+        };
+        picked.state().body_completed();
+        if let Some(back) = self.back.take() {
+            back.pool
+                .checkin(picked.value(), back.sender, back.keep_for);
+        }
+        self.timer = None;
+    }
+
+    /// The body broke off: logged and counted, the connection dropped.
+    fn failed(&mut self, error: &dyn std::error::Error) {
+        self.back = None;
+        self.timer = None;
+        if let Some((upstream, picked)) = self.health.take() {
+            upstream.balancer().report(&picked, Outcome::BodyFailure);
+            let _entered = self.span.enter();
+            tracing::warn!(
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                error = %crate::error_chain(error),
+                "upstream response body failed"
+            );
+        }
+    }
+
+    /// Whether the upstream has been silent for the whole timeout (arming the timer first).
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let timer = match &mut self.timer {
+                Some(t) => t,
+                None => {
+                    self.frames_at_arm = self.frames;
+                    self.timer
+                        .insert(Box::pin(tokio::time::sleep(self.timeout)))
+                }
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.frames == self.frames_at_arm {
+                return true;
+            }
+            // Data came since it was armed: wait a whole timeout from now.
+            self.frames_at_arm = self.frames;
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl<B> fmt::Debug for ProxyBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Upstream(_) => "ProxyBody(upstream)",
+            Kind::Short(_) => "ProxyBody(short)",
+        })
+    }
+}
+
+impl<B: Send + 'static> http_body::Body for ProxyBody<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let s = match &mut self.get_mut().0 {
+            Kind::Short(text) => return Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Kind::Upstream(s) => s,
+        };
+        match Pin::new(&mut s.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                s.frames += 1;
+                // Trailers are the last frame; a data frame can be, when the length is known.
+                // A chunked body without trailers ends with `None`, below.
+                if frame.is_trailers() || http_body::Body::is_end_stream(&s.body) {
+                    s.ended();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                s.ended();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                s.failed(&error);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Pending => {
+                if s.health.is_some() && s.stalled(cx) {
+                    let ms = u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX);
+                    let error = BodyStalled(ms);
+                    s.failed(&error);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Upstream(s) => s.body.is_end_stream(),
+            Kind::Short(text) => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Upstream(s) => s.body.size_hint(),
+            Kind::Short(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+        }
+    }
+}
