@@ -484,11 +484,16 @@ pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
 /// `//host`, `/\host`, `/%5Chost`, `/%2F%2Fhost`, or anything with a backslash, control
 /// character or white space, which browsers strip or turn into slashes.
 fn leaves_the_origin(location: &str) -> bool {
-    let lower = location.to_ascii_lowercase();
+    let escaped = |code: &[u8]| {
+        location
+            .as_bytes()
+            .get(1..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(code))
+    };
     !location.starts_with('/')
         || location.starts_with("//")
-        || lower.starts_with("/%5c")
-        || lower.starts_with("/%2f")
+        || escaped(b"%5c")
+        || escaped(b"%2f")
         || location
             .bytes()
             .any(|b| b == b'\\' || b.is_ascii_control() || b == b' ')
