@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -129,37 +129,88 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(ConnState::default());
         let io = Tracked {
             inner: stream,
             count: 0,
-            shared: Arc::clone(&activity),
+            state: Arc::clone(&state),
         };
-        // Tunnels (WebSockets) count as alive until they close, so shutdown waits for them
-        // within the grace period too.
-        let tunnel_guard = TunnelGuard(Arc::new(alive.clone()));
-        let conn = serve_connection(io, peer, service.clone(), &limits, tunnel_guard);
+        // What the connection holds (a slot under max_connections, a place in the count that
+        // shutdown waits for) is shared with the tunnels (WebSockets) it hands over, which
+        // outlive it: the slot is free once the connection and its tunnels are all gone.
+        let slot = Arc::new(Slot {
+            _permit: permit,
+            _alive: alive.clone(),
+        });
+        let tunnel_guard = TunnelGuard(Arc::clone(&slot) as Arc<dyn std::any::Any + Send + Sync>);
+        let conn = serve_connection(
+            io,
+            peer,
+            service.clone(),
+            &limits,
+            tunnel_guard,
+            Arc::clone(&state),
+        );
         let stop = stop.clone();
-        let alive = alive.clone();
         let idle = limits.idle_timeout;
         tokio::spawn(async move {
-            drive(conn, activity, idle, stop).await;
-            drop(permit);
-            drop(alive);
+            drive(conn, &state, idle, stop).await;
+            drop(slot);
         });
     }
 }
 
-/// Runs one connection to its end, asking it to finish gracefully on shutdown or after
-/// `idle` without a byte read or written.
+/// A connection's place: its permit under `max_connections` and its share of the count
+/// shutdown waits for.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _alive: mpsc::Sender<()>,
+}
+
+/// What the connection's driver watches: bytes moving, and requests still waiting for their
+/// response head.
+#[derive(Default)]
+struct ConnState {
+    /// Reads and writes so far (a plain store from the connection's own task).
+    activity: AtomicU64,
+    /// Requests whose response head is not made yet.
+    waiting: AtomicUsize,
+}
+
+/// Counts a request as waiting for its response head until dropped (also when cancelled).
+struct Waiting(Arc<ConnState>);
+
+impl Waiting {
+    fn new(state: &Arc<ConnState>) -> Self {
+        state.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(state))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The longest a connection asked to finish may stay silent before it is closed hard.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs one connection to its end. After `idle` without a byte read or written, or on
+/// shutdown, it is asked to finish gracefully (HTTP/1.1: after its current response; HTTP/2:
+/// `GOAWAY`). A connection asked to finish that has no request waiting for its response head
+/// and moves no byte for `min(idle, 5 s)` is closed hard: a client that stopped reading, an
+/// HTTP/2 client that never acknowledges the `GOAWAY`'s `PING`. A request still waiting for
+/// its upstream keeps its connection (the upstream's timeouts bound it).
 async fn drive<C: Connection>(
     conn: C,
-    activity: Arc<AtomicU64>,
+    state: &ConnState,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conn = std::pin::pin!(conn);
-    let mut seen = activity.load(Ordering::Relaxed);
+    let close_grace = idle.min(CLOSE_GRACE);
+    let mut seen = state.activity.load(Ordering::Relaxed);
     // One timer for the connection's life, re-armed only when it fires: the connection
     // future is polled for every read and write, and a new timer per poll would cost a
     // timer-wheel insert each time.
@@ -168,6 +219,9 @@ async fn drive<C: Connection>(
     let mut finishing = *stop.borrow_and_update();
     if finishing {
         conn.as_mut().finish();
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + close_grace);
     }
     loop {
         tokio::select! {
@@ -176,17 +230,33 @@ async fn drive<C: Connection>(
             _ = stop.changed(), if !finishing => {
                 finishing = true;
                 conn.as_mut().finish();
+                seen = state.activity.load(Ordering::Relaxed);
+                timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
             }
-            _ = timer.as_mut(), if !finishing => {
-                let now = activity.load(Ordering::Relaxed);
-                if now == seen {
-                    tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
-                    finishing = true;
-                    conn.as_mut().finish();
+            _ = timer.as_mut() => {
+                let now = state.activity.load(Ordering::Relaxed);
+                let quiet = now == seen;
+                seen = now;
+                let next = if !finishing {
+                    if quiet {
+                        tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                        finishing = true;
+                        conn.as_mut().finish();
+                        close_grace
+                    } else {
+                        idle
+                    }
                 } else {
-                    seen = now;
-                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
+                    if quiet && state.waiting.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(
+                            grace_ms = close_grace.as_millis() as u64,
+                            "closing a connection that did not finish gracefully"
+                        );
+                        return;
+                    }
+                    close_grace
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + next);
             }
         }
     }
@@ -218,13 +288,13 @@ where
 struct Tracked {
     inner: TcpStream,
     count: u64,
-    shared: Arc<AtomicU64>,
+    state: Arc<ConnState>,
 }
 
 impl Tracked {
     fn touch(&mut self) {
         self.count += 1;
-        self.shared.store(self.count, Ordering::Relaxed);
+        self.state.activity.store(self.count, Ordering::Relaxed);
     }
 }
 
@@ -287,6 +357,7 @@ fn serve_connection(
     service: MuxService<ServedBody>,
     limits: &Limits,
     tunnel_guard: TunnelGuard,
+    state: Arc<ConnState>,
 ) -> impl Connection + use<> {
     let max_body = if limits.max_body_bytes == 0 {
         usize::MAX
@@ -304,19 +375,23 @@ fn serve_connection(
             req.extensions_mut().insert(tunnel_guard.clone());
         }
         let service = service.clone();
+        let waiting = Waiting::new(&state);
         async move {
             if refused {
                 return Ok(bad_request("Bad Request: Transfer-Encoding\n"));
             }
-            Ok::<_, Infallible>(
-                service
-                    .oneshot(req)
-                    .await
-                    .unwrap_or_else(|never| match never {}),
-            )
+            let res = service
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|never| match never {});
+            drop(waiting);
+            Ok::<_, Infallible>(res)
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // No half-close (hyper's default): a client's end of stream ends the connection and
+    // abandons its request, as nginx and Envoy do. A FIN before the response almost always
+    // means a client that gave up, whose upstream exchange should not run on.
     builder
         .http1()
         .timer(TokioTimer::new())

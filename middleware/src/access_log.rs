@@ -1,11 +1,20 @@
 //! The access log: one structured `tracing` event per request, when its response is complete
 //! (the body's end, or its drop when the client goes away first).
 //!
-//! Fields: `method`, `path`, `status`, `bytes` (response body bytes sent), `duration_ms`,
-//! `request_id` (from [`RequestIdLayer`](crate::RequestIdLayer), `-` without it), `upstream`
-//! (a value of the type chosen with [`AccessLogLayer::upstream`] that the proxy puts in the
-//! response's extensions, `-` without it) and `complete` (false when the body was dropped
-//! unfinished). The event's target is `access_log`, so a subscriber can route it apart.
+//! Every request the layer sees gets exactly one event, however it ends. Fields: `method`,
+//! `path`, `status`, `bytes` (response body bytes sent), `duration_ms`, `request_id` (from
+//! [`RequestIdLayer`](crate::RequestIdLayer), `-` without it), `upstream` (a value of the type
+//! chosen with [`AccessLogLayer::upstream`] that the proxy puts in the response's extensions,
+//! `-` without it), `complete` (whether the whole response was sent) and `ended`, how it
+//! ended:
+//! - `complete`: the body was sent to its end;
+//! - `client_gone`: the client went away before the response head (status `499`, as nginx
+//!   logs it);
+//! - `body_dropped`: the body was dropped unfinished (the client went away mid-response);
+//! - `body_error`: the body failed (an upstream that cut it short);
+//! - `service_error`: the inner service failed without a response (status `0`).
+//!
+//! The event's target is `access_log`, so a subscriber can route it apart.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -145,8 +154,34 @@ struct Record {
     bytes: u64,
 }
 
+/// How a request ended, as the `ended` field says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Complete,
+    ClientGone,
+    BodyDropped,
+    BodyError,
+    ServiceError,
+}
+
+impl Ended {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ended::Complete => "complete",
+            Ended::ClientGone => "client_gone",
+            Ended::BodyDropped => "body_dropped",
+            Ended::BodyError => "body_error",
+            Ended::ServiceError => "service_error",
+        }
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before the response.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 impl Record {
-    fn emit(&self, complete: bool) {
+    fn emit(&self, ended: Ended) {
+        let complete = ended == Ended::Complete;
         tracing::info!(
             target: "access_log",
             method = %self.method,
@@ -157,6 +192,7 @@ impl Record {
             request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
             upstream = %self.upstream.as_deref().unwrap_or("-"),
             complete,
+            ended = ended.as_str(),
             "request"
         );
     }
@@ -195,12 +231,22 @@ where
 }
 
 pin_project! {
-    /// The response future of [`AccessLog`].
+    /// The response future of [`AccessLog`]; dropped before it finishes (the client went
+    /// away), it logs the request as `client_gone`.
     pub struct AccessLogFuture<F, U> {
         #[pin]
         inner: F,
         record: Option<Record>,
         upstream: PhantomData<fn() -> U>,
+    }
+
+    impl<F, U> PinnedDrop for AccessLogFuture<F, U> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(mut record) = this.project().record.take() {
+                record.status = CLIENT_CLOSED_REQUEST;
+                record.emit(Ended::ClientGone);
+            }
+        }
     }
 }
 
@@ -228,7 +274,7 @@ where
                 // A server does not poll a body it knows is empty: log that one now.
                 if res.body().is_end_stream() {
                     if let Some(r) = record.take() {
-                        r.emit(true);
+                        r.emit(Ended::Complete);
                     }
                 }
                 Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, record })))
@@ -236,7 +282,7 @@ where
             Err(e) => {
                 // The service failed without a response: log it now, status 0.
                 if let Some(r) = record {
-                    r.emit(false);
+                    r.emit(Ended::ServiceError);
                 }
                 Poll::Ready(Err(e))
             }
@@ -255,7 +301,7 @@ pin_project! {
     impl<B> PinnedDrop for LoggedBody<B> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(record) = this.project().record.take() {
-                record.emit(false);
+                record.emit(Ended::BodyDropped);
             }
         }
     }
@@ -280,18 +326,18 @@ impl<B: http_body::Body> http_body::Body for LoggedBody<B> {
                 // The last frame of a body of known length: servers stop polling here.
                 if inner.is_end_stream() {
                     if let Some(record) = this.record.take() {
-                        record.emit(true);
+                        record.emit(Ended::Complete);
                     }
                 }
             }
             Poll::Ready(None) => {
                 if let Some(record) = this.record.take() {
-                    record.emit(true);
+                    record.emit(Ended::Complete);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(record) = this.record.take() {
-                    record.emit(false);
+                    record.emit(Ended::BodyError);
                 }
             }
             Poll::Pending => {}

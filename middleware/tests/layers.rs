@@ -581,7 +581,64 @@ async fn one_access_log_event_per_request_with_the_right_fields() {
     let events = logs.with_target("access_log");
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].fields["complete"], "false");
+    assert_eq!(events[1].fields["ended"], "body_dropped");
     assert_eq!(events[1].fields["path"], "/gone");
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_head_is_logged_once_as_499() {
+    let logs = capture();
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new())
+        .layer(AccessLogLayer::new())
+        .service(service_fn(|_: Request<()>| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(ok_text("never"))
+        }));
+    let req = Request::get("/slow")
+        .header("x-request-id", "gone-early")
+        .body(())
+        .unwrap();
+    let mut fut = Box::pin(svc.oneshot(req));
+    std::future::poll_fn(|cx| {
+        assert!(fut.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(fut); // what a server does when the client disconnects
+    let events = logs.with_target("access_log");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let f = &events[0].fields;
+    assert_eq!(f["status"], "499");
+    assert_eq!(f["ended"], "client_gone");
+    assert_eq!(f["complete"], "false");
+    assert_eq!(f["request_id"], "gone-early");
+}
+
+#[tokio::test]
+async fn a_panic_turned_into_a_500_reaches_the_access_log() {
+    let logs = capture();
+    // The gateway's order: request id, access log, then recovery inside it.
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new())
+        .layer(AccessLogLayer::new())
+        .layer(RecoverLayer::new())
+        .service(service_fn(|_: Request<()>| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok::<_, Infallible>(ok_text("never"))
+        }));
+    let res = svc
+        .oneshot(Request::get("/boom").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let _ = body_text(res).await;
+    let events = logs.with_target("access_log");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].fields["status"], "500");
+    assert_eq!(events[0].fields["ended"], "complete");
 }
 
 #[tokio::test]

@@ -289,9 +289,11 @@ impl<B: RequestBody> Exchange<B> {
         loop {
             let replay = Replay::of(&req);
             let method_idempotent = idempotent(req.method());
-            let sent =
-                tokio::time::timeout(settings.response_timeout, conn.sender.try_send_request(req))
-                    .await;
+            let sent = tokio::time::timeout(
+                settings.response_timeout,
+                conn.link.sender.try_send_request(req),
+            )
+            .await;
             let mut error = match sent {
                 Ok(Ok(res)) => return Some(self.relay(inner, picked, conn, in_flight, res)),
                 Ok(Err(error)) => error,
@@ -459,6 +461,8 @@ impl<B: RequestBody> Exchange<B> {
                 return ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
             };
             tunnel::spawn(client_side, hyper::upgrade::on(&mut res), in_flight, guard);
+            // The connection's task finishes the hand-over of its socket to the tunnel.
+            conn.link.detach();
             let (mut head, _) = res.into_parts();
             rewrite_response_headers(&mut head.headers, true);
             head.extensions.insert(origin);
@@ -481,11 +485,13 @@ impl<B: RequestBody> Exchange<B> {
         }
         rewrite_response_headers(&mut head.headers, false);
         head.extensions.insert(origin);
-        let back = reusable.then(|| Back {
+        // The connection stays with the body either way: its task reads the body.
+        let back = Back {
             pool: inner.pool.clone(),
-            sender: conn.sender,
+            link: conn.link,
             keep_for,
-        });
+            reusable,
+        };
         let body = ProxyBody::upstream(body, in_flight, (Arc::clone(upstream), picked), back);
         Response::from_parts(head, body)
     }

@@ -38,9 +38,32 @@ struct Shared<B> {
 }
 
 struct Idle<B> {
-    sender: SendRequest<B>,
+    link: Link<B>,
     /// Not to be used from then on.
     expires: Instant,
+}
+
+/// An open upstream connection: the handle requests are sent on, and the task that drives
+/// it. Dropping it closes the connection, whatever state it is in (an exchange abandoned
+/// mid-way must not leave a connection waiting for an answer nobody reads).
+pub(crate) struct Link<B> {
+    pub(crate) sender: SendRequest<B>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl<B> Link<B> {
+    /// Lets the connection's task run on its own (an upgrade hands its socket over).
+    pub(crate) fn detach(mut self) {
+        self.task = None;
+    }
+}
+
+impl<B> Drop for Link<B> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// A pool of HTTP/1.1 connections to the targets of one upstream.
@@ -54,7 +77,7 @@ impl<B> Clone for Pool<B> {
 
 /// A connection taken from the pool (or just made) for one request.
 pub(crate) struct Conn<B> {
-    pub(crate) sender: SendRequest<B>,
+    pub(crate) link: Link<B>,
     /// Came from the pool: the upstream may have closed it meanwhile.
     pub(crate) reused: bool,
 }
@@ -114,15 +137,15 @@ where
         while i > 0 && looked < SCAN {
             i -= 1;
             let entry = &list[i];
-            if entry.sender.is_closed() || now >= entry.expires {
+            if entry.link.sender.is_closed() || now >= entry.expires {
                 list.remove(i);
                 continue;
             }
             looked += 1;
-            if entry.sender.is_ready() {
+            if entry.link.sender.is_ready() {
                 let entry = list.remove(i);
                 return Some(Conn {
-                    sender: entry.sender,
+                    link: entry.link,
                     reused: true,
                 });
             }
@@ -149,13 +172,16 @@ where
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
         Ok(Conn {
-            sender,
+            link: Link {
+                sender,
+                task: Some(task.abort_handle()),
+            },
             reused: false,
         })
     }
@@ -164,13 +190,8 @@ where
 impl<B: Send + 'static> Pool<B> {
     /// Puts a connection whose exchange is over back, unless it is closed or the target has
     /// enough idle ones; `keep_for` is how long the upstream said it keeps it open idle.
-    pub(crate) fn checkin(
-        &self,
-        target: &TargetAddr,
-        sender: SendRequest<B>,
-        keep_for: Option<Duration>,
-    ) {
-        if sender.is_closed() || self.0.max_idle_per_target == 0 {
+    pub(crate) fn checkin(&self, target: &TargetAddr, link: Link<B>, keep_for: Option<Duration>) {
+        if link.sender.is_closed() || self.0.max_idle_per_target == 0 {
             tracing::debug!(target = %target, "upstream connection not kept");
             return;
         }
@@ -184,12 +205,12 @@ impl<B: Send + 'static> Pool<B> {
         };
         let list = &mut idle[at].1;
         if list.len() >= self.0.max_idle_per_target {
-            // The oldest goes; its connection closes when its sender is dropped.
+            // The oldest goes; its connection closes as it is dropped.
             list.remove(0);
         }
         let keep = keep_for.map_or(self.0.idle_timeout, |k| k.min(self.0.idle_timeout));
         list.push(Idle {
-            sender,
+            link,
             expires: Instant::now() + keep,
         });
         drop(idle);
@@ -246,7 +267,7 @@ async fn reap<B>(pool: Weak<Shared<B>>) {
         let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in idle.iter_mut() {
-            list.retain(|e| !e.sender.is_closed() && now < e.expires);
+            list.retain(|e| !e.link.sender.is_closed() && now < e.expires);
         }
     }
 }

@@ -15,12 +15,11 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 
 use crate::BoxError;
 use crate::outgoing::Outgoing;
-use crate::pool::Pool;
+use crate::pool::{Link, Pool};
 use crate::target::TargetAddr;
 use crate::upstream::Upstream;
 
@@ -42,8 +41,8 @@ struct Streamed<B> {
     _in_flight: InFlight,
     /// Taken when the body fails or ends, so it is reported at most once.
     health: Option<(Arc<Upstream>, Picked<TargetAddr>)>,
-    /// The connection, back to the pool once the body has ended; `None` when it must not be
-    /// reused.
+    /// The connection, back to the pool once the body has ended (if reusable), closed if the
+    /// body fails or is dropped.
     back: Option<Back<B>>,
     /// The request's span, for the lines logged once the request's future is gone.
     span: tracing::Span,
@@ -55,11 +54,13 @@ struct Streamed<B> {
     frames_at_arm: u64,
 }
 
-/// A connection on its way back to the pool, with how long the upstream said it keeps it.
+/// The connection a body arrives on, on its way back to the pool, with how long the upstream
+/// said it keeps it idle, and whether it may carry another request at all.
 pub(crate) struct Back<B> {
     pub(crate) pool: Pool<Outgoing<B>>,
-    pub(crate) sender: SendRequest<Outgoing<B>>,
+    pub(crate) link: Link<Outgoing<B>>,
     pub(crate) keep_for: Option<Duration>,
+    pub(crate) reusable: bool,
 }
 
 /// The upstream sent no body bytes for longer than the response timeout.
@@ -86,20 +87,20 @@ impl<B: Send + 'static> ProxyBody<B> {
         ProxyBody(Kind::Short(None))
     }
 
-    /// The upstream's body. The connection goes back to the pool when it ends, unless `back`
-    /// is `None`.
+    /// The upstream's body, arriving on `back`'s connection, which goes back to the pool when
+    /// the body ends (if reusable).
     pub(crate) fn upstream(
         body: Incoming,
         in_flight: InFlight,
         health: (Arc<Upstream>, Picked<TargetAddr>),
-        back: Option<Back<B>>,
+        back: Back<B>,
     ) -> Self {
         let timeout = health.0.settings().response_timeout;
         let mut streamed = Streamed {
             body,
             _in_flight: in_flight,
             health: Some(health),
-            back,
+            back: Some(back),
             span: tracing::Span::current(),
             timeout,
             timer: None,
@@ -121,9 +122,8 @@ impl<B: Send + 'static> Streamed<B> {
             return;
         };
         picked.state().body_completed();
-        if let Some(back) = self.back.take() {
-            back.pool
-                .checkin(picked.value(), back.sender, back.keep_for);
+        if let Some(back) = self.back.take().filter(|b| b.reusable) {
+            back.pool.checkin(picked.value(), back.link, back.keep_for);
         }
         self.timer = None;
     }
