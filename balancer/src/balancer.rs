@@ -192,9 +192,9 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
     pub fn replace(&self, targets: impl IntoIterator<Item = (T, u32)>) -> Result<(), BuildError> {
         let targets: Vec<(T, u32)> = targets.into_iter().collect();
         check(&targets)?;
-        let old = self.current.load();
-        let old = old.get().targets();
-        let set = targets
+        let current = self.current.load();
+        let old = current.get().targets();
+        let set: Vec<Target<T>> = targets
             .into_iter()
             .map(
                 |(value, weight)| match old.iter().find(|t| *t.value() == value) {
@@ -207,6 +207,12 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
                 },
             )
             .collect();
+        for gone in old
+            .iter()
+            .filter(|t| !set.iter().any(|n| Arc::ptr_eq(n.state(), t.state())))
+        {
+            gone.state().retire();
+        }
         self.current.store(Arc::new(AnyStrategy::build(
             self.kind,
             set,

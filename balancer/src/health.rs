@@ -211,6 +211,8 @@ pub struct TargetState {
     body_failures: AtomicU64,
     /// Body failures since the last complete body.
     body_streak: AtomicU32,
+    /// Left the target set (see [`retire`](Self::retire)).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl TargetState {
@@ -435,6 +437,17 @@ impl TargetState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Marks the target as gone from its set (a replacement left it out): requests in flight
+    /// finish, but its connections should not be kept for more.
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+    }
+
+    /// Whether the target left its set.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
     }
 
     /// Requests to this target not yet finished.

@@ -215,6 +215,11 @@ fn replacing_the_set_keeps_the_state_of_targets_that_stay() {
     assert_eq!(now[1].state().in_flight(), 0);
     let got: Vec<_> = (0..6).map(|_| *lb.pick().unwrap().value()).collect();
     assert!(!got.contains(&"b"));
+    assert!(!a.is_retired());
+    let c = now[1].state().clone();
+    lb.replace([("a", 1), ("b", 1)]).unwrap();
+    assert!(c.is_retired(), "c left the set");
+    assert!(!a.is_retired());
     drop(guard);
     assert_eq!(a.in_flight(), 0);
     assert!(matches!(

@@ -146,6 +146,7 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             tracing::info!(addr = %a, config = %source.name, "gateway listening");
         }
     }
+    let _background = app.start();
     let clean = serve::serve(
         app.service,
         listeners,

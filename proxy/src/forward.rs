@@ -87,6 +87,14 @@ impl<B> Proxy<B> {
     pub fn idle_connections(&self) -> usize {
         self.inner.pool.idle_count()
     }
+
+    pub(crate) fn upstream_arc(&self) -> &Arc<Upstream> {
+        &self.inner.upstream
+    }
+
+    pub(crate) fn pool(&self) -> &Pool<Outgoing<B>> {
+        &self.inner.pool
+    }
 }
 
 impl<B: RequestBody> Service<Request<B>> for Proxy<B> {

@@ -36,6 +36,11 @@
 //! (hyper's `serve_connection(...).with_upgrades()`). Trailers pass through in both
 //! directions; interim `1xx` responses are read past.
 //!
+//! Beside the request path, [`Proxy::start`] runs the upstream's [`Background`] tasks:
+//! targets named by a host name are resolved to every address and re-resolved every
+//! `resolve_interval` ([`dns`]), and [`ActiveCheck`]s probe every target. Both change what
+//! picks read through atomic swaps and atomics; a request never waits for them.
+//!
 //! Not yet: HTTPS targets.
 //!
 //! ```
@@ -58,6 +63,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+mod background;
+mod checks;
+pub mod dns;
 mod forward;
 pub mod headers;
 mod outgoing;
@@ -67,12 +75,13 @@ mod target;
 mod tunnel;
 mod upstream;
 
+pub use background::Background;
 pub use forward::{Proxy, RequestBody};
 pub use outgoing::Outgoing;
 pub use response::{BodyStalled, ProxyBody};
 pub use target::{TargetAddr, TargetError};
 pub use tunnel::TunnelGuard;
-pub use upstream::{Settings, Upstream, UpstreamError};
+pub use upstream::{ActiveCheck, Probe, Settings, Upstream, UpstreamError};
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

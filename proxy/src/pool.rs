@@ -221,6 +221,13 @@ impl<B: Send + 'static> Pool<B> {
 }
 
 impl<B> Pool<B> {
+    /// Closes the idle connections of targets for which `keep` says no (targets that left the
+    /// set).
+    pub(crate) fn retain_targets(&self, keep: impl Fn(&str) -> bool) {
+        let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|(key, _)| keep(key));
+    }
+
     /// Idle connections kept now, for all targets.
     pub(crate) fn idle_count(&self) -> usize {
         let idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);

@@ -122,7 +122,9 @@ impl<B: Send + 'static> Streamed<B> {
             return;
         };
         picked.state().body_completed();
-        if let Some(back) = self.back.take().filter(|b| b.reusable) {
+        // A target that left the set (DNS no longer lists it) keeps no connections.
+        let keep = !picked.state().is_retired();
+        if let Some(back) = self.back.take().filter(|b| b.reusable && keep) {
             back.pool.checkin(picked.value(), back.link, back.keep_for);
         }
         self.timer = None;

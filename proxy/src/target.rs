@@ -1,33 +1,42 @@
 //! Target addresses: `http://host:port`, parsed once at start-up.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
-/// A target address, `http://host:port`, parsed once at start-up.
+/// A target address, `http://host:port`, parsed once at start-up. A target named by a host
+/// name is resolved by its upstream into one target per address ([`resolved`](Self::resolved)),
+/// which connects to the address and still sends the name in `Host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetAddr {
-    authority: Authority,
-    /// `Host` for requests to this target, made once here rather than per request.
+    /// What to connect to: `ip:port`, or `name:port` until the name is resolved.
+    connect: Authority,
+    /// `Host` for requests to this target (the configured `host:port`), made once here rather
+    /// than per request.
     host: HeaderValue,
+    /// `http://host:port`, or `http://name:port (ip)` for a resolved one: the display and the
+    /// connection pool's key.
     text: Arc<str>,
+    /// Whether the configured host is a name (not an IP literal).
+    named: bool,
 }
 
 impl TargetAddr {
-    /// `host:port`.
+    /// What the target connects to: `host:port`, or `ip:port` once resolved.
     pub fn authority(&self) -> &Authority {
-        &self.authority
+        &self.connect
     }
 
-    /// The `Host` header value for this target (its authority).
+    /// The `Host` header value for this target (its configured authority).
     pub fn host_header(&self) -> &HeaderValue {
         &self.host
     }
 
-    /// The target as written (`http://host:port`), shared: the connection pool's key.
+    /// The target as shown and as the pool knows it.
     pub(crate) fn key(&self) -> &Arc<str> {
         &self.text
     }
@@ -35,6 +44,28 @@ impl TargetAddr {
     /// The scheme used to reach the target (plain HTTP).
     pub fn scheme(&self) -> Scheme {
         Scheme::HTTP
+    }
+
+    /// The host name to resolve, when the target was configured by name and not resolved yet.
+    pub fn name_to_resolve(&self) -> Option<(&str, u16)> {
+        if !self.named || self.connect.as_str() != self.host.to_str().unwrap_or_default() {
+            return None;
+        }
+        Some((self.connect.host(), self.connect.port_u16()?))
+    }
+
+    /// The same target reached at `ip`: it connects there and keeps its name in `Host`.
+    pub fn resolved(&self, ip: IpAddr) -> TargetAddr {
+        let port = self.connect.port_u16().unwrap_or(80);
+        let addr = SocketAddr::new(ip, port);
+        let connect =
+            Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| self.connect.clone());
+        TargetAddr {
+            text: format!("http://{} ({})", self.host.to_str().unwrap_or_default(), ip).into(),
+            connect,
+            host: self.host.clone(),
+            named: self.named,
+        }
     }
 }
 
@@ -82,10 +113,15 @@ impl FromStr for TargetAddr {
         }
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| TargetError::Malformed(s.to_owned()))?;
+        let bare = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         Ok(TargetAddr {
             text: format!("http://{authority}").into(),
             host,
-            authority,
+            named: bare.parse::<IpAddr>().is_err(),
+            connect: authority,
         })
     }
 }
@@ -115,5 +151,22 @@ mod tests {
         for bad in ["127.0.0.1:9001", "http://", "http://host", "nope nope"] {
             assert!(bad.parse::<TargetAddr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn named_targets_resolve_to_addresses_and_keep_their_host() {
+        let ip: TargetAddr = "http://127.0.0.1:9001".parse().unwrap();
+        assert_eq!(ip.name_to_resolve(), None);
+        let v6: TargetAddr = "http://[::1]:9001".parse().unwrap();
+        assert_eq!(v6.name_to_resolve(), None);
+        let named: TargetAddr = "http://api.internal:8080".parse().unwrap();
+        assert_eq!(named.name_to_resolve(), Some(("api.internal", 8080)));
+        let at = named.resolved("10.0.0.7".parse().unwrap());
+        assert_eq!(at.authority().as_str(), "10.0.0.7:8080");
+        assert_eq!(at.host_header(), "api.internal:8080");
+        assert_eq!(at.to_string(), "http://api.internal:8080 (10.0.0.7)");
+        assert_eq!(at.name_to_resolve(), None, "resolved already");
+        let at6 = named.resolved("fd00::7".parse().unwrap());
+        assert_eq!(at6.authority().as_str(), "[fd00::7]:8080");
     }
 }

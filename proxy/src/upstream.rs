@@ -32,6 +32,44 @@ pub struct Settings {
     pub preserve_host: bool,
     /// Peers allowed to set `X-Forwarded-*` and `Forwarded`.
     pub trusted_proxies: TrustedProxies,
+    /// How often targets named by a host name are resolved again (zero: only at start).
+    pub resolve_interval: Duration,
+    /// Active health checks, off unless set.
+    pub health_check: Option<ActiveCheck>,
+}
+
+/// Active health checks: every `interval` (with 10 % jitter, so that many gateways do not
+/// probe in step), each target is probed; `fall` failures in a row take it out and `rise`
+/// successes in a row bring it back (HAProxy's semantics), whatever passive health says.
+/// Probes run in their own task, never on the request path, at most 16 at a time.
+#[derive(Debug, Clone)]
+pub struct ActiveCheck {
+    /// What a probe does.
+    pub probe: Probe,
+    /// Time between two rounds of probes.
+    pub interval: Duration,
+    /// A probe that takes longer has failed.
+    pub timeout: Duration,
+    /// Successes in a row that bring a target back.
+    pub rise: u32,
+    /// Failures in a row that take a target out.
+    pub fall: u32,
+}
+
+/// What an active check does to a target.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path` on a new connection; a status in `expect` passes.
+    Http {
+        /// Path and query to ask for.
+        path: http::uri::PathAndQuery,
+        /// `Host` to send (default: the target's).
+        host: Option<http::HeaderValue>,
+        /// Statuses that pass (default `200..=399`).
+        expect: std::ops::RangeInclusive<u16>,
+    },
 }
 
 impl Default for Settings {
@@ -44,6 +82,8 @@ impl Default for Settings {
             max_response_header_bytes: 64 * 1024,
             preserve_host: false,
             trusted_proxies: TrustedProxies::none(),
+            resolve_interval: Duration::from_secs(10),
+            health_check: None,
         }
     }
 }
@@ -68,6 +108,8 @@ pub struct Upstream {
     name: Arc<str>,
     balancer: Balancer<TargetAddr>,
     settings: Settings,
+    /// The targets as configured, before any name was resolved.
+    configured: Vec<(TargetAddr, u32)>,
 }
 
 impl fmt::Debug for Upstream {
@@ -128,14 +170,17 @@ impl Upstream {
             return Err(UpstreamError::NoTargets(name.to_owned()));
         }
         let balancer =
-            Balancer::new(algorithm, targets, health).map_err(|error| UpstreamError::Balancer {
-                upstream: name.to_owned(),
-                error,
+            Balancer::new(algorithm, targets.iter().cloned(), health).map_err(|error| {
+                UpstreamError::Balancer {
+                    upstream: name.to_owned(),
+                    error,
+                }
             })?;
         Ok(Upstream {
             name: name.into(),
             balancer,
             settings,
+            configured: targets,
         })
     }
 
@@ -156,5 +201,10 @@ impl Upstream {
 
     pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The targets as configured, with their weights (names not resolved).
+    pub fn configured_targets(&self) -> &[(TargetAddr, u32)] {
+        &self.configured
     }
 }

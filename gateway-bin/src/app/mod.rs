@@ -45,6 +45,23 @@ pub struct App<B> {
     pub warnings: Vec<String>,
 }
 
+impl<B: GatewayBody> App<B> {
+    /// Starts every upstream's background tasks (DNS re-resolution, active health checks)
+    /// with the system's resolver; they run until the returned handles are dropped.
+    pub fn start(&self) -> Vec<proxy::Background> {
+        self.start_with(Arc::new(proxy::dns::SystemResolver))
+    }
+
+    /// [`start`](Self::start) with another resolver (tests, service registries).
+    pub fn start_with(&self, resolver: Arc<dyn proxy::dns::Resolve>) -> Vec<proxy::Background> {
+        self.upstreams
+            .iter()
+            .map(|(_, p)| p.start(Arc::clone(&resolver)))
+            .filter(|b| !b.is_empty())
+            .collect()
+    }
+}
+
 /// Builds the gateway from `config` (positions in errors refer to `source`).
 pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>, ConfigError> {
     let proxies = upstreams::build(config, source)?;

@@ -4,11 +4,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use balancer::HealthPolicy;
+use http::HeaderValue;
+use http::uri::PathAndQuery;
 use proxy::headers::TrustedProxies;
-use proxy::{Proxy, Settings, TargetAddr, Upstream};
+use proxy::{ActiveCheck, Probe, Proxy, Settings, TargetAddr, Upstream};
 
 use super::GatewayBody;
-use crate::config::{Config, ConfigError, Source, TargetConfig, UpstreamConfig};
+use crate::config::{
+    CheckKind, Config, ConfigError, HealthCheckConfig, Source, TargetConfig, UpstreamConfig,
+};
 
 /// Every upstream of `config`, by name.
 pub(super) fn build<B: GatewayBody>(
@@ -62,7 +66,14 @@ fn one<B: GatewayBody>(
         .with_fail_timeout(Duration::from_millis(up.fail_timeout_ms))
         .with_all_down(up.all_down)
         .with_slow_start(Duration::from_millis(up.slow_start_ms));
+    let health_check = up
+        .health_check
+        .as_ref()
+        .map(|c| active_check(c, source))
+        .transpose()?;
     let settings = Settings {
+        resolve_interval: Duration::from_millis(up.resolve_interval_ms),
+        health_check,
         connect_timeout: Duration::from_millis(up.connect_timeout_ms),
         response_timeout: Duration::from_millis(up.response_timeout_ms),
         pool_idle_timeout: Duration::from_millis(up.pool_idle_timeout_ms),
@@ -74,4 +85,78 @@ fn one<B: GatewayBody>(
     let upstream = Upstream::new(name, up.strategy, targets, health, settings)
         .map_err(|e| source.error(span, Some("targets"), e.to_string()))?;
     Ok(Proxy::new(upstream))
+}
+
+fn active_check(c: &HealthCheckConfig, source: &Source) -> Result<ActiveCheck, ConfigError> {
+    let probe = match c.kind {
+        CheckKind::Tcp => Probe::Tcp,
+        CheckKind::Http => {
+            let path_text = c.path.get_ref();
+            let path = path_text
+                .starts_with('/')
+                .then(|| path_text.parse::<PathAndQuery>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    source.error(
+                        c.path.span(),
+                        Some("path"),
+                        format!("`{path_text}` is not a path like /healthz"),
+                    )
+                })?;
+            let host = c
+                .host
+                .as_ref()
+                .map(|h| {
+                    HeaderValue::from_str(h.get_ref()).map_err(|_| {
+                        source.error(h.span(), Some("host"), "not a valid Host header value")
+                    })
+                })
+                .transpose()?;
+            let expect = parse_status_range(c.expect_status.get_ref()).ok_or_else(|| {
+                source.error(
+                    c.expect_status.span(),
+                    Some("expect_status"),
+                    format!(
+                        "`{}` is not a status or a range like \"200-399\" (100-599)",
+                        c.expect_status.get_ref()
+                    ),
+                )
+            })?;
+            Probe::Http { path, host, expect }
+        }
+    };
+    Ok(ActiveCheck {
+        probe,
+        interval: Duration::from_millis(c.interval_ms),
+        timeout: Duration::from_millis(c.timeout_ms),
+        rise: u32::try_from(c.rise).unwrap_or(u32::MAX),
+        fall: u32::try_from(c.fall).unwrap_or(u32::MAX),
+    })
+}
+
+/// `"200"` or `"200-399"`, within 100-599.
+fn parse_status_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let (lo, hi) = match text.split_once('-') {
+        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+        None => {
+            let one = text.trim().parse().ok()?;
+            (one, one)
+        }
+    };
+    ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some(lo..=hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges_parse() {
+        assert_eq!(parse_status_range("200"), Some(200..=200));
+        assert_eq!(parse_status_range("200-399"), Some(200..=399));
+        assert_eq!(parse_status_range(" 204 - 204 "), Some(204..=204));
+        for bad in ["", "2xx", "399-200", "0-700", "200-", "abc"] {
+            assert_eq!(parse_status_range(bad), None, "{bad}");
+        }
+    }
 }

@@ -216,10 +216,70 @@ pub struct UpstreamConfig {
     /// them, as nginx), `panic` (try them all anyway, as Envoy), `fail-fast` (`502` at once).
     #[serde(default)]
     pub all_down: AllDown,
-    /// A target that comes back ramps from a tenth of its share to all of it over this long
-    /// (default 0: at once).
+    /// A target that comes back (its penalty over, its checks passing again, or added by
+    /// DNS) ramps from a tenth of its share to all of it over this long (default 0: at once).
     #[serde(default, deserialize_with = "values::duration_ms")]
     pub slow_start_ms: u64,
+    /// Targets named by a host name (`http://api.internal:8080`) are resolved to all their
+    /// addresses, one target each, at start and again this often (default 10 000 ms; 0: only
+    /// at start). A name that stops resolving keeps its last addresses.
+    #[serde(
+        default = "defaults::resolve_interval_ms",
+        deserialize_with = "values::duration_ms"
+    )]
+    pub resolve_interval_ms: u64,
+    /// Active health checks (default: none).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `[upstreams.NAME.health_check]`: probe every target every `interval_ms`; `fall` failures
+/// in a row take it out, `rise` successes in a row bring it back, whatever passive health
+/// says.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` (default): `GET path`, passing on a status in `expect_status`; `tcp`: a connect.
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// The path (and query) to ask for (default `/`).
+    #[serde(default = "defaults::check_path")]
+    pub path: Spanned<String>,
+    /// `Host` to send (default: the target's `host:port`).
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Statuses that pass, `"200"` or a range `"200-399"` (default `"200-399"`).
+    #[serde(default = "defaults::expect_status")]
+    pub expect_status: Spanned<String>,
+    /// Time between two probes of a target (default 5 000 ms; 10 % jitter).
+    #[serde(
+        default = "defaults::check_interval_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub interval_ms: u64,
+    /// A probe that takes longer has failed (default 1 000 ms).
+    #[serde(
+        default = "defaults::check_timeout_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub timeout_ms: u64,
+    /// Passing probes in a row that bring a target back (default 2).
+    #[serde(default = "defaults::rise", deserialize_with = "values::count")]
+    pub rise: usize,
+    /// Failing probes in a row that take a target out (default 3).
+    #[serde(default = "defaults::fall", deserialize_with = "values::count")]
+    pub fall: usize,
+}
+
+/// What an active check does.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// `GET path`.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
 }
 
 mod defaults {
@@ -245,6 +305,27 @@ mod defaults {
     }
     pub fn fail_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn resolve_interval_ms() -> u64 {
+        10_000
+    }
+    pub fn check_path() -> Spanned<String> {
+        Spanned::new(0..0, "/".to_owned())
+    }
+    pub fn expect_status() -> Spanned<String> {
+        Spanned::new(0..0, "200-399".to_owned())
+    }
+    pub fn check_interval_ms() -> u64 {
+        5_000
+    }
+    pub fn check_timeout_ms() -> u64 {
+        1_000
+    }
+    pub fn rise() -> usize {
+        2
+    }
+    pub fn fall() -> usize {
+        3
     }
     pub fn methods() -> Spanned<Vec<Spanned<String>>> {
         Spanned::new(0..0, vec![Spanned::new(0..0, "GET".to_owned())])

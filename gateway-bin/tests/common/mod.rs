@@ -70,6 +70,8 @@ pub struct Gateway {
     pub done: tokio::task::JoinHandle<bool>,
     /// The upstreams, to look at their targets' health.
     pub upstreams: Vec<(String, proxy::Proxy<ServedBody>)>,
+    /// The upstreams' background tasks (DNS, active checks), running while this lives.
+    pub background: Vec<proxy::Background>,
 }
 
 /// One target's health as the balancer sees it.
@@ -83,6 +85,8 @@ pub struct TargetHealth {
     pub failures: u64,
     /// Successes reported so far.
     pub successes: u64,
+    /// Out because of its active checks.
+    pub check_down: bool,
 }
 
 impl Gateway {
@@ -102,8 +106,33 @@ impl Gateway {
                 available: t.state().is_available(balancer.policy()),
                 failures: t.state().failures(),
                 successes: t.state().successes(),
+                check_down: t.state().is_check_down(),
             })
             .collect()
+    }
+
+    /// Waits until `done` holds for upstream `name`'s targets, at most `bound` (then panics
+    /// naming `what`). Health lives in atomics with nothing to wake on, so this looks every
+    /// 5 ms.
+    pub async fn wait_health(
+        &self,
+        name: &str,
+        what: &str,
+        bound: Duration,
+        done: impl Fn(&[TargetHealth]) -> bool,
+    ) {
+        let deadline = Instant::now() + bound;
+        loop {
+            let now = self.health(name);
+            if done(&now) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {bound:?}: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Shuts it down and returns whether every connection finished within the grace.
@@ -117,6 +146,14 @@ impl Gateway {
 
 /// Builds `text` as a configuration and serves it on a free loopback port.
 pub async fn start_gateway(text: String) -> Gateway {
+    start_gateway_with(text, std::sync::Arc::new(proxy::dns::SystemResolver)).await
+}
+
+/// [`start_gateway`] with `resolver` for targets named by a host name.
+pub async fn start_gateway_with(
+    text: String,
+    resolver: std::sync::Arc<dyn proxy::dns::Resolve>,
+) -> Gateway {
     let source = Source {
         name: "test.toml".into(),
         text,
@@ -128,6 +165,7 @@ pub async fn start_gateway(text: String) -> Gateway {
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = Limits::from(&config.server);
     let upstreams = app.upstreams.clone();
+    let background = app.start_with(resolver);
     let done = tokio::spawn(serve::serve(app.service, vec![listener], limits, async {
         let _ = stopped.await;
     }));
@@ -136,6 +174,7 @@ pub async fn start_gateway(text: String) -> Gateway {
         stop: Some(stop),
         done,
         upstreams,
+        background,
     }
 }
 
