@@ -8,7 +8,10 @@
 //!   repeated headers become arrays.
 //! - `status=N` answers with status `N`; `delay_ms=N` waits before the head; `bytes=N` sends
 //!   an `N`-byte streamed body instead of JSON; `sse=N&interval_ms=M` sends `N` server-sent
-//!   events `M` ms apart; `reset=1` aborts the connection right after the head.
+//!   events `M` ms apart; `reset=1` aborts the connection right after the head; `chunked=1`
+//!   sends the JSON without a length (chunked on HTTP/1.1), as most dynamic applications do.
+//! - Every response carries `x-connections: N`, the connections this backend has accepted so
+//!   far (this one included): how a test or a benchmark sees a proxy's connection reuse.
 //! - `Upgrade: websocket` gets a WebSocket echo.
 //!
 //! ```
@@ -25,6 +28,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -49,6 +53,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 pub struct Backend {
     addr: SocketAddr,
     name: Arc<str>,
+    accepted: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -61,6 +66,11 @@ impl Backend {
     /// The name it reports in `x-backend` and the JSON body.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Stops it: the listener and every open connection close.
@@ -81,13 +91,20 @@ pub async fn spawn(addr: SocketAddr, name: Option<&str>) -> std::io::Result<Back
         Some(n) => n.into(),
         None => format!(":{}", addr.port()).into(),
     };
-    let task = tokio::spawn(serve(listener, Arc::clone(&name)));
-    Ok(Backend { addr, name, task })
+    let accepted = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(serve(listener, Arc::clone(&name), Arc::clone(&accepted)));
+    Ok(Backend {
+        addr,
+        name,
+        accepted,
+        task,
+    })
 }
 
-/// Serves connections from `listener` until the task is dropped (HTTP/1.1 and HTTP/2).
-/// Dropping it also drops every open connection, as a process that dies would.
-pub async fn serve(listener: TcpListener, name: Arc<str>) {
+/// Serves connections from `listener` until the task is dropped (HTTP/1.1 and HTTP/2),
+/// counting them in `accepted`. Dropping it also drops every open connection, as a process
+/// that dies would.
+pub async fn serve(listener: TcpListener, name: Arc<str>, counter: Arc<AtomicU64>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -105,8 +122,9 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
             }
         };
         let name = Arc::clone(&name);
+        let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&name), req));
+            let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&name), number, req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -126,6 +144,7 @@ struct Faults {
     sse: Option<u64>,
     interval_ms: Option<u64>,
     reset: bool,
+    chunked: bool,
 }
 
 impl Faults {
@@ -153,6 +172,7 @@ impl Faults {
                 "sse" => f.sse = Some(number()?),
                 "interval_ms" => f.interval_ms = Some(number()?),
                 "reset" => f.reset = value == "1" || value == "true",
+                "chunked" => f.chunked = value == "1" || value == "true",
                 _ => {}
             }
         }
@@ -160,7 +180,11 @@ impl Faults {
     }
 }
 
-async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    name: Arc<str>,
+    connections: u64,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let faults = match Faults::parse(req.uri().query()) {
         Ok(f) => f,
         Err(message) => {
@@ -195,14 +219,20 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         res
     } else if let Some(n) = faults.bytes {
-        let mut res = Response::new(BodyExt::boxed(Sized(n)));
+        let mut res = Response::new(BodyExt::boxed(Filler(n)));
         res.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
         res
     } else {
-        let mut res = Response::new(full(describe(&name, &parts, body_bytes)));
+        let json = describe(&name, &parts, body_bytes);
+        let body = if faults.chunked {
+            BodyExt::boxed(Unsized(Some(Bytes::from(json))))
+        } else {
+            full(json)
+        };
+        let mut res = Response::new(body);
         res.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         res
@@ -213,6 +243,8 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
     if let Ok(value) = HeaderValue::from_str(&name) {
         res.headers_mut().insert("x-backend", value);
     }
+    res.headers_mut()
+        .insert("x-connections", HeaderValue::from(connections));
     Ok(res)
 }
 
@@ -286,12 +318,26 @@ fn quote(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// A body whose length is not announced: one frame, and no size hint.
+struct Unsized(Option<Bytes>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+}
+
 /// `n` bytes of `x`, made 16 KiB at a time.
-struct Sized(u64);
+struct Filler(u64);
 
 const CHUNK: &[u8] = &[b'x'; 16 * 1024];
 
-impl http_body::Body for Sized {
+impl http_body::Body for Filler {
     type Data = Bytes;
     type Error = std::io::Error;
     fn poll_frame(
@@ -436,7 +482,7 @@ mod tests {
     fn faults_parse() {
         assert_eq!(Faults::parse(None).unwrap(), Faults::default());
         let f = Faults::parse(Some(
-            "status=503&delay_ms=10&bytes=5&sse=2&interval_ms=3&reset=1&x=y",
+            "status=503&delay_ms=10&bytes=5&sse=2&interval_ms=3&reset=1&chunked=1&x=y",
         ))
         .unwrap();
         assert_eq!(
@@ -447,7 +493,8 @@ mod tests {
                 bytes: Some(5),
                 sse: Some(2),
                 interval_ms: Some(3),
-                reset: true
+                reset: true,
+                chunked: true,
             }
         );
         assert!(Faults::parse(Some("status=abc")).is_err());

@@ -152,3 +152,37 @@ async fn a_taken_port_is_an_error() {
     let err = fake_backend::spawn(backend.addr(), None).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
 }
+
+#[tokio::test]
+async fn chunked_answers_and_a_connection_count() {
+    let backend = start().await;
+    let (head, body) = send(backend.addr(), get("/c?chunked=1")).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.headers.get("content-length").is_none(), "{head:?}");
+    assert_eq!(head.headers["transfer-encoding"], "chunked");
+    let json: Value = serde_json::from_slice(&body.unwrap()).unwrap();
+    assert_eq!(json["path"], "/c");
+    assert_eq!(head.headers["x-connections"], "1");
+    let (head, _) = send(backend.addr(), get("/again")).await;
+    assert_eq!(head.headers["x-connections"], "2");
+    assert_eq!(backend.connections(), 2);
+}
+
+#[test]
+fn the_binary_listens_on_a_free_port_and_says_where() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fake-backend"))
+        .args(["--port", "0", "--name", "bin"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.contains("fake-backend listening") && line.contains("127.0.0.1:"),
+        "{line}"
+    );
+    assert!(!line.contains("127.0.0.1:0 "), "{line}");
+}

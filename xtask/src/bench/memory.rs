@@ -1,0 +1,108 @@
+//! The gateway's memory under the bench: RSS with 10,000 idle keep-alive connections, and
+//! while 1 GiB streams down and up through it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::client::Conn;
+use crate::procs::{proc_status, which};
+
+/// Raises this process's soft limit on open files to its hard limit (children inherit it):
+/// the idle-connection check needs 10,000 on each side. Best effort, with `prlimit`.
+pub(super) fn raise_fd_limit() {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        });
+    if let (Some(hard), Some(prlimit)) = (hard, which("prlimit")) {
+        let _ = Command::new(prlimit)
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+    }
+}
+
+/// The gateway's RSS with 10,000 idle keep-alive connections, and while 1 GiB streams down
+/// and up through it. Returns the sentence for the report.
+pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
+    const GIB: usize = 1 << 30;
+    let rss = || proc_status(pid, "VmRSS:").unwrap_or(0);
+
+    // Streaming: the highest RSS seen, sampled every 50 ms, against the RSS before.
+    let stream = |method: &str, path: &str, body: usize| -> Result<(u64, u64, f64), String> {
+        let before = rss();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut max = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    max = max.max(proc_status(pid, "VmRSS:").unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                max
+            })
+        };
+        let start = Instant::now();
+        let result = Conn::open(port).and_then(|mut c| c.request(method, path, body, false));
+        let seconds = start.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let max = watcher.join().unwrap_or(0);
+        let reply = result?;
+        if reply.status != 200 {
+            return Err(format!(
+                "streaming {method} {path}: status {}",
+                reply.status
+            ));
+        }
+        Ok((before, max, seconds))
+    };
+    let (down_before, down_max, down_s) = stream("GET", &format!("/stream/d?bytes={GIB}"), 0)?;
+    let (up_before, up_max, up_s) = stream("POST", "/stream/u", GIB)?;
+    eprintln!(
+        "streaming 1 GiB: down {down_s:.1} s, RSS {down_before} -> max {down_max} KiB; up {up_s:.1} s, RSS {up_before} -> max {up_max} KiB"
+    );
+
+    // 10,000 idle keep-alive connections, each after one request.
+    let target = 10_000;
+    let before = rss();
+    let mut idle = Vec::with_capacity(target);
+    let mut stopped = None;
+    for i in 0..target {
+        match Conn::open(port).and_then(|mut c| {
+            c.request("GET", "/api/idle", 0, false)
+                .map(|_| c.into_stream())
+        }) {
+            Ok(c) => idle.push(c),
+            Err(e) => {
+                stopped = Some(format!(
+                    "stopped at {i} connections: {e} (raise `ulimit -n`)"
+                ));
+                break;
+            }
+        }
+    }
+    let with = rss();
+    let n = idle.len();
+    drop(idle);
+    let per = if n > 0 {
+        (with.saturating_sub(before)) * 1024 / n as u64
+    } else {
+        0
+    };
+    eprintln!("{n} idle connections: RSS {before} -> {with} KiB ({per} bytes each)");
+    if let Some(s) = &stopped {
+        eprintln!("{s}");
+    }
+    Ok(format!(
+        "With {n} idle keep-alive connections: {with} KiB ({before} KiB before, about {per} bytes per connection){}. \
+         Streaming 1 GiB through it: download {down_before} KiB before, at most {down_max} KiB during ({:.0} MiB/s); \
+         upload {up_before} KiB before, at most {up_max} KiB during ({:.0} MiB/s).",
+        stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
+        1024.0 / down_s,
+        1024.0 / up_s,
+    ))
+}
