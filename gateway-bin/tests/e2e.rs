@@ -14,7 +14,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
@@ -150,12 +150,9 @@ async fn faults_502_retry_504_sse_and_websocket() {
     let live = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("live"))
         .await
         .unwrap();
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = testkit::upstream::Refusing::new();
     // api: one dead and one live target; static: only the dead one.
-    let d = start_gateway(config(dead, live.addr())).await;
+    let d = start_gateway(config(dead.addr(), live.addr())).await;
     for _ in 0..4 {
         let r = fetch(d.addr, "/api/x").await;
         assert_eq!(r.status, StatusCode::OK, "retried on the live target");
@@ -221,7 +218,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
             break;
         }
         assert!(Instant::now() < deadline, "the request never started");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = d.gateway.stop.take().unwrap().send(());
     let r = in_flight.await.unwrap();

@@ -126,10 +126,8 @@ async fn each_upstream_fault_gets_its_status_a_logged_request_id_and_ejection() 
     let good = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("good"))
         .await
         .unwrap();
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = testkit::upstream::Refusing::new();
+    let down = refusing.addr();
     let refuse = raw_upstream(|s| async move { drop(s) }).await;
     let hang = raw_upstream(|mut s| async move {
         read_head(&mut s).await;
@@ -338,7 +336,7 @@ async fn killing_a_target_under_load_costs_only_its_in_flight_requests() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while counter.load(Ordering::Relaxed) < at_least {
             assert!(Instant::now() < deadline, "the load stalled");
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
     wait_for(Arc::clone(&ok), 100).await;
@@ -366,7 +364,8 @@ async fn killing_a_target_under_load_costs_only_its_in_flight_requests() {
     for w in workers {
         w.await.unwrap();
     }
-    assert!(back < Duration::from_millis(1500), "back after {back:?}");
+    // fail_timeout is 500 ms; the bound is generous for a loaded machine.
+    assert!(back < Duration::from_secs(5), "back after {back:?}");
     assert_eq!(
         failures.lock().unwrap().len(),
         lost,

@@ -126,27 +126,80 @@ async fn idle_http1_connections_close_at_the_idle_timeout() {
 
 #[tokio::test]
 async fn idle_http2_connections_get_goaway_at_the_idle_timeout() {
-    use http_body_util::{BodyExt, Empty};
+    // A well-behaved client, frame by frame: it acknowledges SETTINGS and PINGs, makes one
+    // request, then stays quiet. The gateway must say GOAWAY at the idle timeout and close.
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
     let (gw, _b) = gateway("idle_timeout_ms = 300").await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{}/api/h2", gw.addr))
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    assert_eq!(res.status(), http::StatusCode::OK);
-    let _ = res.into_body().collect().await.unwrap();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // GET /api/h2 with HPACK's static table: :method GET, :scheme http, :path literal,
+    // :authority literal.
+    let mut headers = vec![0x82, 0x86, 0x04, 7];
+    headers.extend_from_slice(b"/api/h2");
+    headers.extend_from_slice(&[0x01, 1, b'g']);
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(1, 0x05, 1, &headers)); // HEADERS, END_STREAM | END_HEADERS
+    s.write_all(&hello).await.unwrap();
     let start = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    assert!(ended.is_ok(), "the HTTP/2 connection stayed open");
-    let idle = start.elapsed();
-    assert!(idle >= Duration::from_millis(200), "{idle:?}");
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    let mut goaway_at = None;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                seen.push(kind);
+                match kind {
+                    SETTINGS if flags & 1 == 0 => {
+                        let _ = s.write_all(&frame(SETTINGS, 1, 0, &[])).await;
+                    }
+                    PING if flags & 1 == 0 => {
+                        let _ = s.write_all(&frame(PING, 1, 0, &payload)).await;
+                    }
+                    GOAWAY => goaway_at = goaway_at.or(Some(start.elapsed())),
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the HTTP/2 connection stayed open: frames {seen:?}"
+    );
+    assert!(seen.contains(&1), "no response HEADERS: {seen:?}");
+    let goaway = goaway_at.unwrap_or_else(|| panic!("closed without GOAWAY: {seen:?}"));
+    assert!(
+        goaway >= Duration::from_millis(250),
+        "GOAWAY after {goaway:?}"
+    );
+    // Acknowledged, the graceful close completes without the hard close's grace.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -97,9 +97,10 @@ async fn upstream(shape: Shape) -> Upstream {
         Shape::Continue100 => {
             Upstream::start(|mut c: Conn| async move {
                 while c.next_request().await.is_some() {
-                    // The interim response on its own, then the final one.
+                    // The interim response on its own, a pause (its own packet), then the
+                    // final one.
                     c.send(b"HTTP/1.1 100 Continue\r\n\r\n").await;
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     c.send(&wire::fixed(200, "after 100")).await;
                 }
             })

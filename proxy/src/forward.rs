@@ -280,7 +280,13 @@ impl<B: RequestBody> Exchange<B> {
         let upstream = &inner.upstream;
         let settings = upstream.settings();
         let target = picked.value();
-        let mut conn = match inner.pool.checkout(target) {
+        let mut pooled = inner.pool.checkout(target);
+        if let Some(conn) = &mut pooled {
+            if !conn.wait_ready().await {
+                pooled = None;
+            }
+        }
+        let mut conn = match pooled {
             Some(conn) => conn,
             None => match inner.pool.connect(target).await {
                 Ok(conn) => conn,

@@ -249,10 +249,7 @@ impl TrustedProxies {
 
     /// Whether `peer` is inside one of the networks.
     pub fn contains(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
+        let peer = peer.to_canonical();
         self.0.iter().any(|&(net, len)| match (net, peer) {
             (IpAddr::V4(n), IpAddr::V4(p)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
@@ -309,7 +306,8 @@ pub fn rewrite_request_headers(
         let ip = {
             use std::io::Write as _;
             let mut cursor = std::io::Cursor::new(&mut ip[..]);
-            let _ = write!(cursor, "{client}");
+            // An IPv4 client seen through a dual-stack socket is written as IPv4.
+            let _ = write!(cursor, "{}", client.to_canonical());
             let n = usize::try_from(cursor.position()).unwrap_or(0);
             &ip[..n]
         };

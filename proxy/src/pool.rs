@@ -24,6 +24,11 @@ use crate::target::TargetAddr;
 /// How many open idle connections a checkout looks at for a ready one.
 const SCAN: usize = 8;
 
+/// How long a pooled connection whose previous response just ended may take to be ready for
+/// the next request before a new connection is made instead. It is ready as soon as its task
+/// runs once more, which is far less than a connect costs.
+const READY_WAIT: Duration = Duration::from_millis(50);
+
 /// A target's idle connections, oldest first.
 type IdleList<B> = (Arc<str>, Vec<Idle<B>>);
 
@@ -82,6 +87,19 @@ pub(crate) struct Conn<B> {
     pub(crate) reused: bool,
 }
 
+impl<B: Send + 'static> Conn<B> {
+    /// Whether the connection is (or becomes, within a moment) ready for a request.
+    pub(crate) async fn wait_ready(&mut self) -> bool {
+        if self.link.sender.is_ready() {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(READY_WAIT, self.link.sender.ready()).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
 /// Why a connection could not be made.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
@@ -121,7 +139,9 @@ where
         }))
     }
 
-    /// The most recently used idle connection to `target` that is still open and ready.
+    /// An idle connection to `target`: the most recently used one that is ready, else the
+    /// newest open one, which may not be ready yet (its response just ended and its task has
+    /// not run since): see [`Conn::wait_ready`].
     pub(crate) fn checkout(&self, target: &TargetAddr) -> Option<Conn<B>> {
         let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle
@@ -129,28 +149,31 @@ where
             .find(|(key, _)| same(key, target.key()))
             .map(|(_, list)| list)?;
         let now = Instant::now();
-        // Newest first. A connection whose response body just ended may not be ready yet
-        // (its connection task has not run since): it stays for the next request, and an
-        // older ready one is used rather than opening a new connection.
+        // Newest first, closed and expired ones dropped on the way: a ready one among the
+        // newest few, else the newest open one. The reaper clears the rest of the list.
         let mut i = list.len();
         let mut looked = 0;
+        let mut newest_open = None;
         while i > 0 && looked < SCAN {
             i -= 1;
             let entry = &list[i];
             if entry.link.sender.is_closed() || now >= entry.expires {
                 list.remove(i);
+                newest_open = newest_open.map(|n: usize| n - 1);
                 continue;
             }
             looked += 1;
+            newest_open = newest_open.or(Some(i));
             if entry.link.sender.is_ready() {
-                let entry = list.remove(i);
-                return Some(Conn {
-                    link: entry.link,
-                    reused: true,
-                });
+                newest_open = Some(i);
+                break;
             }
         }
-        None
+        let entry = list.remove(newest_open?);
+        Some(Conn {
+            link: entry.link,
+            reused: true,
+        })
     }
 
     /// A new connection to `target`; its connection task runs on its own.

@@ -170,12 +170,6 @@ fn released() -> Arc<Notify> {
     Arc::new(Notify::new())
 }
 
-/// A port that refuses connections: bound, then closed.
-async fn dead_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 async fn text<B>(res: Response<proxy::ProxyBody<B>>) -> String
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
@@ -289,8 +283,8 @@ async fn a_one_mib_post_arrives_intact() {
 
 #[tokio::test]
 async fn a_dead_target_gives_502() {
-    let dead = dead_port().await;
-    let proxy = proxy_to(&[dead], Settings::default());
+    let dead = testkit::upstream::Refusing::new();
+    let proxy = proxy_to(&[dead.addr()], Settings::default());
     let res = proxy
         .clone()
         .oneshot(request("/x").body(Full::new(Bytes::new())).unwrap())
@@ -305,8 +299,8 @@ async fn a_dead_target_gives_502() {
 #[tokio::test]
 async fn a_refused_connect_is_retried_on_the_next_target_with_its_body() {
     let (live, log) = upstream("live", released()).await;
-    let dead = dead_port().await;
-    let proxy = proxy_to(&[dead, live], Settings::default());
+    let dead = testkit::upstream::Refusing::new();
+    let proxy = proxy_to(&[dead.addr(), live], Settings::default());
     for i in 0..4 {
         let req = Request::post("/p")
             .body(Full::new(Bytes::from(format!("payload {i}"))))

@@ -238,3 +238,93 @@ impl Upstream {
         self.requests()
     }
 }
+
+/// A loopback port where nothing listens, held for as long as this lives: a socket bound to
+/// it but not listening, so connects are refused (a reset) and no other test can take the
+/// port meanwhile (a port bound and released could be).
+#[derive(Debug)]
+pub struct Refusing {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl Refusing {
+    /// Binds a fresh loopback port without listening.
+    pub fn new() -> Refusing {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("a loopback port");
+        let addr = socket.local_addr().expect("its address");
+        Refusing {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Default for Refusing {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A loopback port whose connects never complete: a listener with a backlog of one, filled
+/// by connections nobody accepts, so the kernel drops further handshakes (a firewall that
+/// drops, an overloaded host). For connect timeouts.
+#[derive(Debug)]
+pub struct Blackhole {
+    _listener: tokio::net::TcpListener,
+    _fill: Vec<tokio::net::TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Blackhole {
+    /// Binds, listens with the smallest backlog, and fills it.
+    pub async fn new() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("a loopback port");
+        let listener = socket.listen(0).expect("listening");
+        let addr = listener.local_addr().expect("its address");
+        let mut fill = Vec::new();
+        // Connect until one does not complete at once: the queue is full from there on.
+        for _ in 0..8 {
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => fill.push(s),
+                _ => break,
+            }
+        }
+        Blackhole {
+            _listener: listener,
+            _fill: fill,
+            addr,
+        }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
