@@ -303,6 +303,8 @@ fn start_binary(file: &std::path::Path) -> (Guarded, SocketAddr) {
 
 #[tokio::test]
 async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
+    // config: --config, --check, server.listen, routes.path, routes.upstream, routes.auth
+
     let one = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("one"))
         .await
         .unwrap();

@@ -122,6 +122,8 @@ async fn get_with_id(
 
 #[tokio::test]
 async fn each_upstream_fault_gets_its_status_a_logged_request_id_and_ejection() {
+    // config: upstreams.*.response_timeout_ms
+
     logs();
     let good = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("good"))
         .await

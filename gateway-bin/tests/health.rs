@@ -123,6 +123,9 @@ async fn checked_upstream(name: &'static str) -> (Upstream, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn active_checks_take_a_dead_target_out_before_any_client_meets_it_and_bring_it_back() {
+    // config: upstreams.*.health_check, upstreams.*.health_check.path, upstreams.*.health_check.interval_ms
+    // config: upstreams.*.health_check.timeout_ms, upstreams.*.health_check.rise, upstreams.*.health_check.fall
+
     let (one, _) = checked_upstream("one").await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr2 = listener.local_addr().unwrap();
@@ -206,6 +209,8 @@ async fn active_checks_take_a_dead_target_out_before_any_client_meets_it_and_bri
 
 #[tokio::test]
 async fn a_check_that_hangs_fails_at_its_timeout_and_a_wrong_status_fails_too() {
+    // config: upstreams.*.health_check.expect_status, upstreams.*.health_check.kind
+
     // Accepts, reads the probe, never answers.
     let hang = Upstream::start(|mut c: Conn| async move {
         if c.next_request().await.is_some() {
@@ -406,6 +411,8 @@ async fn same_port_upstreams(ips: &[&str]) -> (u16, Vec<Upstream>) {
 
 #[tokio::test]
 async fn dns_targets_resolve_to_every_address_and_follow_changes_under_load() {
+    // config: upstreams.*.resolve_interval_ms
+
     let (port, _ups) = same_port_upstreams(&["127.0.0.1", "127.0.0.2", "127.0.0.3"]).await;
     let table = Arc::new(Table::default());
     table.set("api.test", &["127.0.0.1", "127.0.0.2"]);

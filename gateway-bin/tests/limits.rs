@@ -39,6 +39,8 @@ async fn gateway(server: &str) -> (Gateway, fake_backend::Backend) {
 
 #[tokio::test]
 async fn too_many_or_too_big_headers_get_431_and_the_connection_closes() {
+    // config: server.max_header_bytes
+
     let (gw, _b) = gateway("max_header_bytes = 16384").await;
     let many: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
     let big = format!("x-big: {}\r\n", "a".repeat(64 * 1024));
@@ -78,6 +80,8 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
 
 #[tokio::test]
 async fn a_slowloris_client_is_closed_at_the_header_read_timeout() {
+    // config: server.header_read_timeout_ms
+
     let (gw, _b) = gateway("header_read_timeout_ms = 400\nidle_timeout_ms = 60000").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let start = Instant::now();
@@ -109,6 +113,8 @@ async fn a_slowloris_client_is_closed_at_the_header_read_timeout() {
 
 #[tokio::test]
 async fn idle_http1_connections_close_at_the_idle_timeout() {
+    // config: server.idle_timeout_ms
+
     let (gw, _b) = gateway("header_read_timeout_ms = 10000\nidle_timeout_ms = 300").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /api/x HTTP/1.1\r\nHost: g\r\n\r\n")
@@ -239,6 +245,8 @@ async fn busy_connections_are_not_idle() {
 
 #[tokio::test]
 async fn max_connections_holds_new_ones_without_stalling_accepted_ones() {
+    // config: server.max_connections
+
     let (gw, _b) = gateway("max_connections = 2\nidle_timeout_ms = 60000").await;
     let connect = || async {
         let s = TcpStream::connect(gw.addr).await.unwrap();

@@ -157,6 +157,8 @@ async fn an_announced_keep_alive_timeout_retires_pooled_connections_in_time() {
 
 #[tokio::test]
 async fn the_binary_exits_3_when_the_grace_period_cuts_requests() {
+    // config: server.shutdown_grace_ms
+
     let up = Upstream::start(|mut c: Conn| async move {
         if c.next_request().await.is_some() {
             // Answers far later than the grace period allows.
@@ -289,6 +291,8 @@ fn an_upstream_of_seventy_thousand_targets_builds_quickly() {
 
 #[tokio::test]
 async fn a_user_route_on_the_root_always_wins_over_the_index_page() {
+    // config: index.enabled
+
     let b = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("app"))
         .await
         .unwrap();

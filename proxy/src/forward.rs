@@ -280,6 +280,9 @@ impl<B: RequestBody> Exchange<B> {
         let upstream = &inner.upstream;
         let settings = upstream.settings();
         let target = picked.value();
+        // In flight from the pick on: connecting is part of the load a target carries, and
+        // least-request must see it.
+        let in_flight = picked.state().start();
         let mut pooled = inner.pool.checkout(target);
         if let Some(conn) = &mut pooled {
             if !conn.wait_ready().await {
@@ -299,7 +302,6 @@ impl<B: RequestBody> Exchange<B> {
             _ => target.host_header().clone(),
         };
         req.headers_mut().insert(HOST, host);
-        let in_flight = picked.state().start();
         loop {
             let replay = Replay::of(&req);
             let method_idempotent = idempotent(req.method());

@@ -213,7 +213,8 @@ pub struct UpstreamConfig {
     )]
     pub fail_timeout_ms: u64,
     /// When every target is out: `reset` (default: forget their passive failures and try
-    /// them, as nginx), `panic` (try them all anyway, as Envoy), `fail-fast` (`502` at once).
+    /// them, as nginx), `panic` (try them all anyway, as Envoy), `fail-fast` (`503` at once,
+    /// untried).
     #[serde(default)]
     pub all_down: AllDown,
     /// A target that comes back (its penalty over, its checks passing again, or added by
