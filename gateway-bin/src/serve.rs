@@ -366,10 +366,9 @@ fn serve_connection(
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(|b| Limited::new(b, max_body));
-        // Framing hyper lets through but a gateway should not: refused before anything runs.
-        let refused = proxy::headers::odd_transfer_encoding(req.headers());
-        // Connection options belong to this hop: gone before any middleware looks.
-        proxy::headers::consume_connection_options(req.headers_mut());
+        // Connection options belong to this hop: gone on receipt, before any middleware looks
+        // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
+        httpkit::hop_by_hop::consume_connection_options(req.headers_mut());
         req.extensions_mut().insert(ClientAddr(peer));
         if req.headers().contains_key(http::header::UPGRADE) {
             req.extensions_mut().insert(tunnel_guard.clone());
@@ -377,9 +376,6 @@ fn serve_connection(
         let service = service.clone();
         let waiting = Waiting::new(&state);
         async move {
-            if refused {
-                return Ok(bad_request("Bad Request: Transfer-Encoding\n"));
-            }
             let res = service
                 .oneshot(req)
                 .await
@@ -404,20 +400,4 @@ fn serve_connection(
     builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .into_owned()
-}
-
-/// `400` that also closes the connection: after a framing error nothing else on it can be
-/// trusted.
-fn bad_request(text: &'static str) -> http::Response<router::Body> {
-    let mut res = http::Response::new(router::Body::from(text));
-    *res.status_mut() = http::StatusCode::BAD_REQUEST;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    res
 }

@@ -53,8 +53,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::recover::escape_controls;
 use crate::request_id::RequestId;
+use crate::text::escape_controls;
 
 /// The default upstream type: never present, logged as `-`.
 #[derive(Debug, Clone, Copy)]

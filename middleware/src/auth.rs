@@ -31,17 +31,17 @@
 //! ```
 
 use std::fmt;
-use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_either::Either;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, short_response};
+use httpkit::TextOr;
+
+use crate::answer::{AnswerOr, answer, pass};
 
 /// Why an auth gate could not be configured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,9 +198,9 @@ impl<S, B, ResBody> Service<Request<B>> for Auth<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Response = Response<Body<ResBody>>;
+    type Response = Response<TextOr<ResBody>>;
     type Error = S::Error;
-    type Future = Either<MapBody<S::Future>, Ready<Result<Response<Body<ResBody>>, S::Error>>>;
+    type Future = AnswerOr<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -208,74 +208,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if self.layer.allows(&req) {
-            Either::Left(MapBody {
-                inner: self.inner.call(req),
-            })
+            pass(self.inner.call(req))
         } else {
-            tracing::info!(path = %crate::recover::escape_controls(req.uri().path()), "auth gate: forbidden");
-            Either::Right(ready(Ok(short_response(
-                StatusCode::FORBIDDEN,
-                "Forbidden\n",
-            ))))
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Wraps the inner response's body in [`Body`].
-    pub struct MapBody<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, ResBody, E> std::future::Future for MapBody<F>
-where
-    F: std::future::Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = Result<Response<Body<ResBody>>, E>;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project()
-            .inner
-            .poll(cx)
-            .map(|out| out.map(|res| res.map(Body::inner)))
-    }
-}
-
-mod futures_either {
-    //! A two-way future, so the gate's refusal needs no boxing.
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    pin_project_lite::pin_project! {
-        /// One of two futures with the same output.
-        #[project = EitherProj]
-        pub enum Either<L, R> {
-            /// The first.
-            Left { #[pin] inner: L },
-            /// The second.
-            Right { #[pin] inner: R },
-        }
-    }
-
-    #[allow(non_snake_case)]
-    impl<L, R> Either<L, R> {
-        pub(crate) fn Left(inner: L) -> Self {
-            Either::Left { inner }
-        }
-        pub(crate) fn Right(inner: R) -> Self {
-            Either::Right { inner }
-        }
-    }
-
-    impl<L: Future, R: Future<Output = L::Output>> Future for Either<L, R> {
-        type Output = L::Output;
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<L::Output> {
-            match self.project() {
-                EitherProj::Left { inner } => inner.poll(cx),
-                EitherProj::Right { inner } => inner.poll(cx),
-            }
+            tracing::info!(path = %crate::text::escape_controls(req.uri().path()), "auth gate: forbidden");
+            answer(StatusCode::FORBIDDEN, "Forbidden\n")
         }
     }
 }

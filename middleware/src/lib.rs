@@ -8,7 +8,8 @@
 //! - [`TimeoutLayer`]: a deadline; the inner future is dropped and the client gets `503`.
 //! - [`AuthLayer`]: a header or bearer token must equal a configured secret, compared in
 //!   constant time; otherwise `403`.
-//! - [`AccessLogLayer`]: one structured event per request, when its response completes.
+//! - [`AccessLogLayer`]: one structured event per request, however it ends.
+//! - [`FramingLayer`]: a `Transfer-Encoding` other than one `chunked` gets `400` and a close.
 //!
 //! tower-http has layers with similar names; these differ where the gateway needs it: inbound
 //! ids are validated, panics are logged with the request they hit and also caught in the body,
@@ -44,15 +45,18 @@
 //! ```
 
 pub mod access_log;
+mod answer;
 pub mod auth;
-mod body;
+pub mod framing;
 pub mod recover;
 pub mod request_id;
+mod text;
 pub mod timeout;
 
 pub use access_log::AccessLogLayer;
+pub use answer::AnswerOr;
 pub use auth::{AuthError, AuthLayer, Secrets};
-pub use body::Body;
+pub use framing::FramingLayer;
 pub use recover::RecoverLayer;
 pub use request_id::{RequestId, RequestIdLayer};
 pub use timeout::TimeoutLayer;

@@ -23,7 +23,6 @@
 //! ```
 
 use std::any::Any;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -36,11 +35,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, short_response};
-use crate::request_id::RequestId;
+use httpkit::{BoxError, TextOr, text_response};
 
-/// A boxed error, what a panicking body yields.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::request_id::RequestId;
+use crate::text::escape_controls;
 
 /// Turns panics into `500` responses (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,14 +66,14 @@ pub struct Recover<S> {
 
 /// What the log line says about the request that panicked.
 #[derive(Debug, Clone)]
-struct Context0 {
+struct PanicContext {
     method: Method,
     /// The request's URI (a reference-counted copy); escaped only if a panic is logged.
     uri: http::Uri,
     request_id: Option<RequestId>,
 }
 
-impl Context0 {
+impl PanicContext {
     fn log(&self, panic: &(dyn Any + Send), during: &str) {
         let message = panic
             .downcast_ref::<&str>()
@@ -92,24 +90,11 @@ impl Context0 {
     }
 }
 
-/// Control characters (a log-injection vector) written as `\n`, `\u{1b}`, ...
-pub(crate) fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            let _ = write!(out, "{}", c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl<S, B, ResBody> Service<Request<B>> for Recover<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Response = Response<Body<RecoverBody<ResBody>>>;
+    type Response = Response<TextOr<RecoverBody<ResBody>>>;
     type Error = S::Error;
     type Future = RecoverFuture<S::Future>;
 
@@ -118,7 +103,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let context = Context0 {
+        let context = PanicContext {
             method: req.method().clone(),
             uri: req.uri().clone(),
             request_id: req.extensions().get::<RequestId>().cloned(),
@@ -144,7 +129,7 @@ pin_project! {
     pub struct RecoverFuture<F> {
         #[pin]
         state: State<F>,
-        context: Option<Context0>,
+        context: Option<PanicContext>,
     }
 }
 
@@ -156,15 +141,15 @@ pin_project! {
     }
 }
 
-fn internal_error<B>() -> Response<Body<RecoverBody<B>>> {
-    short_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+fn internal_error<B>() -> Response<TextOr<RecoverBody<B>>> {
+    text_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
 }
 
 impl<F, ResBody, E> Future for RecoverFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
-    type Output = Result<Response<Body<RecoverBody<ResBody>>>, E>;
+    type Output = Result<Response<TextOr<RecoverBody<ResBody>>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -178,7 +163,7 @@ where
             Ok(Poll::Ready(Ok(res))) => {
                 let context = this.context.take();
                 Poll::Ready(Ok(res.map(|body| {
-                    Body::inner(RecoverBody {
+                    TextOr::inner(RecoverBody {
                         inner: body,
                         context,
                         done: false,
@@ -201,7 +186,7 @@ pin_project! {
     pub struct RecoverBody<B> {
         #[pin]
         inner: B,
-        context: Option<Context0>,
+        context: Option<PanicContext>,
         done: bool,
     }
 }

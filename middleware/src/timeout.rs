@@ -34,7 +34,7 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{Body, short_response};
+use httpkit::{TextOr, text_response};
 
 /// Answers `503 Service Unavailable` when the inner service takes longer than a duration.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +70,7 @@ impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Response = Response<Body<ResBody>>;
+    type Response = Response<TextOr<ResBody>>;
     type Error = S::Error;
     type Future = TimeoutFuture<S::Future>;
 
@@ -103,14 +103,14 @@ impl<F, ResBody, E> Future for TimeoutFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
-    type Output = Result<Response<Body<ResBody>>, E>;
+    type Output = Result<Response<TextOr<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Some(inner) = this.inner.as_mut().as_pin_mut() {
             if let Poll::Ready(out) = inner.poll(cx) {
                 this.inner.set(None);
-                return Poll::Ready(out.map(|res| res.map(Body::inner)));
+                return Poll::Ready(out.map(|res| res.map(TextOr::inner)));
             }
         }
         if this.sleep.poll(cx).is_pending() {
@@ -121,7 +121,7 @@ where
             timeout_ms = this.duration.as_millis() as u64,
             "deadline passed; request cancelled"
         );
-        Poll::Ready(Ok(short_response(
+        Poll::Ready(Ok(text_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable\n",
         )))

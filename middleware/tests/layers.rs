@@ -367,7 +367,7 @@ fn counted(
 async fn status_with(
     svc: impl Service<
         Request<()>,
-        Response = Response<middleware::Body<Full<Bytes>>>,
+        Response = Response<httpkit::TextOr<Full<Bytes>>>,
         Error = Infallible,
     >,
     headers: &[(&str, &[u8])],

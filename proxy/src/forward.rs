@@ -21,11 +21,12 @@ use tower_service::Service;
 use crate::headers::{Forwarding, rewrite_request_headers, rewrite_response_headers};
 use crate::outgoing::{BodyProgress, Outgoing, Progress};
 use crate::pool::{Conn, ConnectError, Pool, announced_keep_alive};
-use crate::response::{Back, ProxyBody};
+use crate::response::{Back, ProxyBody, UpstreamBody};
 use crate::target::TargetAddr;
 use crate::tunnel::{self, TunnelGuard};
 use crate::upstream::Upstream;
-use crate::{BoxError, ClientAddr, UpstreamTarget};
+use crate::{ClientAddr, UpstreamTarget};
+use httpkit::{BoxError, TextOr, text_response};
 
 /// A request body the proxy can forward.
 pub trait RequestBody:
@@ -114,7 +115,7 @@ impl<B: RequestBody> Service<Request<B>> for Proxy<B> {
 
 async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody<B>> {
     let Some(mut exchange) = prepare(&inner.upstream, req) else {
-        return ProxyBody::text(StatusCode::BAD_REQUEST, "Bad Request\n");
+        return text_response(StatusCode::BAD_REQUEST, "Bad Request\n");
     };
     let mut attempts = Attempts::new();
     while let Some(picked) = inner.upstream.balancer().next_attempt(&mut attempts) {
@@ -128,14 +129,14 @@ async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<
             upstream,
             "no target available: every target is marked down or failing its health checks"
         );
-        return ProxyBody::text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
     }
     tracing::error!(
         upstream,
         tried = attempts.len(),
         "no upstream target answered"
     );
-    ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+    text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
 }
 
 /// One request on its way through the attempts.
@@ -321,7 +322,7 @@ impl<B: RequestBody> Exchange<B> {
                             timeout_ms = settings.response_timeout.as_millis() as u64,
                             "the client did not send its body in time"
                         );
-                        return Some(ProxyBody::text(
+                        return Some(text_response(
                             StatusCode::REQUEST_TIMEOUT,
                             "Request Timeout\n",
                         ));
@@ -398,7 +399,7 @@ impl<B: RequestBody> Exchange<B> {
             status = status.as_u16(),
             "the client's request body failed"
         );
-        Some(ProxyBody::text(status, text))
+        Some(text_response(status, text))
     }
 
     /// Logs a failed attempt and reports it to passive health; `None` when the request can
@@ -447,8 +448,8 @@ impl<B: RequestBody> Exchange<B> {
             return None;
         }
         Some(match failure {
-            Failure::Timeout => ProxyBody::text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),
-            _ => ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
+            Failure::Timeout => text_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),
+            _ => text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
         })
     }
 
@@ -474,7 +475,7 @@ impl<B: RequestBody> Exchange<B> {
                     target = %picked.value(),
                     "upstream switched protocols without being asked"
                 );
-                return ProxyBody::text(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+                return text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
             };
             tunnel::spawn(client_side, hyper::upgrade::on(&mut res), in_flight, guard);
             // The connection's task finishes the hand-over of its socket to the tunnel.
@@ -482,7 +483,7 @@ impl<B: RequestBody> Exchange<B> {
             let (mut head, _) = res.into_parts();
             rewrite_response_headers(&mut head.headers, true);
             head.extensions.insert(origin);
-            return Response::from_parts(head, ProxyBody::empty());
+            return Response::from_parts(head, TextOr::Text { text: None });
         }
         let (mut head, body) = res.into_parts();
         let keep_for = announced_keep_alive(&head.headers);
@@ -508,7 +509,7 @@ impl<B: RequestBody> Exchange<B> {
             keep_for,
             reusable,
         };
-        let body = ProxyBody::upstream(body, in_flight, (Arc::clone(upstream), picked), back);
-        Response::from_parts(head, body)
+        let body = UpstreamBody::new(body, in_flight, (Arc::clone(upstream), picked), back);
+        Response::from_parts(head, TextOr::inner(body))
     }
 }

@@ -77,14 +77,12 @@ mod upstream;
 
 pub use background::Background;
 pub use forward::{Proxy, RequestBody};
-pub use outgoing::Outgoing;
-pub use response::{BodyStalled, ProxyBody};
+pub use response::{BodyStalled, ProxyBody, UpstreamBody};
 pub use target::{TargetAddr, TargetError};
 pub use tunnel::TunnelGuard;
 pub use upstream::{ActiveCheck, Probe, Settings, Upstream, UpstreamError};
 
-/// A boxed error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use httpkit::BoxError;
 
 /// The client's address, put in the request's extensions by the server; used for
 /// `X-Forwarded-For` and trusted-proxy checks.

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use crate::BoxError;
+use httpkit::BoxError;
 
 /// How far the client's request body got, as the attempt that owns it last saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl BodyProgress {
 /// The request body as sent upstream: empty, or the client's body with its progress recorded.
 /// The request is built once; hyper hands it back whole when it could not be written, so the
 /// body never needs to move between attempts.
-pub struct Outgoing<B> {
+pub(crate) struct Outgoing<B> {
     body: Option<(B, Arc<BodyProgress>)>,
     hint: SizeHint,
 }

@@ -1,6 +1,6 @@
-//! [`ProxyBody`]: the response body the client gets, either the upstream's (streamed, its
-//! connection back to the pool once it ends, cut when the upstream stalls) or a short text
-//! the proxy answered itself.
+//! [`ProxyBody`]: the response body the client gets, either the upstream's ([`UpstreamBody`]:
+//! streamed, its connection back to the pool once it ends, cut when the upstream stalls) or a
+//! short text the proxy answered itself.
 
 use std::fmt;
 use std::future::Future;
@@ -11,13 +11,11 @@ use std::time::Duration;
 
 use balancer::{InFlight, Outcome, Picked};
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Response, StatusCode};
 use http_body::{Frame, SizeHint};
+use httpkit::{BoxError, TextOr};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::BoxError;
 use crate::outgoing::Outgoing;
 use crate::pool::{Link, Pool};
 use crate::target::TargetAddr;
@@ -25,18 +23,12 @@ use crate::upstream::Upstream;
 
 /// The response body: the upstream's, streamed as it arrives, or a short text the proxy
 /// answered itself. `B` is the request body type.
-pub struct ProxyBody<B>(Kind<B>);
+pub type ProxyBody<B> = TextOr<UpstreamBody<B>>;
 
-// The upstream variant is the common one: boxing it would cost an allocation per request to
-// save a few hundred bytes on the rare short answers.
-#[allow(clippy::large_enum_variant)]
-enum Kind<B> {
-    Upstream(Streamed<B>),
-    Short(Option<Bytes>),
-}
-
-/// An upstream body on its way to the client.
-struct Streamed<B> {
+/// An upstream's response body on its way to the client: its connection goes back to the
+/// pool once it ends, a failure is logged and counted against the target, and an upstream
+/// silent for the response timeout mid-body cuts it.
+pub struct UpstreamBody<B> {
     body: Incoming,
     _in_flight: InFlight,
     /// Taken when the body fails or ends, so it is reported at most once.
@@ -68,35 +60,17 @@ pub(crate) struct Back<B> {
 #[error("the upstream sent nothing for {0} ms in the middle of its body")]
 pub struct BodyStalled(pub u64);
 
-impl<B: Send + 'static> ProxyBody<B> {
-    /// A short plain-text response the proxy makes itself.
-    pub(crate) fn text(status: StatusCode, text: &'static str) -> Response<ProxyBody<B>> {
-        let mut res = Response::new(ProxyBody(Kind::Short(Some(Bytes::from_static(
-            text.as_bytes(),
-        )))));
-        *res.status_mut() = status;
-        res.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        res
-    }
-
-    /// No body (a `101`'s).
-    pub(crate) fn empty() -> Self {
-        ProxyBody(Kind::Short(None))
-    }
-
+impl<B: Send + 'static> UpstreamBody<B> {
     /// The upstream's body, arriving on `back`'s connection, which goes back to the pool when
     /// the body ends (if reusable).
-    pub(crate) fn upstream(
+    pub(crate) fn new(
         body: Incoming,
         in_flight: InFlight,
         health: (Arc<Upstream>, Picked<TargetAddr>),
         back: Back<B>,
     ) -> Self {
         let timeout = health.0.settings().response_timeout;
-        let mut streamed = Streamed {
+        let mut streamed = UpstreamBody {
             body,
             _in_flight: in_flight,
             health: Some(health),
@@ -111,11 +85,9 @@ impl<B: Send + 'static> ProxyBody<B> {
         if http_body::Body::is_end_stream(&streamed.body) {
             streamed.ended();
         }
-        ProxyBody(Kind::Upstream(streamed))
+        streamed
     }
-}
 
-impl<B: Send + 'static> Streamed<B> {
     /// The body ended whole: the connection can carry the next request.
     fn ended(&mut self) {
         let Some((_, picked)) = self.health.take() else {
@@ -171,16 +143,13 @@ impl<B: Send + 'static> Streamed<B> {
     }
 }
 
-impl<B> fmt::Debug for ProxyBody<B> {
+impl<B> fmt::Debug for UpstreamBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
-            Kind::Upstream(_) => "ProxyBody(upstream)",
-            Kind::Short(_) => "ProxyBody(short)",
-        })
+        f.write_str("UpstreamBody")
     }
 }
 
-impl<B: Send + 'static> http_body::Body for ProxyBody<B> {
+impl<B: Send + 'static> http_body::Body for UpstreamBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -188,10 +157,7 @@ impl<B: Send + 'static> http_body::Body for ProxyBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let s = match &mut self.get_mut().0 {
-            Kind::Short(text) => return Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            Kind::Upstream(s) => s,
-        };
+        let s = self.get_mut();
         match Pin::new(&mut s.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 s.frames += 1;
@@ -223,16 +189,10 @@ impl<B: Send + 'static> http_body::Body for ProxyBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Kind::Upstream(s) => s.body.is_end_stream(),
-            Kind::Short(text) => text.is_none(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Kind::Upstream(s) => s.body.size_hint(),
-            Kind::Short(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
-        }
+        self.body.size_hint()
     }
 }

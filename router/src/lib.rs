@@ -57,7 +57,6 @@
 //! # }
 //! ```
 
-mod body;
 mod error;
 mod lookup;
 mod method;
@@ -68,8 +67,8 @@ mod pattern;
 mod route;
 mod tree;
 
-pub use body::{Body, BoxError};
 pub use error::{InsertError, MalformedReason, MatchError};
+pub use httpkit::{Body, BoxError};
 pub use method::MethodRouter;
 pub use mux::{Group, Mux, MuxFuture, MuxService, PathParams, set_path};
 pub use normalize::{BadPath, normalize_path};

@@ -8,18 +8,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{ALLOW, CONTENT_TYPE, LOCATION};
+use http::header::{ALLOW, LOCATION};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::Body;
 use crate::error::InsertError;
 use crate::method::MethodRouter;
 use crate::normalize::normalize_path;
 use crate::params::{Params, RouteInfo};
 use crate::route::{IntoRoute, Route, RouteFuture};
+use httpkit::{Body, text_response};
 
 type Wrap<B> = Arc<dyn Fn(Route<B>) -> Route<B> + Send + Sync>;
 
@@ -434,10 +434,18 @@ fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>) -> MuxFutu
             Ok(Cow::Borrowed(_)) => {}
             Ok(Cow::Owned(path)) => {
                 if set_path(&mut req, &path).is_none() {
-                    return ready(plain(StatusCode::BAD_REQUEST, "Bad Request: path\n"));
+                    return ready(text_response(
+                        StatusCode::BAD_REQUEST,
+                        "Bad Request: path\n",
+                    ));
                 }
             }
-            Err(_) => return ready(plain(StatusCode::BAD_REQUEST, "Bad Request: path\n")),
+            Err(_) => {
+                return ready(text_response(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: path\n",
+                ));
+            }
         }
     }
     let found = match table.routes.at(req.method(), req.uri().path()) {
@@ -530,7 +538,7 @@ fn miss<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
         return match &table.method_not_allowed {
             Some(route) => MuxFuture(State::AddAllow(route.call_ref(req), Some(allow))),
             None => {
-                let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+                let mut res = text_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
                 res.headers_mut().insert(ALLOW, allow);
                 ready(res)
             }
@@ -538,7 +546,7 @@ fn miss<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
     }
     match &table.not_found {
         Some(route) => MuxFuture(State::Route(route.call_ref(req))),
-        None => ready(plain(StatusCode::NOT_FOUND, "Not Found\n")),
+        None => ready(text_response(StatusCode::NOT_FOUND, "Not Found\n")),
     }
 }
 
@@ -580,16 +588,6 @@ fn trailing_slash_redirect<B: Send + 'static>(
     res.headers_mut()
         .insert(LOCATION, HeaderValue::from_str(&location).ok()?);
     Some(res)
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut res = Response::new(Body::from(text));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
 }
 
 fn ready(res: Response<Body>) -> MuxFuture {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
-use crate::body::{Body, BoxError};
+use httpkit::{Body, BoxError};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
@@ -50,9 +50,7 @@ where
 /// A service error reached the router: answer 500, and say why in the log.
 fn error_response(error: BoxError) -> Response<Body> {
     tracing::error!(%error, "route service failed");
-    let mut res = Response::new(Body::from("Internal Server Error\n"));
-    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    res
+    httpkit::text_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
 }
 
 /// A tower service that a [`Mux`](crate::Mux) can register: any `Service<Request<B>>` that is

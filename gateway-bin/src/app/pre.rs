@@ -1,12 +1,13 @@
 //! The `pre` stack: what runs for every request before routing, 404s and 405s included.
-//! Declared in the order a request meets it: request id, access log, panic recovery (inside
-//! the access log, so the log sees the `500` it makes), declared-length body limit.
+//! Declared in the order a request meets it: request id, access log, framing checks (their
+//! `400` logged), panic recovery (inside the access log, so the log sees the `500` it makes),
+//! declared-length body limit.
 
 use std::convert::Infallible;
 
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response, StatusCode};
-use middleware::{AccessLogLayer, RecoverLayer, RequestIdLayer};
+use middleware::{AccessLogLayer, FramingLayer, RecoverLayer, RequestIdLayer};
 use proxy::UpstreamTarget;
 use router::{Body, Mux};
 use tower::{Layer, ServiceBuilder};
@@ -27,6 +28,7 @@ pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config) {
             on.access_log
                 .then(|| AccessLogLayer::new().upstream::<UpstreamTarget>()),
         ))
+        .layer(FramingLayer::new())
         .layer(Optional::<_, B>::new(on.recover.then(RecoverLayer::new)))
         .layer(Optional::<_, B>::new(
             (max_body > 0).then_some(BodyLimitLayer(max_body)),
@@ -117,8 +119,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max) {
-            let mut res = Response::new(Body::from("Payload Too Large\n"));
-            *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            let res = httpkit::text_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
             return LimitFuture::Refused(Some(res));
         }
         LimitFuture::Inner(self.inner.call(req))
@@ -145,9 +146,7 @@ where
         match self.get_mut() {
             LimitFuture::Refused(res) => {
                 std::task::Poll::Ready(Ok(res.take().unwrap_or_else(|| {
-                    let mut r = Response::new(Body::empty());
-                    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                    r
+                    httpkit::text_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n")
                 })))
             }
             LimitFuture::Inner(f) => std::pin::Pin::new(f).poll(cx),

@@ -1,4 +1,4 @@
-//! The response body type of [`Mux`](crate::Mux).
+//! [`Body`]: the response body the router and the gateway answer with.
 
 use std::any::Any;
 use std::fmt;
@@ -10,8 +10,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-/// A boxed error, as used by [`Body`] and the route services.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::BoxError;
 
 /// A response body: empty, one buffer, or any streaming body.
 ///

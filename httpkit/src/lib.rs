@@ -1,0 +1,26 @@
+//! The HTTP pieces every crate of the gateway shares, so that each exists once: the response
+//! [`Body`] (empty, one buffer, or a boxed stream), [`TextOr`] (a layer's own short answer or
+//! the inner body, unboxed), [`text_response`] for every plain-text answer, [`BoxError`], and
+//! the [`hop_by_hop`] header rules (RFC 9110 §7.6.1). No I/O.
+//!
+//! ```
+//! use http::StatusCode;
+//! use httpkit::{Body, TextOr, text_response};
+//!
+//! let not_found: http::Response<Body> = text_response(StatusCode::NOT_FOUND, "Not Found\n");
+//! assert_eq!(not_found.headers()["content-type"], "text/plain; charset=utf-8");
+//!
+//! // A layer that answers by itself or passes the inner body on, without boxing either.
+//! let refused: http::Response<TextOr<Body>> = text_response(StatusCode::FORBIDDEN, "Forbidden\n");
+//! assert_eq!(refused.status(), 403);
+//! ```
+
+mod body;
+pub mod hop_by_hop;
+mod text;
+
+pub use body::Body;
+pub use text::{TextOr, text_response};
+
+/// A boxed error, as bodies and services carry them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
