@@ -228,7 +228,11 @@ async fn handle(
     } else {
         let json = describe(&name, &parts, body_bytes);
         let body = if faults.chunked {
-            BodyExt::boxed(Unsized(Some(Bytes::from(json))))
+            // One frame and no size hint: sent chunked.
+            let frame = Ok::<_, std::io::Error>(Frame::data(Bytes::from(json)));
+            BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+                [frame],
+            )))
         } else {
             full(json)
         };
@@ -316,20 +320,6 @@ fn quote(out: &mut String, text: &str) {
         }
     }
     out.push('"');
-}
-
-/// A body whose length is not announced: one frame, and no size hint.
-struct Unsized(Option<Bytes>);
-
-impl http_body::Body for Unsized {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
-    }
 }
 
 /// `n` bytes of `x`, made 16 KiB at a time.

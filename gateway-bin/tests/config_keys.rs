@@ -260,47 +260,32 @@ async fn connect_timeout_moves_on_from_a_target_that_never_answers_the_handshake
 async fn preserve_host_and_trusted_proxies() {
     // config: upstreams.*.preserve_host, upstreams.*.trusted_proxies
     let up = echo("up").await;
-    let gw = start_gateway(route(
-        &format!(
-            "preserve_host = true\ntrusted_proxies = [\"127.0.0.0/8\"]\ntargets = [\"{}\"]",
-            up.url()
-        ),
-        "",
-    ))
-    .await;
-    let r = call(
-        gw.addr,
-        http::Request::get("/u/x")
-            .header("host", "public.example")
-            .header("x-forwarded-for", "203.0.113.9")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap(),
-    )
-    .await;
+    // A request as a proxy in front of us would send it: its own Host, a client's address.
+    let spoofed = |trust: &str, preserve: bool| {
+        let text = route(
+            &format!(
+                "preserve_host = {preserve}\ntrusted_proxies = [\"{trust}\"]\ntargets = [\"{}\"]",
+                up.url()
+            ),
+            "",
+        );
+        async move {
+            let gw = start_gateway(text).await;
+            let req = http::Request::get("/u/x")
+                .header("host", "public.example")
+                .header("x-forwarded-for", "203.0.113.9")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            call(gw.addr, req).await.text()
+        }
+    };
     assert_eq!(
-        r.text(),
+        spoofed("127.0.0.0/8", true).await,
         "up GET /x host=public.example xff=203.0.113.9, 127.0.0.1"
     );
     // Not trusted (another network), and the target's Host.
-    let gw = start_gateway(route(
-        &format!(
-            "trusted_proxies = [\"10.0.0.0/8\"]\ntargets = [\"{}\"]",
-            up.url()
-        ),
-        "",
-    ))
-    .await;
-    let r = call(
-        gw.addr,
-        http::Request::get("/u/x")
-            .header("host", "public.example")
-            .header("x-forwarded-for", "203.0.113.9")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap(),
-    )
-    .await;
     assert_eq!(
-        r.text(),
+        spoofed("10.0.0.0/8", false).await,
         format!("up GET /x host={} xff=127.0.0.1", up.addr())
     );
 }
@@ -657,8 +642,7 @@ async fn the_cli_prints_the_default_and_logs_json_with_the_worker_count() {
         gateway_bin::config::DEFAULT
     );
     let up = echo("up").await;
-    let dir = std::env::temp_dir().join(format!("gateway-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("cli");
     let file = dir.join("gateway.toml");
     // A bearer gate with its secrets in the environment (set for the child process only).
     std::fs::write(

@@ -2,7 +2,6 @@
 //! as real processes), with a configuration that mirrors the default.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -285,22 +284,6 @@ fn config_errors_name_the_line_and_key() {
     );
 }
 
-/// Starts the real `gateway` binary on `file` and returns it with the address it logged
-/// (it listens on port 0: no port is reserved and released).
-fn start_binary(file: &std::path::Path) -> (Guarded, SocketAddr) {
-    let mut child = Guarded::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(file),
-    )
-    .unwrap();
-    let line = child
-        .wait_line("gateway listening", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no listening line: {}", child.output()));
-    let addr = address_in(&line).unwrap_or_else(|| panic!("no address in {line}"));
-    (child, addr)
-}
-
 #[tokio::test]
 async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
     // config: --config, --check, server.listen, routes.path, routes.upstream, routes.auth
@@ -363,15 +346,6 @@ async fn the_real_binary_serves_a_config_file_and_exits_0_on_sigterm() {
         .expect("the gateway exits on SIGTERM");
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A fresh directory under the system's temp dir for this test.
-fn tempdir(name: &str) -> std::path::PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("gateway-{name}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use common::*;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,20 +29,10 @@ async fn one_bad_response_never_blacks_out_an_upstream() {
         .await
         .unwrap();
     let addr2 = b2.addr();
-    let dir = std::env::temp_dir().join(format!("gateway-blackout-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("blackout");
     let file = dir.join("gateway.toml");
     std::fs::write(&file, config(b1.addr(), addr2)).unwrap();
-    let mut child = Guarded::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&file),
-    )
-    .unwrap();
-    let line = child
-        .wait_line("gateway listening", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("{}", child.output()));
-    let gw = address_in(&line).unwrap();
+    let (mut child, gw) = start_binary(&file);
 
     // :9002 stops; requests fail over to :9001 and :9002 is taken out.
     drop(b2);
@@ -212,12 +202,7 @@ async fn a_check_that_hangs_fails_at_its_timeout_and_a_wrong_status_fails_too() 
     // config: upstreams.*.health_check.expect_status, upstreams.*.health_check.kind
 
     // Accepts, reads the probe, never answers.
-    let hang = Upstream::start(|mut c: Conn| async move {
-        if c.next_request().await.is_some() {
-            let _ = c.wire.closed_within(Duration::from_secs(30)).await;
-        }
-    })
-    .await;
+    let hang = Upstream::silent().await;
     let gw = start_gateway(checked(
         &[hang.url()],
         "path = \"/healthz\"\ninterval_ms = 50\ntimeout_ms = 150\nfall = 1",
@@ -293,59 +278,17 @@ async fn killing_a_target_under_load_with_checks_on_costs_only_its_requests_in_f
     ))
     .await;
     const WORKERS: usize = 4;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let mut workers = Vec::new();
-    for _ in 0..WORKERS {
-        let (stop, ok, failures) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
-        let addr = gw.addr;
-        workers.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut sender = testkit::client::h1(addr).await;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let req = get("/u/x")
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap();
-                match testkit::client::send_h1(&mut sender, req).await {
-                    Ok(r) if r.status == StatusCode::OK => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("{:?}", other.map(|r| r.status)));
-                        sender = testkit::client::h1(addr).await;
-                    }
-                }
-            }
-        }));
-    }
-    let wait_ok = |at_least: usize| {
-        let ok = Arc::clone(&ok);
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while ok.load(Ordering::Relaxed) < at_least {
-                assert!(Instant::now() < deadline, "the load stalled");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    wait_ok(200).await;
+    let load = Load::start(gw.addr, "/u/x", WORKERS);
+    load.until("200 answers", |l| l.ok() >= 200).await;
     drop(two);
     gw.wait_health("up", "two out by its checks", Duration::from_secs(5), |h| {
         h[1].check_down
     })
     .await;
     let after_out = traffic2.load(Ordering::SeqCst);
-    let at = ok.load(Ordering::Relaxed);
-    wait_ok(at + 200).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let lost = failures.lock().unwrap().clone();
+    let at = load.ok();
+    load.until("200 more answers", |l| l.ok() >= at + 200).await;
+    let lost = load.stop().await;
     // max_fails = 0: with passive health off, a failed exchange is retried on `one` when it
     // can be (bodiless GETs), so the clients lose at most what was in flight on `two`.
     assert!(lost.len() <= WORKERS, "{} failed: {lost:?}", lost.len());
@@ -436,74 +379,36 @@ async fn dns_targets_resolve_to_every_address_and_follow_changes_under_load() {
 
     // Load while the name changes: an address added, one removed, then the name stops
     // resolving (the last addresses stay).
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let mut workers = Vec::new();
-    for _ in 0..3 {
-        let (stop, seen, failures) = (Arc::clone(&stop), Arc::clone(&seen), Arc::clone(&failures));
-        let addr = gw.addr;
-        workers.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut sender = testkit::client::h1(addr).await;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let req = get("/u/x")
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap();
-                match testkit::client::send_h1(&mut sender, req).await {
-                    Ok(r) if r.status == StatusCode::OK => {
-                        *seen.lock().unwrap().entry(r.text()).or_default() += 1;
-                    }
-                    other => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{:?}", other.map(|r| r.status))),
-                }
-            }
-        }));
-    }
-    let count = |ip: &str| seen.lock().unwrap().get(ip).copied().unwrap_or(0);
-    async fn until(what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(Instant::now() < deadline, "{what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    until("traffic on .1 and .2", || {
-        count("127.0.0.1") > 20 && count("127.0.0.2") > 20
+    let load = Load::start(gw.addr, "/u/x", 3);
+    load.until("traffic on .1 and .2", |l| {
+        l.count("127.0.0.1") > 20 && l.count("127.0.0.2") > 20
     })
     .await;
     table.set("api.test", &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
-    until("traffic on the added .3", || count("127.0.0.3") > 20).await;
+    load.until("traffic on the added .3", |l| l.count("127.0.0.3") > 20)
+        .await;
     table.set("api.test", &["127.0.0.2", "127.0.0.3"]);
     gw.wait_health("up", ".1 removed", Duration::from_secs(5), |h| {
         h.len() == 2 && !h.iter().any(|t| t.target.contains("(127.0.0.1)"))
     })
     .await;
-    let after_removal = count("127.0.0.1");
-    let at = count("127.0.0.2");
-    until("traffic on .2 after the removal", || {
-        count("127.0.0.2") > at + 20
+    let after_removal = load.count("127.0.0.1");
+    let at = load.count("127.0.0.2");
+    load.until("traffic on .2 after the removal", |l| {
+        l.count("127.0.0.2") > at + 20
     })
     .await;
     table.0.lock().unwrap().clear(); // the name stops resolving
-    let at = count("127.0.0.3");
-    until("traffic continues on the last addresses", || {
-        count("127.0.0.3") > at + 20
+    let at = load.count("127.0.0.3");
+    load.until("traffic continues on the last addresses", |l| {
+        l.count("127.0.0.3") > at + 20
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert!(
-        failures.lock().unwrap().is_empty(),
-        "{:?}",
-        failures.lock().unwrap()
-    );
+    let on_removed = load.count("127.0.0.1");
+    let failures = load.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
     // Requests in flight to .1 at the swap may finish there; none start after.
-    assert!(count("127.0.0.1") <= after_removal + 3);
+    assert!(on_removed <= after_removal + 3);
     assert_eq!(gw.health("up").len(), 2, "the last good set stays");
 }
 

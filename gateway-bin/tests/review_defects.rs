@@ -159,15 +159,8 @@ async fn an_announced_keep_alive_timeout_retires_pooled_connections_in_time() {
 async fn the_binary_exits_3_when_the_grace_period_cuts_requests() {
     // config: server.shutdown_grace_ms
 
-    let up = Upstream::start(|mut c: Conn| async move {
-        if c.next_request().await.is_some() {
-            // Answers far later than the grace period allows.
-            let _ = c.wire.closed_within(Duration::from_secs(30)).await;
-        }
-    })
-    .await;
-    let dir = std::env::temp_dir().join(format!("gateway-exit3-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let up = Upstream::silent().await;
+    let dir = tempdir("exit3");
     let file = dir.join("gateway.toml");
     std::fs::write(
         &file,
@@ -178,16 +171,7 @@ async fn the_binary_exits_3_when_the_grace_period_cuts_requests() {
         ),
     )
     .unwrap();
-    let mut child = Guarded::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&file),
-    )
-    .unwrap();
-    let line = child
-        .wait_line("gateway listening", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("{}", child.output()));
-    let addr = address_in(&line).unwrap();
+    let (mut child, addr) = start_binary(&file);
     let mut c = Wire::connect(addr).await.unwrap();
     c.send(b"GET /u/slow HTTP/1.1\r\nHost: g\r\n\r\n")
         .await
@@ -335,8 +319,7 @@ fn check_warns_when_a_gated_route_can_be_walked_around() {
         "an empty file is a valid configuration"
     );
     // The embedded default: /admin/* is gated to :9002, and /api/* reaches :9002 openly.
-    let dir = std::env::temp_dir().join(format!("gateway-gate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("gate");
     let file = dir.join("default.toml");
     std::fs::write(&file, gateway_bin::config::DEFAULT).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -362,12 +345,7 @@ fn check_warns_when_a_gated_route_can_be_walked_around() {
 #[tokio::test]
 async fn a_client_gone_before_the_response_is_in_the_access_log() {
     testkit::logs::capture();
-    let up = Upstream::start(|mut c: Conn| async move {
-        if c.next_request().await.is_some() {
-            let _ = c.wire.closed_within(Duration::from_secs(30)).await;
-        }
-    })
-    .await;
+    let up = Upstream::silent().await;
     let gw = start_gateway(one_upstream(&up.url(), "", "")).await;
     let mut c = Wire::connect(gw.addr).await.unwrap();
     c.send(b"GET /u/slow HTTP/1.1\r\nHost: g\r\nX-Request-Id: left-early\r\n\r\n")

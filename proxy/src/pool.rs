@@ -176,6 +176,17 @@ where
         })
     }
 
+    /// A connection to `target` for one request: a pooled one that is ready (or becomes
+    /// ready within a moment), else a new one.
+    pub(crate) async fn get(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
+        if let Some(mut conn) = self.checkout(target) {
+            if conn.wait_ready().await {
+                return Ok(conn);
+            }
+        }
+        self.connect(target).await
+    }
+
     /// A new connection to `target`; its connection task runs on its own.
     pub(crate) async fn connect(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
         let timeout = self.0.connect_timeout;

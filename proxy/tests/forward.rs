@@ -441,20 +441,7 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
 
 /// Serves the proxy over HTTP/1.1 with upgrades allowed, as the gateway does.
 async fn serve_proxy(proxy: Proxy<Incoming>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper_util::service::TowerToHyperService::new(proxy.clone());
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
+    testkit::serve::serve(proxy).await
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //! - [`recorder::Recorder`]: a hyper upstream that records every byte it received.
 //! - [`wire::Wire`]: raw HTTP/1.x reading and writing, for clients and upstreams that behave
 //!   in ways a library never would.
-//! - [`client`]: one-shot HTTP/1.1 calls and HTTP/2 connections with hyper.
+//! - [`client`]: one-shot HTTP/1.1 calls and HTTP/2 connections with hyper; [`serve::serve`]:
+//!   any tower service on a loopback port.
 //! - [`logs`]: captured `tracing` output; [`process::Guarded`]: child processes killed on drop.
 //!
 //! ```
@@ -31,5 +32,6 @@ pub mod client;
 pub mod logs;
 pub mod process;
 pub mod recorder;
+pub mod serve;
 pub mod upstream;
 pub mod wire;

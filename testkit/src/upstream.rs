@@ -182,6 +182,17 @@ impl Upstream {
         Upstream::start(move |conn| conn.serve(respond.clone())).await
     }
 
+    /// An upstream that reads a request and never answers it, until the peer hangs up (a
+    /// hung application, a long poll).
+    pub async fn silent() -> Upstream {
+        Upstream::start(|mut c: Conn| async move {
+            if c.next_request().await.is_some() {
+                let _ = c.wire.closed_within(Duration::from_secs(60)).await;
+            }
+        })
+        .await
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -236,3 +236,123 @@ pub async fn read_to_close(stream: &mut TcpStream, bound: Duration) -> (String, 
     assert!(read.is_ok(), "still open after {bound:?}");
     (String::from_utf8_lossy(&text).into_owned(), Instant::now())
 }
+
+/// Starts the real `gateway` binary on `file` and returns it with the address it logged
+/// (it listens on port 0: no port is reserved and released).
+pub fn start_binary(file: &std::path::Path) -> (Guarded, SocketAddr) {
+    let mut child = Guarded::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("--config")
+            .arg(file),
+    )
+    .unwrap();
+    let line = child
+        .wait_line("gateway listening", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no listening line: {}", child.output()));
+    let addr = address_in(&line).unwrap_or_else(|| panic!("no address in {line}"));
+    (child, addr)
+}
+
+/// A fresh directory under the system's temp dir for this test.
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gateway-{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Clients sending `GET path` over and over on keep-alive connections (a new one after a
+/// failure), counting the answers by body, for at most 30 s or until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tally: std::sync::Arc<std::sync::Mutex<Tally>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    bodies: std::collections::HashMap<String, usize>,
+    failures: Vec<String>,
+}
+
+impl Load {
+    /// Starts `workers` clients on `addr`.
+    pub fn start(addr: SocketAddr, path: &'static str, workers: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, tally) = (stop.clone(), tally.clone());
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let mut sender = testkit::client::h1(addr).await;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let req = get(path)
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap();
+                        let result = testkit::client::send_h1(&mut sender, req).await;
+                        let failed = {
+                            let mut t = tally.lock().unwrap();
+                            match result {
+                                Ok(r) if r.status == http::StatusCode::OK => {
+                                    t.ok += 1;
+                                    *t.bodies.entry(r.text()).or_default() += 1;
+                                    false
+                                }
+                                other => {
+                                    t.failures.push(format!("{:?}", other.map(|r| r.status)));
+                                    true
+                                }
+                            }
+                        };
+                        if failed {
+                            sender = testkit::client::h1(addr).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tally,
+            workers,
+        }
+    }
+
+    /// Answers so far.
+    pub fn ok(&self) -> usize {
+        self.tally.lock().unwrap().ok
+    }
+
+    /// Answers so far whose body was `body`.
+    pub fn count(&self, body: &str) -> usize {
+        self.tally
+            .lock()
+            .unwrap()
+            .bodies
+            .get(body)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `done` holds (10 s at most; checked every 5 ms), failing with `what`.
+    pub async fn until(&self, what: &str, done: impl Fn(&Load) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "{what} within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the clients; returns what failed.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        std::mem::take(&mut self.tally.lock().unwrap().failures)
+    }
+}
