@@ -202,6 +202,60 @@ fn load(
 
 /// Runs the soak.
 pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
+    let (mut procs, pid, port) = start(root)?;
+    let start = sample(pid, port)?;
+    println!(
+        "soak: {} minute(s), {} clients; gateway pid {pid}",
+        opts.minutes, opts.clients
+    );
+    println!("  at start:        {}", show(&start));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    // The first minute, then everyone leaves and the checkpoint is taken; then the rest.
+    let phase = |seconds: u64| {
+        for t in load(
+            port,
+            opts.clients,
+            Instant::now() + Duration::from_secs(seconds),
+            &stop,
+            &tally,
+        ) {
+            let _ = t.join();
+        }
+    };
+    phase(60);
+    procs.check_alive()?;
+    let first = settled_sample(pid, port)?;
+    println!(
+        "  after minute 1:  {}  ({} ops)",
+        show(&first),
+        tally.ok.load(Ordering::Relaxed)
+    );
+    if opts.minutes > 1 {
+        phase(60 * (opts.minutes - 1));
+    }
+    procs.check_alive()?;
+    let last = settled_sample(pid, port)?;
+    println!(
+        "  at the end:      {}  ({} ops, {} failed)",
+        show(&last),
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed)
+    );
+    let mut problems = growth(&tally, &first, &last);
+    problems.extend(sigterm_under_load(&mut procs, pid, port, opts.clients)?);
+    if problems.is_empty() {
+        println!("soak: passed");
+        Ok(())
+    } else {
+        Err(format!("soak failed:\n  - {}", problems.join("\n  - ")))
+    }
+}
+
+/// Builds the release binaries and starts two fake backends and the gateway: the processes,
+/// the gateway's pid and port.
+fn start(root: &Path) -> Result<(Processes, u32, u16), String> {
     crate::cargo(&[
         "build",
         "--release",
@@ -237,49 +291,15 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         Command::new(bin.join("gateway")).arg("--config").arg(&file),
     )?;
     wait_for(port, "gateway", &mut procs)?;
+    Ok((procs, pid, port))
+}
 
-    let start = sample(pid, port)?;
-    println!(
-        "soak: {} minute(s), {} clients; gateway pid {pid}",
-        opts.minutes, opts.clients
-    );
-    println!("  at start:        {}", show(&start));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    // Phase 1: the first minute, then everyone leaves and the checkpoint is taken.
-    let phase = |seconds: u64| {
-        for t in load(
-            port,
-            opts.clients,
-            Instant::now() + Duration::from_secs(seconds),
-            &stop,
-            &tally,
-        ) {
-            let _ = t.join();
-        }
-    };
-    phase(60);
-    procs.check_alive()?;
-    let first = settled_sample(pid, port)?;
-    println!(
-        "  after minute 1:  {}  ({} ops)",
-        show(&first),
-        tally.ok.load(Ordering::Relaxed)
-    );
-    if opts.minutes > 1 {
-        phase(60 * (opts.minutes - 1));
-    }
-    procs.check_alive()?;
-    let last = settled_sample(pid, port)?;
-    let ok = tally.ok.load(Ordering::Relaxed);
-    let failed = tally.failed.load(Ordering::Relaxed);
-    println!(
-        "  at the end:      {}  ({ok} ops, {failed} failed)",
-        show(&last)
-    );
-
+/// What went wrong during the load: failed operations, and growth between minute 1 and the
+/// end beyond a small allowance (allocator caches may settle a little higher; descriptors and
+/// tasks must come back to where they were).
+fn growth(tally: &Tally, first: &Sample, last: &Sample) -> Vec<String> {
     let mut problems = Vec::new();
+    let failed = tally.failed.load(Ordering::Relaxed);
     if failed > 0 {
         let errors = tally.errors.lock().unwrap_or_else(|p| p.into_inner());
         problems.push(format!(
@@ -287,8 +307,6 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             &errors[..errors.len().min(5)]
         ));
     }
-    // Allowances: allocator caches may settle a little higher; descriptors and tasks must
-    // come back to where they were.
     let rss_allow = (first.rss_kib / 10).max(8 * 1024);
     if last.rss_kib > first.rss_kib + rss_allow {
         problems.push(format!(
@@ -314,17 +332,27 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             first.threads, last.threads
         ));
     }
+    problems
+}
 
-    // SIGTERM under load: responses that started must complete; the exit code is 0.
+/// SIGTERM under load: responses that started must complete, and the exit status is 0.
+fn sigterm_under_load(
+    procs: &mut Processes,
+    pid: u32,
+    port: u16,
+    clients: u64,
+) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
     let term = Arc::new(Tally::default());
-    let stop_term = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let threads = load(
         port,
-        opts.clients,
+        clients,
         Instant::now() + Duration::from_secs(30),
-        &stop_term,
+        &stop,
         &term,
     );
+    // Load under way before the signal.
     std::thread::sleep(Duration::from_secs(2));
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -334,7 +362,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         problems.push("could not send SIGTERM".to_owned());
     }
     let exit = procs.wait("gateway", Duration::from_secs(20))?;
-    stop_term.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
@@ -363,12 +391,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     if !cut.is_empty() {
         problems.push(format!("responses cut by the shutdown: {cut:?}"));
     }
-    if problems.is_empty() {
-        println!("soak: passed");
-        Ok(())
-    } else {
-        Err(format!("soak failed:\n  - {}", problems.join("\n  - ")))
-    }
+    Ok(problems)
 }
 
 fn show(s: &Sample) -> String {

@@ -9,9 +9,10 @@
 //! when the run ends, fails or is interrupted; every load run lasts `--duration` seconds.
 
 mod memory;
+mod peers;
 mod report;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::client::Conn;
@@ -77,13 +78,13 @@ pub(crate) struct Contender {
 }
 
 /// Where the upstreams listen, and how their accepted connections are counted.
-struct Upstreams {
-    u1: u16,
-    u2: u16,
+pub(crate) struct Upstreams {
+    pub(crate) u1: u16,
+    pub(crate) u2: u16,
     /// nginx's stub_status, when nginx is the fixed upstream.
     status: Option<u16>,
     /// The fake backend: chunked answers and the streaming checks.
-    fake: u16,
+    pub(crate) fake: u16,
     kind: &'static str,
 }
 
@@ -184,8 +185,64 @@ fn wrk(
     Ok((sample, requests))
 }
 
+/// Where the run happens: the work directory, pinning, and the processes it started.
+pub(crate) struct Rig {
+    work: PathBuf,
+    root: PathBuf,
+    pin: bool,
+    cores: usize,
+    procs: Processes,
+}
+
+impl Rig {
+    /// `program` on core 0 when the machine has two (wrk gets core 1).
+    fn on_core0(&self, program: &Path) -> Command {
+        if self.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// Writes a config from `template` into the work directory; returns its path.
+    fn write(
+        &self,
+        name: &str,
+        template: &str,
+        values: &[(&str, String)],
+    ) -> Result<PathBuf, String> {
+        let path = self.work.join(name);
+        std::fs::write(&path, render(template, values)?).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    /// A path in the work directory, as text for a config.
+    fn file(&self, name: &str) -> String {
+        self.work.join(name).display().to_string()
+    }
+}
+
 /// Runs the bench (see the module docs).
 pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
+    let mut rig = prepare(root, opts)?;
+    let upstreams = start_upstreams(&mut rig)?;
+    let contenders = peers::start(&mut rig, &upstreams)?;
+    let samples = rounds(&mut rig, opts, &upstreams, &contenders)?;
+    let ours = &contenders[1];
+    let gateway_pid = ours.pid.unwrap_or(0);
+    let peak_rss = crate::procs::proc_status(gateway_pid, "VmHWM:");
+    let memory = memory::checks(gateway_pid, ours.port)?;
+    let table = report::table(&samples, &contenders, opts);
+    let header = report::header(opts, rig.cores, rig.pin, upstreams.kind, peak_rss, &memory);
+    println!("\n{header}\n{table}");
+    report::write_benchmarks(root, &format!("{header}\n{table}"))
+}
+
+/// Installs the peers if asked, checks wrk, builds the release binaries, makes the work
+/// directory.
+fn prepare(root: &Path, opts: &Options) -> Result<Rig, String> {
     if opts.install_peers {
         crate::run_command(Command::new("apt-get").arg("update"))?;
         crate::run_command(Command::new("apt-get").args([
@@ -213,51 +270,40 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     ])?;
     let work = root.join("target").join("bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let script = work.join("percentiles.lua");
-    std::fs::write(&script, WRK_SCRIPT).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("percentiles.lua"), WRK_SCRIPT).map_err(|e| e.to_string())?;
     memory::raise_fd_limit();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pin = cores >= 2 && which("taskset").is_some();
-    // Servers on core 0, wrk on core 1, when the machine has two.
-    let on_core0 = |program: &Path| {
-        if pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    };
-    let write = |name: &str, template: &str, values: &[(&str, String)]| {
-        let path = work.join(name);
-        std::fs::write(&path, render(template, values)?).map_err(|e| e.to_string())?;
-        Ok::<_, String>(path)
-    };
-    let mut procs = Processes::default();
-    let fake_exe = root.join("target/release/fake-backend");
+    Ok(Rig {
+        work,
+        root: root.to_path_buf(),
+        pin: cores >= 2 && which("taskset").is_some(),
+        cores,
+        procs: Processes::default(),
+    })
+}
 
-    // The upstreams: nginx with one worker if installed (it is the faster), else ours; and
-    // the fake backend for chunked answers and streaming.
-    let nginx = which("nginx");
+/// The upstreams: nginx with one worker if installed (it is the faster), else two fake
+/// backends; and the fake backend for chunked answers and streaming.
+fn start_upstreams(rig: &mut Rig) -> Result<Upstreams, String> {
+    let fake_exe = rig.root.join("target/release/fake-backend");
     let (u1, u2, fake) = (free_port()?, free_port()?, free_port()?);
-    let upstreams = if let Some(nginx) = &nginx {
+    let upstreams = if let Some(nginx) = which("nginx") {
         let status = free_port()?;
-        let conf = write(
+        let conf = rig.write(
             "upstreams.nginx.conf",
             include_str!("../../templates/upstreams.nginx.conf"),
             &[
-                ("pid", work.join("upstreams.pid").display().to_string()),
-                (
-                    "error_log",
-                    work.join("upstreams.err").display().to_string(),
-                ),
+                ("pid", rig.file("upstreams.pid")),
+                ("error_log", rig.file("upstreams.err")),
                 ("u1", u1.to_string()),
                 ("u2", u2.to_string()),
                 ("status", status.to_string()),
                 ("body", BODY.to_owned()),
             ],
         )?;
-        procs.start("nginx upstreams", on_core0(nginx).arg("-c").arg(&conf))?;
+        let mut cmd = rig.on_core0(&nginx);
+        rig.procs
+            .start("nginx upstreams", cmd.arg("-c").arg(&conf))?;
         Upstreams {
             u1,
             u2,
@@ -266,8 +312,10 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             kind: "nginx 1 worker (return 200)",
         }
     } else {
-        procs.start("fake-backend 1", on_core0(&fake_exe).arg(u1.to_string()))?;
-        procs.start("fake-backend 2", on_core0(&fake_exe).arg(u2.to_string()))?;
+        for (name, port) in [("fake-backend 1", u1), ("fake-backend 2", u2)] {
+            let mut cmd = rig.on_core0(&fake_exe);
+            rig.procs.start(name, cmd.arg(port.to_string()))?;
+        }
         Upstreams {
             u1,
             u2,
@@ -276,145 +324,38 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             kind: "fake-backend (nginx not installed)",
         }
     };
-    procs.start(
-        "fake-backend (chunked)",
-        on_core0(&fake_exe).arg(fake.to_string()),
-    )?;
+    let mut cmd = rig.on_core0(&fake_exe);
+    rig.procs
+        .start("fake-backend (chunked)", cmd.arg(fake.to_string()))?;
     for (port, what) in [
         (u1, "upstream 1"),
         (u2, "upstream 2"),
         (fake, "the fake backend"),
     ] {
-        wait_for(port, what, &mut procs)?;
+        wait_for(port, what, &mut rig.procs)?;
     }
+    Ok(upstreams)
+}
 
-    // The contenders.
-    let ours = free_port()?;
-    let ports = |port: u16| {
-        vec![
-            ("port", port.to_string()),
-            ("u1", u1.to_string()),
-            ("u2", u2.to_string()),
-            ("chunked", fake.to_string()),
-        ]
-    };
-    let conf = write(
-        "gateway.toml",
-        include_str!("../../templates/gateway.bench.toml"),
-        &ports(ours),
-    )?;
-    let gateway_pid = procs.start(
-        "gateway",
-        on_core0(&root.join("target/release/gateway"))
-            .arg("--config")
-            .arg(&conf)
-            .env("RUST_LOG", "warn"),
-    )?;
-    wait_for(ours, "the gateway", &mut procs)?;
-    let mut contenders = vec![
-        Contender {
-            name: "direct",
-            port: 0,
-            pid: None,
-        },
-        Contender {
-            name: "gateway (ours)",
-            port: ours,
-            pid: Some(gateway_pid),
-        },
-    ];
-    let mut skipped = Vec::new();
-    if let Some(nginx) = &nginx {
-        let port = free_port()?;
-        let mut values = ports(port);
-        values.push(("pid", work.join("nginx-proxy.pid").display().to_string()));
-        values.push((
-            "error_log",
-            work.join("nginx-proxy.err").display().to_string(),
-        ));
-        let conf = write(
-            "proxy.nginx.conf",
-            include_str!("../../templates/proxy.nginx.conf"),
-            &values,
-        )?;
-        let pid = procs.start("nginx proxy", on_core0(nginx).arg("-c").arg(&conf))?;
-        wait_for(port, "nginx", &mut procs)?;
-        contenders.push(Contender {
-            name: "nginx (1 worker)",
-            port,
-            pid: Some(pid),
-        });
-    } else {
-        skipped.push("nginx: `apt-get install nginx-light`");
-    }
-    if let Some(haproxy) = which("haproxy") {
-        let port = free_port()?;
-        let conf = write(
-            "haproxy.cfg",
-            include_str!("../../templates/haproxy.cfg"),
-            &ports(port),
-        )?;
-        let pid = procs.start(
-            "haproxy",
-            on_core0(&haproxy).arg("-db").arg("-f").arg(&conf),
-        )?;
-        wait_for(port, "haproxy", &mut procs)?;
-        contenders.push(Contender {
-            name: "HAProxy (1 thread)",
-            port,
-            pid: Some(pid),
-        });
-    } else {
-        skipped.push("HAProxy: `apt-get install haproxy`");
-    }
-    if let Some(caddy) = which("caddy") {
-        let port = free_port()?;
-        let conf = write(
-            "Caddyfile",
-            include_str!("../../templates/Caddyfile"),
-            &ports(port),
-        )?;
-        let pid = procs.start(
-            "caddy",
-            on_core0(&caddy)
-                .args(["run", "--adapter", "caddyfile", "--config"])
-                .arg(&conf)
-                .env("GOMAXPROCS", "1"),
-        )?;
-        wait_for(port, "caddy", &mut procs)?;
-        contenders.push(Contender {
-            name: "Caddy (GOMAXPROCS=1)",
-            port,
-            pid: Some(pid),
-        });
-    } else {
-        skipped.push("Caddy: `apt-get install caddy`");
-    }
-    for s in &skipped {
-        eprintln!("skipped {s}");
-    }
-
-    // Interleaved rounds.
+/// Interleaved rounds: every scenario, connection count and contender once per round.
+fn rounds<'c>(
+    rig: &mut Rig,
+    opts: &Options,
+    upstreams: &Upstreams,
+    contenders: &'c [Contender],
+) -> Result<Vec<(Scenario, &'c str, u32, Sample)>, String> {
+    let script = rig.work.join("percentiles.lua");
     let ticks_per_second = 100.0; // USER_HZ on Linux
-    let mut samples: Vec<(Scenario, &str, u32, Sample)> = Vec::new();
+    let mut samples = Vec::new();
     for round in 1..=opts.rounds {
         for &scenario in &opts.scenarios {
             for &conns in &opts.conns {
-                for c in &contenders {
-                    procs.check_alive()?;
-                    let url = match (c.name, scenario) {
-                        ("direct", Scenario::Fixed) => format!("http://127.0.0.1:{u1}/ping"),
-                        ("direct", Scenario::Chunked) => {
-                            format!("http://127.0.0.1:{fake}/ping?chunked=1")
-                        }
-                        (_, Scenario::Fixed) => format!("http://127.0.0.1:{}/api/ping", c.port),
-                        (_, Scenario::Chunked) => {
-                            format!("http://127.0.0.1:{}/chunked/ping?chunked=1", c.port)
-                        }
-                    };
+                for c in contenders {
+                    rig.procs.check_alive()?;
+                    let url = url(c, scenario, upstreams);
                     let accepted_before = upstreams.accepted(scenario);
                     let cpu_before = c.pid.and_then(cpu_ticks_with_children);
-                    let (mut s, requests) = wrk(&url, conns, opts.seconds, &script, pin)?;
+                    let (mut s, requests) = wrk(&url, conns, opts.seconds, &script, rig.pin)?;
                     let cpu_after = c.pid.and_then(cpu_ticks_with_children);
                     let accepted_after = upstreams.accepted(scenario);
                     // Less the one connection the count itself took.
@@ -442,10 +383,17 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             }
         }
     }
-    let peak_rss = crate::procs::proc_status(gateway_pid, "VmHWM:");
-    let memory = memory::checks(gateway_pid, ours)?;
-    let table = report::table(&samples, &contenders, opts);
-    let header = report::header(opts, cores, pin, upstreams.kind, peak_rss, &memory);
-    println!("\n{header}\n{table}");
-    report::write_benchmarks(root, &format!("{header}\n{table}"))
+    Ok(samples)
+}
+
+/// What a contender is asked for in a scenario (`direct` goes to the upstream itself).
+fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> String {
+    match (c.name, scenario) {
+        ("direct", Scenario::Fixed) => format!("http://127.0.0.1:{}/ping", upstreams.u1),
+        ("direct", Scenario::Chunked) => {
+            format!("http://127.0.0.1:{}/ping?chunked=1", upstreams.fake)
+        }
+        (_, Scenario::Fixed) => format!("http://127.0.0.1:{}/api/ping", c.port),
+        (_, Scenario::Chunked) => format!("http://127.0.0.1:{}/chunked/ping?chunked=1", c.port),
+    }
 }

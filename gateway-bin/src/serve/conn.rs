@@ -1,5 +1,6 @@
-//! Serving: accept loops with a connection limit, HTTP/1.1 and HTTP/2 on one port, limits on
-//! request heads and bodies, and graceful shutdown.
+//! One client connection: HTTP/1.1 or HTTP/2 served by hyper, its idle and hard-close timers,
+//! the bytes it moves, and the slot it holds under `max_connections` (which its WebSocket
+//! tunnels keep).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,154 +18,36 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy::{ClientAddr, TunnelGuard};
 use router::MuxService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::config::Server;
+use super::{Limits, ServedBody, Slot};
 
-/// The body the gateway's routes see: the client's, capped at `max_body_bytes`.
-pub type ServedBody = Limited<Incoming>;
-
-/// How the connections are served.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// See [`Server::header_read_timeout_ms`].
-    pub header_read_timeout: Duration,
-    /// See [`Server::idle_timeout_ms`].
-    pub idle_timeout: Duration,
-    /// See [`Server::max_header_bytes`].
-    pub max_header_bytes: usize,
-    /// See [`Server::max_body_bytes`] (0: none).
-    pub max_body_bytes: u64,
-    /// See [`Server::max_connections`].
-    pub max_connections: usize,
-    /// See [`Server::shutdown_grace_ms`].
-    pub shutdown_grace: Duration,
-}
-
-impl From<&Server> for Limits {
-    fn from(s: &Server) -> Self {
-        Limits {
-            header_read_timeout: s.header_read_timeout(),
-            idle_timeout: s.idle_timeout(),
-            max_header_bytes: s.max_header_bytes,
-            max_body_bytes: s.max_body_bytes,
-            max_connections: s.max_connections.max(1),
-            shutdown_grace: s.shutdown_grace(),
-        }
-    }
-}
-
-/// Serves `service` on every listener until `shutdown` completes; then stops accepting, asks
-/// every connection to finish (HTTP/1.1: after its current response; HTTP/2: `GOAWAY`), and
-/// waits up to the grace period for them. Returns whether they all finished in time.
-pub async fn serve(
+/// Serves one accepted connection in a task of its own until it ends.
+pub(super) fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
     service: MuxService<ServedBody>,
-    listeners: Vec<TcpListener>,
-    limits: Limits,
-    shutdown: impl Future<Output = ()>,
-) -> bool {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Every connection task holds a clone; `recv` ends when the last one is gone.
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let mut loops = Vec::new();
-    for listener in listeners {
-        loops.push(tokio::spawn(accept_loop(
-            listener,
-            service.clone(),
-            limits.clone(),
-            Arc::clone(&permits),
-            stop_rx.clone(),
-            alive_tx.clone(),
-        )));
-    }
-    drop(alive_tx);
-    shutdown.await;
-    tracing::info!("shutting down: no new connections; waiting for requests in flight");
-    let _ = stop_tx.send(true);
-    for l in loops {
-        let _ = l.await;
-    }
-    match tokio::time::timeout(limits.shutdown_grace, alive_rx.recv()).await {
-        Ok(_) => {
-            tracing::info!("all connections finished");
-            true
-        }
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = limits.shutdown_grace.as_millis() as u64,
-                "grace period over; closing the rest"
-            );
-            false
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    service: MuxService<ServedBody>,
-    limits: Limits,
-    permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
+    limits: &Limits,
+    slot: Slot,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        // At most max_connections at once: wait for a slot before accepting more.
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::new(ConnState::default());
-        let io = Tracked {
-            inner: stream,
-            count: 0,
-            state: Arc::clone(&state),
-        };
-        // What the connection holds (a slot under max_connections, a place in the count that
-        // shutdown waits for) is shared with the tunnels (WebSockets) it hands over, which
-        // outlive it: the slot is free once the connection and its tunnels are all gone.
-        let slot = Arc::new(Slot {
-            _permit: permit,
-            _alive: alive.clone(),
-        });
-        let tunnel_guard = TunnelGuard(Arc::clone(&slot) as Arc<dyn std::any::Any + Send + Sync>);
-        let conn = serve_connection(
-            io,
-            peer,
-            service.clone(),
-            &limits,
-            tunnel_guard,
-            Arc::clone(&state),
-        );
-        let stop = stop.clone();
-        let idle = limits.idle_timeout;
-        tokio::spawn(async move {
-            drive(conn, &state, idle, stop).await;
-            drop(slot);
-        });
-    }
-}
-
-/// A connection's place: its permit under `max_connections` and its share of the count
-/// shutdown waits for.
-struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _alive: mpsc::Sender<()>,
+    let _ = stream.set_nodelay(true);
+    let state = Arc::new(ConnState::default());
+    let io = Tracked {
+        inner: stream,
+        count: 0,
+        state: Arc::clone(&state),
+    };
+    let slot = Arc::new(slot);
+    let tunnel_guard = TunnelGuard(Arc::clone(&slot) as Arc<dyn std::any::Any + Send + Sync>);
+    let conn = serve_connection(io, peer, service, limits, tunnel_guard, Arc::clone(&state));
+    let idle = limits.idle_timeout;
+    tokio::spawn(async move {
+        drive(conn, &state, idle, stop).await;
+        drop(slot);
+    });
 }
 
 /// What the connection's driver watches: bytes moving, and requests still waiting for their

@@ -1,0 +1,106 @@
+//! The contenders: the gateway and the peers installed here (nginx, HAProxy, Caddy), each on
+//! core 0 with its config from `xtask/templates`.
+
+use super::{Contender, Rig, Upstreams};
+use crate::procs::{free_port, wait_for, which};
+
+/// Starts every contender; `direct` first, the gateway second.
+pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contender>, String> {
+    let ports = |port: u16| {
+        vec![
+            ("port", port.to_string()),
+            ("u1", upstreams.u1.to_string()),
+            ("u2", upstreams.u2.to_string()),
+            ("chunked", upstreams.fake.to_string()),
+        ]
+    };
+    let mut contenders = vec![Contender {
+        name: "direct",
+        port: 0,
+        pid: None,
+    }];
+    let ours = free_port()?;
+    let conf = rig.write(
+        "gateway.toml",
+        include_str!("../../templates/gateway.bench.toml"),
+        &ports(ours),
+    )?;
+    let exe = rig.root.join("target/release/gateway");
+    let mut cmd = rig.on_core0(&exe);
+    let pid = rig.procs.start(
+        "gateway",
+        cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn"),
+    )?;
+    wait_for(ours, "the gateway", &mut rig.procs)?;
+    contenders.push(Contender {
+        name: "gateway (ours)",
+        port: ours,
+        pid: Some(pid),
+    });
+    for peer in PEERS {
+        let Some(program) = which(peer.program) else {
+            eprintln!("skipped {}: `apt-get install {}`", peer.name, peer.package);
+            continue;
+        };
+        let port = free_port()?;
+        let mut values = ports(port);
+        values.push(("pid", rig.file(&format!("{}.pid", peer.program))));
+        values.push(("error_log", rig.file(&format!("{}.err", peer.program))));
+        let conf = rig.write(peer.file, peer.template, &values)?;
+        let mut cmd = rig.on_core0(&program);
+        cmd.args(peer.args).arg(&conf);
+        if let Some((key, value)) = peer.env {
+            cmd.env(key, value);
+        }
+        let pid = rig.procs.start(peer.name, &mut cmd)?;
+        wait_for(port, peer.name, &mut rig.procs)?;
+        contenders.push(Contender {
+            name: peer.name,
+            port,
+            pid: Some(pid),
+        });
+    }
+    Ok(contenders)
+}
+
+/// A peer proxy: how to start it on its config.
+struct Peer {
+    name: &'static str,
+    program: &'static str,
+    package: &'static str,
+    file: &'static str,
+    template: &'static str,
+    /// Arguments before the config file's path.
+    args: &'static [&'static str],
+    env: Option<(&'static str, &'static str)>,
+}
+
+const PEERS: [Peer; 3] = [
+    Peer {
+        name: "nginx (1 worker)",
+        program: "nginx",
+        package: "nginx-light",
+        file: "proxy.nginx.conf",
+        template: include_str!("../../templates/proxy.nginx.conf"),
+        args: &["-c"],
+        env: None,
+    },
+    Peer {
+        name: "HAProxy (1 thread)",
+        program: "haproxy",
+        package: "haproxy",
+        file: "haproxy.cfg",
+        template: include_str!("../../templates/haproxy.cfg"),
+        args: &["-db", "-f"],
+        env: None,
+    },
+    Peer {
+        name: "Caddy (GOMAXPROCS=1)",
+        program: "caddy",
+        package: "caddy",
+        file: "Caddyfile",
+        template: include_str!("../../templates/Caddyfile"),
+        args: &["run", "--adapter", "caddyfile", "--config"],
+        env: Some(("GOMAXPROCS", "1")),
+    },
+];
