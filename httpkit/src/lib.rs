@@ -1,7 +1,7 @@
 //! The HTTP pieces every crate of the gateway shares, so that each exists once: the response
 //! [`Body`] (empty, one buffer, or a boxed stream), [`TextOr`] (a layer's own short answer or
-//! the inner body, unboxed), [`text_response`] for every plain-text answer, [`BoxError`], and
-//! the [`hop_by_hop`] header rules (RFC 9110 §7.6.1). No I/O.
+//! the inner body, unboxed), [`text_response`] for every plain-text answer, [`BoxError`], the
+//! [`RequestId`] every log line of a request names, and the [`hop_by_hop`] header rules (RFC 9110 §7.6.1). No I/O.
 //!
 //! ```
 //! use http::StatusCode;
@@ -17,9 +17,11 @@
 
 mod body;
 pub mod hop_by_hop;
+mod request_id;
 mod text;
 
 pub use body::Body;
+pub use request_id::RequestId;
 pub use text::{TextOr, text_response};
 
 /// A boxed error, as bodies and services carry them.

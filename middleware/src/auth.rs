@@ -210,7 +210,11 @@ where
         if self.layer.allows(&req) {
             pass(self.inner.call(req))
         } else {
-            tracing::info!(path = %crate::text::escape_controls(req.uri().path()), "auth gate: forbidden");
+            tracing::info!(
+                request_id = %httpkit::RequestId::logged(req.extensions()),
+                path = %crate::text::escape_controls(req.uri().path()),
+                "auth gate: forbidden"
+            );
             answer(StatusCode::FORBIDDEN, "Forbidden\n")
         }
     }

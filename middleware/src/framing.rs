@@ -75,7 +75,10 @@ where
         if !odd_transfer_encoding(req.headers()) {
             return pass(self.inner.call(req));
         }
-        tracing::info!("request refused: odd Transfer-Encoding");
+        tracing::info!(
+            request_id = %httpkit::RequestId::logged(req.extensions()),
+            "request refused: odd Transfer-Encoding"
+        );
         let mut res = text_response(StatusCode::BAD_REQUEST, "Bad Request: Transfer-Encoding\n");
         res.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -1,5 +1,6 @@
 //! Request ids: accept a well-formed inbound `X-Request-Id`, or make one; put it on the request
-//! going upstream, on the response, and in a tracing span around the request.
+//! going upstream, on the response, in the request's extensions (where every layer's log line
+//! finds it), and, unless turned off, in a tracing span around the request.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -27,68 +28,18 @@
 //! # }
 //! ```
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
-use std::fmt;
-use std::hash::BuildHasher;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
+pub use httpkit::RequestId;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-/// The request's id, in the request's extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
-
-impl RequestId {
-    /// The id as text (always `[A-Za-z0-9._-]`, 1 to 128 characters).
-    pub fn as_str(&self) -> &str {
-        // Only valid ids are ever stored, and they are ASCII.
-        self.0.to_str().unwrap_or_default()
-    }
-
-    /// The id as a header value.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Whether `value` is an acceptable inbound id: 1 to 128 characters of `[A-Za-z0-9._-]`.
 pub fn is_valid_request_id(value: &[u8]) -> bool {
-    (1..=128).contains(&value.len())
-        && value
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// A new id: 128 bits from a per-thread keyed hash of a counter, as 32 hex digits.
-fn generate() -> HeaderValue {
-    thread_local! {
-        // RandomState is seeded from the operating system's randomness.
-        static KEYS: (RandomState, Cell<u64>) = (RandomState::new(), Cell::new(0));
-    }
-    let (hi, lo) = KEYS.with(|(keys, counter)| {
-        let n = counter.get();
-        counter.set(n.wrapping_add(1));
-        (keys.hash_one((n, 0u8)), keys.hash_one((n, 1u8)))
-    });
-    let mut text = [0u8; 32];
-    for (i, nibble) in (0..32).map(|i| {
-        let word = if i < 16 { hi } else { lo };
-        (i, ((word >> (60 - 4 * (i % 16))) & 0xF) as u8)
-    }) {
-        text[i] = b"0123456789abcdef"[nibble as usize];
-    }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    RequestId::is_valid(value)
 }
 
 /// The default header: `x-request-id`.
@@ -99,6 +50,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct RequestIdLayer {
     header: HeaderName,
     trust_inbound: bool,
+    span: bool,
 }
 
 impl Default for RequestIdLayer {
@@ -113,6 +65,7 @@ impl RequestIdLayer {
         RequestIdLayer {
             header: X_REQUEST_ID,
             trust_inbound: true,
+            span: true,
         }
     }
 
@@ -126,6 +79,15 @@ impl RequestIdLayer {
     /// does not want clients to choose ids.
     pub fn trust_inbound(mut self, trust: bool) -> Self {
         self.trust_inbound = trust;
+        self
+    }
+
+    /// Whether the request runs in an `info` span named `request` with its id, method and path
+    /// (default), so that every line logged inside names them. A server whose own lines all
+    /// name the id (the gateway's do) turns it off: formatting the span's fields costs a few
+    /// allocations per request.
+    pub fn span(mut self, on: bool) -> Self {
+        self.span = on;
         self
     }
 }
@@ -164,18 +126,23 @@ where
         let inbound = req
             .headers()
             .get(header)
-            .filter(|v| self.layer.trust_inbound && is_valid_request_id(v.as_bytes()))
+            .filter(|_| self.layer.trust_inbound)
             .filter(|_| req.headers().get_all(header).iter().count() == 1)
-            .cloned();
-        let id = inbound.unwrap_or_else(generate);
-        req.headers_mut().insert(header.clone(), id.clone());
-        req.extensions_mut().insert(RequestId(id.clone()));
-        let span = tracing::info_span!(
-            "request",
-            request_id = %RequestId(id.clone()),
-            method = %req.method(),
-            path = %req.uri().path(),
-        );
+            .and_then(RequestId::parse);
+        let id = inbound.unwrap_or_else(RequestId::generate);
+        let value = id.header_value().clone();
+        req.headers_mut().insert(header.clone(), value.clone());
+        let span = if self.layer.span {
+            tracing::info_span!(
+                "request",
+                request_id = %id,
+                method = %req.method(),
+                path = %req.uri().path(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        req.extensions_mut().insert(id);
         let future = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -183,7 +150,7 @@ where
         RequestIdFuture {
             inner: future.instrument(span),
             header: header.clone(),
-            id,
+            id: value,
         }
     }
 }

@@ -34,7 +34,7 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use httpkit::{TextOr, text_response};
+use httpkit::{RequestId, TextOr, text_response};
 
 /// Answers `503 Service Unavailable` when the inner service takes longer than a duration.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let request_id = req.extensions().get::<RequestId>().cloned();
         TimeoutFuture {
+            request_id,
             inner: Some(self.inner.call(req)),
             sleep: tokio::time::sleep(self.duration),
             duration: self.duration,
@@ -96,6 +98,7 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         duration: Duration,
+        request_id: Option<RequestId>,
     }
 }
 
@@ -118,6 +121,7 @@ where
         }
         this.inner.set(None);
         tracing::warn!(
+            request_id = %this.request_id.as_ref().map_or("-", RequestId::as_str),
             timeout_ms = this.duration.as_millis() as u64,
             "deadline passed; request cancelled"
         );

@@ -136,6 +136,26 @@ async fn request_id_is_on_every_log_line_of_the_request() {
 }
 
 #[tokio::test]
+async fn without_the_span_the_id_is_still_everywhere_but_in_a_span() {
+    let logs = capture();
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new().span(false))
+        .service(echo_id());
+    // The handler still sees the id as a header and an extension, the client gets it back.
+    assert_eq!(id_for(svc, &[b"no-span"]).await, "no-span");
+    let events = logs.events();
+    let inside = events
+        .iter()
+        .find(|e| {
+            e.fields
+                .get("message")
+                .is_some_and(|m| m == "inside the handler")
+        })
+        .unwrap();
+    assert!(inside.span_fields.is_empty(), "{:?}", inside.span_fields);
+}
+
+#[tokio::test]
 async fn request_id_through_a_mux() {
     let mut mux = Mux::new();
     mux.get("/x", echo_id()).unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use balancer::{Outcome, Picked};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use httpkit::text_response;
+use httpkit::{RequestId, text_response};
 
 use crate::ClientAddr;
 use crate::forward::{Inner, RequestBody};
@@ -30,6 +30,8 @@ pub(crate) struct Exchange<B> {
     progress: Option<Arc<BodyProgress>>,
     /// The client's side of an upgrade it asked for, and what the tunnel must hold.
     pub(crate) upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelGuard>)>,
+    /// The id every line logged about this request names.
+    pub(crate) request_id: Option<RequestId>,
 }
 
 /// The outbound request: path and query (the request's own, which a router may have
@@ -38,6 +40,7 @@ pub(crate) struct Exchange<B> {
 pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> Option<Exchange<B>> {
     let settings = upstream.settings();
     let (mut parts, body) = req.into_parts();
+    let request_id = parts.extensions.get::<RequestId>().cloned();
     let path_and_query = parts.uri.path_and_query().cloned()?;
     let inbound_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -99,6 +102,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         inbound_host,
         progress,
         upgrade,
+        request_id,
     })
 }
 
@@ -156,6 +160,13 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+impl<B> Exchange<B> {
+    /// The request's id as logged (`-` without one).
+    pub(crate) fn id(&self) -> &str {
+        self.request_id.as_ref().map_or("-", RequestId::as_str)
+    }
 }
 
 impl<B: RequestBody> Exchange<B> {
@@ -229,6 +240,7 @@ impl<B: RequestBody> Exchange<B> {
             return self.failed(upstream, picked, Failure::Timeout);
         }
         tracing::info!(
+            request_id = %self.id(),
             upstream = %upstream.name(),
             target = %picked.value(),
             timeout_ms = upstream.settings().response_timeout.as_millis() as u64,
@@ -277,6 +289,7 @@ impl<B: RequestBody> Exchange<B> {
             ));
         };
         tracing::debug!(
+            request_id = %self.id(),
             upstream = %upstream.name(),
             target = %picked.value(),
             error = %crate::error_chain(&hyper_error),
@@ -305,6 +318,7 @@ impl<B: RequestBody> Exchange<B> {
             _ => return None,
         };
         tracing::info!(
+            request_id = %self.id(),
             upstream = %upstream.name(),
             target = %target,
             error = %crate::error_chain(error),
@@ -350,6 +364,7 @@ impl<B: RequestBody> Exchange<B> {
             upstream.balancer().report(picked, Outcome::Failure);
         }
         tracing::warn!(
+            request_id = %self.id(),
             upstream = %upstream.name(),
             target = %picked.value(),
             error = %error,

@@ -118,12 +118,14 @@ async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<
     let upstream = inner.upstream.name();
     if attempts.is_empty() {
         tracing::error!(
+            request_id = %exchange.id(),
             upstream,
             "no target available: every target is marked down or failing its health checks"
         );
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
     }
     tracing::error!(
+        request_id = %exchange.id(),
         upstream,
         tried = attempts.len(),
         "no upstream target answered"

@@ -36,13 +36,20 @@ impl<B: RequestBody> Exchange<B> {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some((client_side, guard)) = self.upgrade.take() else {
                 tracing::warn!(
+                    request_id = %self.id(),
                     upstream = %upstream.name(),
                     target = %picked.value(),
                     "upstream switched protocols without being asked"
                 );
                 return text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
             };
-            tunnel::spawn(client_side, hyper::upgrade::on(&mut res), in_flight, guard);
+            tunnel::spawn(
+                client_side,
+                hyper::upgrade::on(&mut res),
+                in_flight,
+                guard,
+                self.request_id.clone(),
+            );
             // The connection's task finishes the hand-over of its socket to the tunnel.
             conn.link.detach();
             let (mut head, _) = res.into_parts();
@@ -60,7 +67,8 @@ impl<B: RequestBody> Exchange<B> {
         {
             reusable = false;
             tracing::warn!(
-                upstream = %upstream.name(),
+                    request_id = %self.id(),
+                    upstream = %upstream.name(),
                 target = %picked.value(),
                 "upstream response with both Content-Length and Transfer-Encoding; length dropped, connection not reused"
             );
@@ -74,7 +82,8 @@ impl<B: RequestBody> Exchange<B> {
             keep_for,
             reusable,
         };
-        let body = UpstreamBody::new(body, in_flight, (Arc::clone(upstream), picked), back);
+        let health = (Arc::clone(upstream), picked);
+        let body = UpstreamBody::new(body, in_flight, health, back, self.request_id.take());
         Response::from_parts(head, TextOr::inner(body))
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use balancer::{InFlight, Outcome, Picked};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use httpkit::{BoxError, TextOr};
+use httpkit::{BoxError, RequestId, TextOr};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
@@ -36,8 +36,8 @@ pub struct UpstreamBody<B> {
     /// The connection, back to the pool once the body has ended (if reusable), closed if the
     /// body fails or is dropped.
     back: Option<Back<B>>,
-    /// The request's span, for the lines logged once the request's future is gone.
-    span: tracing::Span,
+    /// The request's id, for the lines logged once the request's future is gone.
+    request_id: Option<RequestId>,
     /// The longest the upstream may stay silent mid-body.
     timeout: Duration,
     /// Armed while waiting for the upstream; re-armed only when it fires after progress.
@@ -68,6 +68,7 @@ impl<B: Send + 'static> UpstreamBody<B> {
         in_flight: InFlight,
         health: (Arc<Upstream>, Picked<TargetAddr>),
         back: Back<B>,
+        request_id: Option<RequestId>,
     ) -> Self {
         let timeout = health.0.settings().response_timeout;
         let mut streamed = UpstreamBody {
@@ -75,7 +76,7 @@ impl<B: Send + 'static> UpstreamBody<B> {
             _in_flight: in_flight,
             health: Some(health),
             back: Some(back),
-            span: tracing::Span::current(),
+            request_id,
             timeout,
             timer: None,
             frames: 0,
@@ -108,8 +109,8 @@ impl<B: Send + 'static> UpstreamBody<B> {
         self.timer = None;
         if let Some((upstream, picked)) = self.health.take() {
             upstream.balancer().report(&picked, Outcome::BodyFailure);
-            let _entered = self.span.enter();
             tracing::warn!(
+                request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
                 upstream = %upstream.name(),
                 target = %picked.value(),
                 error = %crate::error_chain(error),

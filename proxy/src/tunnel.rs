@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use balancer::InFlight;
+use httpkit::RequestId;
 use hyper_util::rt::TokioIo;
-use tracing::Instrument;
 
 /// Held for as long as an upgraded connection (a WebSocket) is tunnelled. A server puts one in
 /// the request's extensions to have the tunnel keep what the connection held: a slot under its
@@ -21,14 +21,18 @@ impl fmt::Debug for TunnelGuard {
 }
 
 /// Starts tunnelling between the client's and the upstream's upgraded connections, in its own
-/// task, in the current span. The target's in-flight count lasts as long as the tunnel.
+/// task, its lines naming the request's id. The target's in-flight count lasts as long as the
+/// tunnel.
 pub(crate) fn spawn(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
     guard: Option<TunnelGuard>,
+    request_id: Option<RequestId>,
 ) {
-    tokio::spawn(copy_both_ways(client, upstream, in_flight, guard).in_current_span());
+    tokio::spawn(copy_both_ways(
+        client, upstream, in_flight, guard, request_id,
+    ));
 }
 
 async fn copy_both_ways(
@@ -36,17 +40,19 @@ async fn copy_both_ways(
     upstream: hyper::upgrade::OnUpgrade,
     _in_flight: InFlight,
     _guard: Option<TunnelGuard>,
+    request_id: Option<RequestId>,
 ) {
+    let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
-            tracing::warn!(error = %error, "upgrade failed");
+            tracing::warn!(request_id, error = %error, "upgrade failed");
             return;
         }
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %error, "tunnel closed with an error");
+        tracing::debug!(request_id, error = %error, "tunnel closed with an error");
     }
 }

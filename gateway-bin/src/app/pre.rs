@@ -22,7 +22,9 @@ pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config) {
     let max_body = config.server.max_body_bytes;
     let stack = ServiceBuilder::new()
         .layer(Optional::<_, B>::new(
-            on.request_id.then(RequestIdLayer::new),
+            // Every line the gateway logs about a request names its id itself: no span,
+            // whose fields would be formatted for every request.
+            on.request_id.then(|| RequestIdLayer::new().span(false)),
         ))
         .layer(Optional::<_, B>::new(
             on.access_log
