@@ -1,7 +1,8 @@
 //! The HTTP pieces every crate of the gateway shares, so that each exists once: the response
 //! [`Body`] (empty, one buffer, or a boxed stream), [`TextOr`] (a layer's own short answer or
 //! the inner body, unboxed), [`text_response`] for every plain-text answer, [`BoxError`], the
-//! [`RequestId`] every log line of a request names, and the [`hop_by_hop`] header rules (RFC 9110 §7.6.1). No I/O.
+//! [`RequestId`] and [`TraceContext`] every log line of a request names, and the [`hop_by_hop`]
+//! header rules (RFC 9110 §7.6.1). No I/O.
 //!
 //! ```
 //! use http::StatusCode;
@@ -17,12 +18,15 @@
 
 mod body;
 pub mod hop_by_hop;
+mod random;
 mod request_id;
 mod text;
+pub mod trace;
 
 pub use body::Body;
-pub use request_id::RequestId;
+pub use request_id::{LogIds, RequestId};
 pub use text::{TextOr, text_response};
+pub use trace::{TraceContext, TraceId};
 
 /// A boxed error, as bodies and services carry them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,10 +1,7 @@
 //! [`RequestId`]: the id a request is logged under, in its extensions for every layer and the
 //! proxy to name it in their log lines.
 
-use std::cell::Cell;
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
 
 use http::{Extensions, HeaderValue};
 
@@ -42,23 +39,10 @@ impl RequestId {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     }
 
-    /// A new id: 128 bits from a per-thread keyed hash of a counter, as 32 hex digits.
+    /// A new id: 128 random bits as 32 hex digits.
     pub fn generate() -> RequestId {
-        thread_local! {
-            // RandomState is seeded from the operating system's randomness.
-            static KEYS: (RandomState, Cell<u64>) = (RandomState::new(), Cell::new(0));
-        }
-        let (hi, lo) = KEYS.with(|(keys, counter)| {
-            let n = counter.get();
-            counter.set(n.wrapping_add(1));
-            (keys.hash_one((n, 0u8)), keys.hash_one((n, 1u8)))
-        });
         let mut text = [0u8; 32];
-        for (i, digit) in text.iter_mut().enumerate() {
-            let word = if i < 16 { hi } else { lo };
-            let nibble = (word >> (60 - 4 * (i % 16))) & 0xF;
-            *digit = b"0123456789abcdef"[nibble as usize];
-        }
+        crate::random::hex_into(&crate::random::u128().to_be_bytes(), &mut text);
         RequestId(HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0")))
     }
 
@@ -82,5 +66,51 @@ impl RequestId {
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The ids a request's log lines carry, taken from its extensions once, for code that logs
+/// after the request itself is gone (a response body, a tunnel).
+///
+/// ```
+/// use httpkit::{LogIds, RequestId};
+/// let mut ext = http::Extensions::new();
+/// ext.insert(RequestId::generate());
+/// let ids = LogIds::of(&ext);
+/// assert_eq!(ids.request().len(), 32);
+/// assert_eq!(ids.trace().to_string(), "-");
+/// ```
+#[derive(Debug, Clone)]
+pub struct LogIds {
+    request: Option<RequestId>,
+    trace: crate::TraceId,
+}
+
+impl Default for LogIds {
+    fn default() -> Self {
+        LogIds {
+            request: None,
+            trace: crate::TraceId::NONE,
+        }
+    }
+}
+
+impl LogIds {
+    /// The ids in `extensions`.
+    pub fn of(extensions: &Extensions) -> LogIds {
+        LogIds {
+            request: extensions.get::<RequestId>().cloned(),
+            trace: crate::TraceContext::logged(extensions),
+        }
+    }
+
+    /// The request id as logged (`-` without one).
+    pub fn request(&self) -> &str {
+        self.request.as_ref().map_or("-", RequestId::as_str)
+    }
+
+    /// The trace id as logged (`-` without one).
+    pub fn trace(&self) -> crate::TraceId {
+        self.trace
     }
 }

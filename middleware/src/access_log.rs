@@ -55,6 +55,7 @@ use tower_service::Service;
 
 use crate::request_id::RequestId;
 use crate::text::escape_controls;
+use httpkit::{TraceContext, TraceId};
 
 /// The default upstream type: never present, logged as `-`.
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +149,7 @@ struct Record {
     method: Method,
     path: String,
     request_id: Option<RequestId>,
+    trace_id: TraceId,
     start: Instant,
     status: u16,
     upstream: Option<String>,
@@ -190,6 +192,7 @@ impl Record {
             bytes = self.bytes,
             duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
+            trace_id = %self.trace_id,
             upstream = %self.upstream.as_deref().unwrap_or("-"),
             complete,
             ended = ended.as_str(),
@@ -217,6 +220,7 @@ where
             method: req.method().clone(),
             path: escape_controls(req.uri().path()),
             request_id: req.extensions().get::<RequestId>().cloned(),
+            trace_id: TraceContext::logged(req.extensions()),
             start: Instant::now(),
             status: 0,
             upstream: None,

@@ -40,6 +40,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use httpkit::TextOr;
+use telemetry::Counter;
 
 use crate::answer::{AnswerOr, answer, pass};
 
@@ -130,15 +131,23 @@ enum Scheme {
 pub struct AuthLayer {
     scheme: Scheme,
     secrets: Secrets,
+    denials: Option<Arc<Counter>>,
 }
 
 impl AuthLayer {
+    /// Counts every request refused in `denials`.
+    pub fn count_denials(mut self, denials: Arc<Counter>) -> Self {
+        self.denials = Some(denials);
+        self
+    }
+
     /// The header `name` must equal one of `secrets`.
     pub fn header(name: &str, secrets: Secrets) -> Result<Self, AuthError> {
         let name = HeaderName::try_from(name).map_err(|_| AuthError::BadHeaderName(name.into()))?;
         Ok(AuthLayer {
             scheme: Scheme::Header(name),
             secrets,
+            denials: None,
         })
     }
 
@@ -148,6 +157,7 @@ impl AuthLayer {
         AuthLayer {
             scheme: Scheme::Bearer,
             secrets: tokens,
+            denials: None,
         }
     }
 
@@ -210,8 +220,12 @@ where
         if self.layer.allows(&req) {
             pass(self.inner.call(req))
         } else {
+            if let Some(denials) = &self.layer.denials {
+                denials.inc();
+            }
             tracing::info!(
                 request_id = %httpkit::RequestId::logged(req.extensions()),
+                trace_id = %httpkit::TraceContext::logged(req.extensions()),
                 path = %crate::text::escape_controls(req.uri().path()),
                 "auth gate: forbidden"
             );

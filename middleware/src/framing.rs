@@ -77,6 +77,7 @@ where
         }
         tracing::info!(
             request_id = %httpkit::RequestId::logged(req.extensions()),
+            trace_id = %httpkit::TraceContext::logged(req.extensions()),
             "request refused: odd Transfer-Encoding"
         );
         let mut res = text_response(StatusCode::BAD_REQUEST, "Bad Request: Transfer-Encoding\n");

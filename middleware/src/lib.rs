@@ -2,7 +2,8 @@
 //! axum, tonic, hyper-util):
 //!
 //! - [`RequestIdLayer`]: a valid inbound `X-Request-Id` is kept, otherwise one is made; it goes
-//!   upstream, back to the client, and into a tracing span around the request.
+//!   upstream, back to the client, into the request's extensions for every log line, and (unless
+//!   turned off) into a tracing span around the request.
 //! - [`RecoverLayer`]: a panic becomes a `500` and one error log line; a panic mid-body aborts
 //!   that response.
 //! - [`TimeoutLayer`]: a deadline; the inner future is dropped and the client gets `503`.
@@ -10,6 +11,10 @@
 //!   constant time; otherwise `403`.
 //! - [`AccessLogLayer`]: one structured event per request, however it ends.
 //! - [`FramingLayer`]: a `Transfer-Encoding` other than one `chunked` gets `400` and a close.
+//! - [`TraceContextLayer`]: W3C Trace Context: a valid `traceparent` is continued, anything
+//!   else replaced by a new trace; the request goes on with the gateway's own span id.
+//! - [`MetricsLayer`] and [`RouteMetricsLayer`]: requests counted by route, method and status
+//!   class, and timed, in series made once (no lock, no allocation per request).
 //!
 //! tower-http has layers with similar names; these differ where the gateway needs it: inbound
 //! ids are validated, panics are logged with the request they hit and also caught in the body,
@@ -48,15 +53,19 @@ pub mod access_log;
 mod answer;
 pub mod auth;
 pub mod framing;
+pub mod metrics;
 pub mod recover;
 pub mod request_id;
 mod text;
 pub mod timeout;
+pub mod trace_context;
 
 pub use access_log::AccessLogLayer;
 pub use answer::AnswerOr;
 pub use auth::{AuthError, AuthLayer, Secrets};
 pub use framing::FramingLayer;
+pub use metrics::{MetricsLayer, RequestMetrics, RouteMetricsLayer};
 pub use recover::RecoverLayer;
 pub use request_id::{RequestId, RequestIdLayer};
 pub use timeout::TimeoutLayer;
+pub use trace_context::TraceContextLayer;

@@ -26,6 +26,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -35,26 +36,37 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use httpkit::{BoxError, TextOr, text_response};
+use httpkit::{BoxError, LogIds, TextOr, text_response};
+use telemetry::Counter;
 
-use crate::request_id::RequestId;
 use crate::text::escape_controls;
 
 /// Turns panics into `500` responses (see the [module docs](self)).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RecoverLayer(());
+#[derive(Debug, Clone, Default)]
+pub struct RecoverLayer {
+    panics: Option<Arc<Counter>>,
+}
 
 impl RecoverLayer {
     /// The layer.
     pub fn new() -> Self {
-        RecoverLayer(())
+        RecoverLayer { panics: None }
+    }
+
+    /// Counts every panic caught in `panics`.
+    pub fn count_panics(mut self, panics: Arc<Counter>) -> Self {
+        self.panics = Some(panics);
+        self
     }
 }
 
 impl<S> Layer<S> for RecoverLayer {
     type Service = Recover<S>;
     fn layer(&self, inner: S) -> Recover<S> {
-        Recover { inner }
+        Recover {
+            inner,
+            panics: self.panics.clone(),
+        }
     }
 }
 
@@ -62,6 +74,7 @@ impl<S> Layer<S> for RecoverLayer {
 #[derive(Debug, Clone)]
 pub struct Recover<S> {
     inner: S,
+    panics: Option<Arc<Counter>>,
 }
 
 /// What the log line says about the request that panicked.
@@ -70,7 +83,8 @@ struct PanicContext {
     method: Method,
     /// The request's URI (a reference-counted copy); escaped only if a panic is logged.
     uri: http::Uri,
-    request_id: Option<RequestId>,
+    ids: LogIds,
+    panics: Option<Arc<Counter>>,
 }
 
 impl PanicContext {
@@ -80,11 +94,15 @@ impl PanicContext {
             .copied()
             .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(a panic without a message)");
+        if let Some(panics) = &self.panics {
+            panics.inc();
+        }
         tracing::error!(
             panic = %escape_controls(message),
             method = %self.method,
             path = %escape_controls(self.uri.path()),
-            request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
             "panic {during}"
         );
     }
@@ -106,7 +124,8 @@ where
         let context = PanicContext {
             method: req.method().clone(),
             uri: req.uri().clone(),
-            request_id: req.extensions().get::<RequestId>().cloned(),
+            ids: LogIds::of(req.extensions()),
+            panics: self.panics.clone(),
         };
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => RecoverFuture {

@@ -25,6 +25,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,18 +35,29 @@ use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use httpkit::{RequestId, TextOr, text_response};
+use httpkit::{LogIds, TextOr, text_response};
+use telemetry::Counter;
 
 /// Answers `503 Service Unavailable` when the inner service takes longer than a duration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     duration: Duration,
+    expired: Option<Arc<Counter>>,
 }
 
 impl TimeoutLayer {
     /// A deadline of `duration` from the call.
     pub fn new(duration: Duration) -> Self {
-        TimeoutLayer { duration }
+        TimeoutLayer {
+            duration,
+            expired: None,
+        }
+    }
+
+    /// Counts every request cut by the deadline in `expired`.
+    pub fn count_expired(mut self, expired: Arc<Counter>) -> Self {
+        self.expired = Some(expired);
+        self
     }
 }
 
@@ -55,6 +67,7 @@ impl<S> Layer<S> for TimeoutLayer {
         Timeout {
             inner,
             duration: self.duration,
+            expired: self.expired.clone(),
         }
     }
 }
@@ -64,6 +77,7 @@ impl<S> Layer<S> for TimeoutLayer {
 pub struct Timeout<S> {
     inner: S,
     duration: Duration,
+    expired: Option<Arc<Counter>>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
@@ -79,12 +93,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let request_id = req.extensions().get::<RequestId>().cloned();
+        let ids = LogIds::of(req.extensions());
         TimeoutFuture {
-            request_id,
+            ids,
             inner: Some(self.inner.call(req)),
             sleep: tokio::time::sleep(self.duration),
             duration: self.duration,
+            expired: self.expired.clone(),
         }
     }
 }
@@ -98,7 +113,8 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         duration: Duration,
-        request_id: Option<RequestId>,
+        ids: LogIds,
+        expired: Option<Arc<Counter>>,
     }
 }
 
@@ -120,8 +136,12 @@ where
             return Poll::Pending;
         }
         this.inner.set(None);
+        if let Some(expired) = this.expired.as_ref() {
+            expired.inc();
+        }
         tracing::warn!(
-            request_id = %this.request_id.as_ref().map_or("-", RequestId::as_str),
+            request_id = %this.ids.request(),
+            trace_id = %this.ids.trace(),
             timeout_ms = this.duration.as_millis() as u64,
             "deadline passed; request cancelled"
         );

@@ -82,7 +82,15 @@ async fn refresh<B: Send + 'static>(
             Ok(mut ips) if !ips.is_empty() => {
                 ips.sort();
                 ips.dedup();
-                next.extend(ips.into_iter().map(|ip| (target.resolved(ip), *weight)));
+                // An address already in the set stays as it is, its counts with it.
+                next.extend(ips.into_iter().map(|ip| {
+                    let at = target.resolved(ip);
+                    let kept = current
+                        .iter()
+                        .find(|(c, _)| *c == at)
+                        .map(|(c, _)| c.clone());
+                    (kept.unwrap_or(at), *weight)
+                }));
             }
             outcome => {
                 let why = match outcome {

@@ -4,15 +4,17 @@
 //! answer ([`Exchange::failed`]), and the response relayed ([`Exchange::relay`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use balancer::{Outcome, Picked};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use httpkit::{RequestId, text_response};
+use httpkit::{LogIds, text_response};
 
 use crate::ClientAddr;
 use crate::forward::{Inner, RequestBody};
 use crate::headers::{Forwarding, rewrite_request_headers};
+use crate::metrics::{Attempt, Retry};
 use crate::outgoing::{BodyProgress, Outgoing, Progress};
 use crate::pool::ConnectError;
 use crate::response::ProxyBody;
@@ -30,8 +32,8 @@ pub(crate) struct Exchange<B> {
     progress: Option<Arc<BodyProgress>>,
     /// The client's side of an upgrade it asked for, and what the tunnel must hold.
     pub(crate) upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelGuard>)>,
-    /// The id every line logged about this request names.
-    pub(crate) request_id: Option<RequestId>,
+    /// The ids every line logged about this request names.
+    pub(crate) ids: LogIds,
 }
 
 /// The outbound request: path and query (the request's own, which a router may have
@@ -40,7 +42,7 @@ pub(crate) struct Exchange<B> {
 pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> Option<Exchange<B>> {
     let settings = upstream.settings();
     let (mut parts, body) = req.into_parts();
-    let request_id = parts.extensions.get::<RequestId>().cloned();
+    let ids = LogIds::of(&parts.extensions);
     let path_and_query = parts.uri.path_and_query().cloned()?;
     let inbound_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -102,7 +104,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         inbound_host,
         progress,
         upgrade,
-        request_id,
+        ids,
     })
 }
 
@@ -149,6 +151,8 @@ impl Replay {
 }
 
 /// After a failed send: answer (or `None`: the next target), or send this again.
+// A value returned once per failed send, never stored: its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Next<B> {
     Answer(Option<Response<ProxyBody<B>>>),
     Again(Request<Outgoing<B>>),
@@ -160,13 +164,6 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-impl<B> Exchange<B> {
-    /// The request's id as logged (`-` without one).
-    pub(crate) fn id(&self) -> &str {
-        self.request_id.as_ref().map_or("-", RequestId::as_str)
-    }
 }
 
 impl<B: RequestBody> Exchange<B> {
@@ -181,6 +178,7 @@ impl<B: RequestBody> Exchange<B> {
         // In flight from the pick on: connecting is part of the load a target carries, and
         // least-request must see it.
         let in_flight = picked.state().start();
+        let started = Instant::now();
         let mut conn = match inner.pool.get(picked.value()).await {
             Ok(conn) => conn,
             Err(e) => return self.failed(upstream, &picked, Failure::Connect(e)),
@@ -194,7 +192,16 @@ impl<B: RequestBody> Exchange<B> {
             )
             .await;
             let error = match sent {
-                Ok(Ok(res)) => return Some(self.relay(inner, picked, conn, in_flight, res)),
+                Ok(Ok(res)) => {
+                    let metrics = picked.value().metrics();
+                    metrics.head_after(started.elapsed());
+                    metrics.attempt(if res.status().is_server_error() {
+                        Attempt::ServerError
+                    } else {
+                        Attempt::Ok
+                    });
+                    return Some(self.relay(inner, picked, conn, in_flight, res));
+                }
                 Ok(Err(error)) => error,
                 Err(_elapsed) => return self.timed_out(upstream, &picked),
             };
@@ -240,7 +247,8 @@ impl<B: RequestBody> Exchange<B> {
             return self.failed(upstream, picked, Failure::Timeout);
         }
         tracing::info!(
-            request_id = %self.id(),
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
             upstream = %upstream.name(),
             target = %picked.value(),
             timeout_ms = upstream.settings().response_timeout.as_millis() as u64,
@@ -289,12 +297,14 @@ impl<B: RequestBody> Exchange<B> {
             ));
         };
         tracing::debug!(
-            request_id = %self.id(),
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
             upstream = %upstream.name(),
             target = %picked.value(),
             error = %crate::error_chain(&hyper_error),
             "pooled connection closed by the upstream; sending again on a new one"
         );
+        upstream.metrics().retried(Retry::StaleConnection);
         Next::Again(back)
     }
 
@@ -318,7 +328,8 @@ impl<B: RequestBody> Exchange<B> {
             _ => return None,
         };
         tracing::info!(
-            request_id = %self.id(),
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
             upstream = %upstream.name(),
             target = %target,
             error = %crate::error_chain(error),
@@ -363,8 +374,16 @@ impl<B: RequestBody> Exchange<B> {
         if counts {
             upstream.balancer().report(picked, Outcome::Failure);
         }
+        picked.value().metrics().attempt(match failure {
+            Failure::Connect(_) => Attempt::ConnectError,
+            Failure::Timeout => Attempt::Timeout,
+            Failure::NotSent(_) | Failure::Broken(_) | Failure::StaleNotRetried(_) => {
+                Attempt::Reset
+            }
+        });
         tracing::warn!(
-            request_id = %self.id(),
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
             upstream = %upstream.name(),
             target = %picked.value(),
             error = %error,

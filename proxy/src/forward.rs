@@ -11,10 +11,11 @@ use std::task::{Context, Poll};
 use balancer::Attempts;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use httpkit::{BoxError, text_response};
+use httpkit::{BoxError, TextOr, text_response};
 use tower_service::Service;
 
 use crate::exchange::prepare;
+use crate::metrics::Retry;
 use crate::outgoing::Outgoing;
 use crate::pool::Pool;
 use crate::response::ProxyBody;
@@ -81,6 +82,11 @@ impl<B> Proxy<B> {
         self.inner.pool.idle_count()
     }
 
+    /// Idle upstream connections in the pool now, per target (named as the target displays).
+    pub fn idle_connections_by_target(&self) -> Vec<(Arc<str>, usize)> {
+        self.inner.pool.idle_by_target()
+    }
+
     pub(crate) fn upstream_arc(&self) -> &Arc<Upstream> {
         &self.inner.upstream
     }
@@ -111,21 +117,31 @@ async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<
     };
     let mut attempts = Attempts::new();
     while let Some(picked) = inner.upstream.balancer().next_attempt(&mut attempts) {
-        if let Some(res) = exchange.attempt(inner, picked).await {
+        if attempts.len() > 1 {
+            inner.upstream.metrics().retried(Retry::NextTarget);
+        }
+        if let Some(mut res) = exchange.attempt(inner, picked).await {
+            if let TextOr::Inner { body } = res.body_mut() {
+                body.prefetch().await;
+            }
             return res;
         }
     }
     let upstream = inner.upstream.name();
     if attempts.is_empty() {
+        inner.upstream.metrics().no_target();
         tracing::error!(
-            request_id = %exchange.id(),
+            request_id = %exchange.ids.request(),
+            trace_id = %exchange.ids.trace(),
             upstream,
             "no target available: every target is marked down or failing its health checks"
         );
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
     }
+    inner.upstream.metrics().all_failed();
     tracing::error!(
-        request_id = %exchange.id(),
+        request_id = %exchange.ids.request(),
+        trace_id = %exchange.ids.trace(),
         upstream,
         tried = attempts.len(),
         "no upstream target answered"

@@ -27,8 +27,11 @@
 //! - The client's fault: a malformed request body gets `400`, one over a limit `413`, a body
 //!   the client stops sending `408`; never counted.
 //!
-//! Each is logged with the upstream and target, inside the request's span (which carries the
-//! request id when the server makes one).
+//! Each is logged with the upstream, the target and the request's id (when the server makes
+//! one, as [`httpkit::RequestId`]), and counted in the target's [`TargetMetrics`] (attempts by
+//! outcome, time to the response head, body failures, connections) and the upstream's
+//! [`UpstreamMetrics`] (retries, `503`s, exhausted attempts): plain atomics each request
+//! finds through its target, read by whoever exports them.
 //!
 //! Upgrades (WebSocket): `Upgrade` and `Connection: upgrade` are forwarded (never `h2c`); on a
 //! `101` the proxy tunnels bytes both ways until either side closes, and an upstream that
@@ -69,6 +72,7 @@ pub mod dns;
 mod exchange;
 mod forward;
 pub mod headers;
+mod metrics;
 mod outgoing;
 mod pool;
 mod relay;
@@ -79,6 +83,7 @@ mod upstream;
 
 pub use background::Background;
 pub use forward::{Proxy, RequestBody};
+pub use metrics::{Attempt, Retry, TargetMetrics, UpstreamMetrics};
 pub use response::{BodyStalled, ProxyBody, UpstreamBody};
 pub use target::{TargetAddr, TargetError};
 pub use tunnel::TunnelGuard;

@@ -206,7 +206,10 @@ where
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
+        let counted = target.clone();
+        counted.metrics().connection_opened();
         let task = tokio::spawn(async move {
+            let _open = OpenConnection(counted);
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
@@ -218,6 +221,15 @@ where
             },
             reused: false,
         })
+    }
+}
+
+/// Counts a connection as open to its target until its task ends (or is aborted).
+struct OpenConnection(TargetAddr);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics().connection_closed();
     }
 }
 
@@ -260,6 +272,14 @@ impl<B> Pool<B> {
     pub(crate) fn retain_targets(&self, keep: impl Fn(&str) -> bool) {
         let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|(key, _)| keep(key));
+    }
+
+    /// Idle connections kept now, per target (by [`TargetAddr`]'s display).
+    pub(crate) fn idle_by_target(&self) -> Vec<(Arc<str>, usize)> {
+        let idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.iter()
+            .map(|(key, list)| (Arc::clone(key), list.len()))
+            .collect()
     }
 
     /// Idle connections kept now, for all targets.

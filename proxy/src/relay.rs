@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use balancer::{InFlight, Outcome, Picked};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{Response, StatusCode};
 use httpkit::{TextOr, text_response};
 
@@ -36,7 +36,8 @@ impl<B: RequestBody> Exchange<B> {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some((client_side, guard)) = self.upgrade.take() else {
                 tracing::warn!(
-                    request_id = %self.id(),
+                    request_id = %self.ids.request(),
+                    trace_id = %self.ids.trace(),
                     upstream = %upstream.name(),
                     target = %picked.value(),
                     "upstream switched protocols without being asked"
@@ -48,7 +49,7 @@ impl<B: RequestBody> Exchange<B> {
                 hyper::upgrade::on(&mut res),
                 in_flight,
                 guard,
-                self.request_id.clone(),
+                self.ids.clone(),
             );
             // The connection's task finishes the hand-over of its socket to the tunnel.
             conn.link.detach();
@@ -67,8 +68,9 @@ impl<B: RequestBody> Exchange<B> {
         {
             reusable = false;
             tracing::warn!(
-                    request_id = %self.id(),
-                    upstream = %upstream.name(),
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
                 target = %picked.value(),
                 "upstream response with both Content-Length and Transfer-Encoding; length dropped, connection not reused"
             );
@@ -82,8 +84,14 @@ impl<B: RequestBody> Exchange<B> {
             keep_for,
             reusable,
         };
+        // An event stream's events go out as they come; other bodies may be coalesced.
+        let coalesce = !head
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let health = (Arc::clone(upstream), picked);
-        let body = UpstreamBody::new(body, in_flight, health, back, self.request_id.take());
+        let ids = std::mem::take(&mut self.ids);
+        let body = UpstreamBody::new(body, in_flight, health, back, ids, coalesce);
         Response::from_parts(head, TextOr::inner(body))
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use balancer::{InFlight, Outcome, Picked};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use httpkit::{BoxError, RequestId, TextOr};
+use httpkit::{BoxError, LogIds, TextOr};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
@@ -36,15 +36,42 @@ pub struct UpstreamBody<B> {
     /// The connection, back to the pool once the body has ended (if reusable), closed if the
     /// body fails or is dropped.
     back: Option<Back<B>>,
-    /// The request's id, for the lines logged once the request's future is gone.
-    request_id: Option<RequestId>,
+    /// The request's ids, for the lines logged once the request's future is gone.
+    ids: LogIds,
     /// The longest the upstream may stay silent mid-body.
     timeout: Duration,
     /// Armed while waiting for the upstream; re-armed only when it fires after progress.
     timer: Option<Pin<Box<Sleep>>>,
     frames: u64,
     frames_at_arm: u64,
+    /// See [`Coalesce`]; `None` when the body is not coalesced. Boxed: most bodies have a
+    /// length and do without, and the response moves around by value.
+    coalesce: Option<Box<Coalesce>>,
 }
+
+/// Small data frames of a body without a length are held back for a moment, so that the
+/// last one leaves together with the end of the body (hyper then writes the data and the
+/// chunked terminator in one `writev`): an upstream that writes its last chunk and its
+/// terminator in two segments otherwise costs the client a third write per response. As
+/// nginx's `postpone_output`, but bounded: a frame waits [`HOLD`] at most, and event streams
+/// are never held.
+#[derive(Default)]
+struct Coalesce {
+    /// The frame held back.
+    held: Option<Frame<Bytes>>,
+    /// The frame [`UpstreamBody::prefetch`] took: it goes out first.
+    first: Option<Result<Frame<Bytes>, BoxError>>,
+    /// A frame that came while another was held: it goes right after that one.
+    queued: Option<Result<Frame<Bytes>, BoxError>>,
+    /// The end came while a frame was held: the body is over once that frame is out.
+    done: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The longest a small frame is held back.
+const HOLD: Duration = Duration::from_millis(1);
+/// Frames up to this size are held back.
+const SMALL: usize = 16 * 1024;
 
 /// The connection a body arrives on, on its way back to the pool, with how long the upstream
 /// said it keeps it idle, and whether it may carry another request at all.
@@ -68,7 +95,8 @@ impl<B: Send + 'static> UpstreamBody<B> {
         in_flight: InFlight,
         health: (Arc<Upstream>, Picked<TargetAddr>),
         back: Back<B>,
-        request_id: Option<RequestId>,
+        ids: LogIds,
+        coalesce: bool,
     ) -> Self {
         let timeout = health.0.settings().response_timeout;
         let mut streamed = UpstreamBody {
@@ -76,17 +104,55 @@ impl<B: Send + 'static> UpstreamBody<B> {
             _in_flight: in_flight,
             health: Some(health),
             back: Some(back),
-            request_id,
+            ids,
             timeout,
             timer: None,
             frames: 0,
             frames_at_arm: 0,
+            coalesce: None,
         };
+        if coalesce && http_body::Body::size_hint(&streamed.body).exact().is_none() {
+            streamed.coalesce = Some(Box::default());
+        }
         // A response without a body (204, 304, HEAD, length 0) ends here.
         if http_body::Body::is_end_stream(&streamed.body) {
             streamed.ended();
         }
         streamed
+    }
+
+    /// Takes the first frame of a body without a length before its head goes to the client,
+    /// when it is there within one turn of the scheduler: the upstream connection's task
+    /// decodes the body only once asked, and a head sent before the body costs the client a
+    /// write of its own (as with an upstream that sent head, chunk and terminator at once).
+    /// A body that has not started by then (a stream) is left as it is.
+    pub(crate) async fn prefetch(&mut self) {
+        if self.coalesce.is_none() {
+            return;
+        }
+        // The first poll asks the connection's task for the body; after one yield, it has
+        // decoded what it had.
+        if std::future::poll_fn(|cx| Poll::Ready(self.stash(cx))).await {
+            return;
+        }
+        tokio::task::yield_now().await;
+        std::future::poll_fn(|cx| Poll::Ready(self.stash(cx))).await;
+    }
+
+    /// Polls for the next frame; keeps it to be sent first. Whether anything came.
+    fn stash(&mut self, cx: &mut Context<'_>) -> bool {
+        match http_body::Body::poll_frame(Pin::new(&mut *self), cx) {
+            Poll::Pending => false,
+            Poll::Ready(frame) => {
+                if let Some(c) = &mut self.coalesce {
+                    match frame {
+                        Some(frame) => c.first = Some(frame),
+                        None => c.done = true,
+                    }
+                }
+                true
+            }
+        }
     }
 
     /// The body ended whole: the connection can carry the next request.
@@ -109,13 +175,50 @@ impl<B: Send + 'static> UpstreamBody<B> {
         self.timer = None;
         if let Some((upstream, picked)) = self.health.take() {
             upstream.balancer().report(&picked, Outcome::BodyFailure);
+            picked.value().metrics().body_failed();
             tracing::warn!(
-                request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
                 upstream = %upstream.name(),
                 target = %picked.value(),
                 error = %crate::error_chain(error),
                 "upstream response body failed"
             );
+        }
+    }
+
+    /// The upstream body's next frame, with the body's end, failure and stall accounted for.
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match http_body::Body::poll_frame(Pin::new(&mut self.body), cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.frames += 1;
+                // Trailers are the last frame; a data frame can be, when the length is known.
+                // A chunked body without trailers ends with `None`, below.
+                if frame.is_trailers() || http_body::Body::is_end_stream(&self.body) {
+                    self.ended();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.ended();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.failed(&error);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Pending => {
+                if self.health.is_some() && self.stalled(cx) {
+                    let ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+                    let error = BodyStalled(ms);
+                    self.failed(&error);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -159,38 +262,69 @@ impl<B: Send + 'static> http_body::Body for UpstreamBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let s = self.get_mut();
-        match Pin::new(&mut s.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                s.frames += 1;
-                // Trailers are the last frame; a data frame can be, when the length is known.
-                // A chunked body without trailers ends with `None`, below.
-                if frame.is_trailers() || http_body::Body::is_end_stream(&s.body) {
-                    s.ended();
+        if let Some(c) = &mut s.coalesce {
+            if let Some(first) = c.first.take() {
+                return Poll::Ready(Some(first));
+            }
+            if let Some(queued) = c.queued.take() {
+                return Poll::Ready(Some(queued));
+            }
+            if c.done {
+                return Poll::Ready(c.held.take().map(Ok));
+            }
+        }
+        loop {
+            let polled = s.poll_upstream(cx);
+            let Some(c) = &mut s.coalesce else {
+                return polled;
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let small = frame.data_ref().is_some_and(|d| d.len() <= SMALL);
+                    match c.held.take() {
+                        Some(held) => {
+                            c.queued = Some(Ok(frame));
+                            return Poll::Ready(Some(Ok(held)));
+                        }
+                        None if small && s.health.is_some() => {
+                            // Held: the end may be right behind it.
+                            c.held = Some(frame);
+                        }
+                        None => return Poll::Ready(Some(Ok(frame))),
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                s.ended();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(error))) => {
-                s.failed(&error);
-                Poll::Ready(Some(Err(error.into())))
-            }
-            Poll::Pending => {
-                if s.health.is_some() && s.stalled(cx) {
-                    let ms = u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX);
-                    let error = BodyStalled(ms);
-                    s.failed(&error);
-                    return Poll::Ready(Some(Err(error.into())));
+                Poll::Ready(None) => {
+                    return match c.held.take() {
+                        Some(held) => {
+                            // Out with the end of the body: `is_end_stream` says so now.
+                            c.done = true;
+                            Poll::Ready(Some(Ok(held)))
+                        }
+                        None => Poll::Ready(None),
+                    };
                 }
-                Poll::Pending
+                Poll::Pending if c.held.is_some() => {
+                    let timer = c
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        c.timer = None;
+                        return Poll::Ready(c.held.take().map(Ok));
+                    }
+                    return Poll::Pending;
+                }
+                other => return other,
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.coalesce {
+            Some(c) if c.first.is_some() || c.queued.is_some() => false,
+            Some(c) if c.done => c.held.is_none(),
+            Some(c) if c.held.is_some() => false,
+            _ => self.body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {

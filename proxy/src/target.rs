@@ -8,10 +8,16 @@ use std::sync::Arc;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
+use crate::metrics::TargetMetrics;
+
 /// A target address, `http://host:port`, parsed once at start-up. A target named by a host
 /// name is resolved by its upstream into one target per address ([`resolved`](Self::resolved)),
 /// which connects to the address and still sends the name in `Host`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A target carries its [`TargetMetrics`]: a request finds the series of the target it was
+/// sent to without looking them up. Two targets are equal when they are the same address
+/// (whatever their counts).
+#[derive(Debug, Clone)]
 pub struct TargetAddr {
     /// What to connect to: `ip:port`, or `name:port` until the name is resolved.
     connect: Authority,
@@ -23,7 +29,16 @@ pub struct TargetAddr {
     text: Arc<str>,
     /// Whether the configured host is a name (not an IP literal).
     named: bool,
+    metrics: Arc<TargetMetrics>,
 }
+
+impl PartialEq for TargetAddr {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.connect == other.connect && self.host == other.host
+    }
+}
+
+impl Eq for TargetAddr {}
 
 impl TargetAddr {
     /// What the target connects to: `host:port`, or `ip:port` once resolved.
@@ -39,6 +54,11 @@ impl TargetAddr {
     /// The target as shown and as the pool knows it.
     pub(crate) fn key(&self) -> &Arc<str> {
         &self.text
+    }
+
+    /// What the proxy counted for this target.
+    pub fn metrics(&self) -> &TargetMetrics {
+        &self.metrics
     }
 
     /// The scheme used to reach the target (plain HTTP).
@@ -65,6 +85,7 @@ impl TargetAddr {
             connect,
             host: self.host.clone(),
             named: self.named,
+            metrics: Arc::default(),
         }
     }
 }
@@ -122,6 +143,7 @@ impl FromStr for TargetAddr {
             host,
             named: bare.parse::<IpAddr>().is_err(),
             connect: authority,
+            metrics: Arc::default(),
         })
     }
 }

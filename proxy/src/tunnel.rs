@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use balancer::InFlight;
-use httpkit::RequestId;
+use httpkit::LogIds;
 use hyper_util::rt::TokioIo;
 
 /// Held for as long as an upgraded connection (a WebSocket) is tunnelled. A server puts one in
@@ -21,18 +21,16 @@ impl fmt::Debug for TunnelGuard {
 }
 
 /// Starts tunnelling between the client's and the upstream's upgraded connections, in its own
-/// task, its lines naming the request's id. The target's in-flight count lasts as long as the
+/// task, its lines naming the request's ids. The target's in-flight count lasts as long as the
 /// tunnel.
 pub(crate) fn spawn(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
     guard: Option<TunnelGuard>,
-    request_id: Option<RequestId>,
+    ids: LogIds,
 ) {
-    tokio::spawn(copy_both_ways(
-        client, upstream, in_flight, guard, request_id,
-    ));
+    tokio::spawn(copy_both_ways(client, upstream, in_flight, guard, ids));
 }
 
 async fn copy_both_ways(
@@ -40,19 +38,19 @@ async fn copy_both_ways(
     upstream: hyper::upgrade::OnUpgrade,
     _in_flight: InFlight,
     _guard: Option<TunnelGuard>,
-    request_id: Option<RequestId>,
+    ids: LogIds,
 ) {
-    let request_id = request_id.as_ref().map_or("-", RequestId::as_str);
+    let (request_id, trace_id) = (ids.request(), ids.trace());
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
-            tracing::warn!(request_id, error = %error, "upgrade failed");
+            tracing::warn!(request_id, %trace_id, error = %error, "upgrade failed");
             return;
         }
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(request_id, error = %error, "tunnel closed with an error");
+        tracing::debug!(request_id, %trace_id, error = %error, "tunnel closed with an error");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use balancer::{Algorithm, Balancer, BuildError, HealthPolicy};
 
 use crate::headers::TrustedProxies;
+use crate::metrics::UpstreamMetrics;
 use crate::target::{TargetAddr, TargetError};
 
 /// Forwarding settings of one upstream. Defaults: connect timeout 5 s, response timeout 60 s,
@@ -110,6 +111,7 @@ pub struct Upstream {
     settings: Settings,
     /// The targets as configured, before any name was resolved.
     configured: Vec<(TargetAddr, u32)>,
+    metrics: UpstreamMetrics,
 }
 
 impl fmt::Debug for Upstream {
@@ -181,6 +183,7 @@ impl Upstream {
             balancer,
             settings,
             configured: targets,
+            metrics: UpstreamMetrics::default(),
         })
     }
 
@@ -197,6 +200,12 @@ impl Upstream {
     /// The forwarding settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// What the proxy counted for this upstream (each target counts its own:
+    /// [`TargetAddr::metrics`]).
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
     }
 
     pub(crate) fn name_arc(&self) -> &Arc<str> {
