@@ -12,6 +12,8 @@
 //! assert!(app.routes.iter().any(|r| r.path == "/admin/*path" && r.notes == "auth"));
 //! ```
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod serve;
+pub mod stats;

@@ -7,8 +7,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use gateway_bin::admin::{self, Admin};
 use gateway_bin::app::{self, App, RouteRow};
 use gateway_bin::config::{Config, DEFAULT, Source};
 use gateway_bin::serve::{self, Limits, ServedBody};
@@ -141,19 +143,45 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             }
         }
     }
+    let admin = Arc::new(Admin::new(&app));
+    let mut admin_tasks = Vec::new();
+    if let Some(at) = config.admin.listen {
+        let listener = match tokio::net::TcpListener::bind(at).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("gateway: cannot listen on {at} (`admin.listen`): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!(
+                addr = %a,
+                dashboard = %format!("http://{a}/"),
+                metrics = %format!("http://{a}/metrics"),
+                "admin listening"
+            );
+        }
+        admin_tasks.push(tokio::spawn(admin::serve(listener, Arc::clone(&admin))));
+        admin_tasks.push(tokio::spawn(admin::run_sampler(Arc::clone(&admin))));
+    }
     for l in &listeners {
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, config = %source.name, "gateway listening");
         }
     }
+    admin.set_ready();
     let _background = app.start();
     let clean = serve::serve(
         app.service,
         listeners,
         Limits::from(&config.server),
+        Arc::clone(&app.stats.connections),
         shutdown_signal(),
     )
     .await;
+    for task in admin_tasks {
+        task.abort();
+    }
     if clean {
         ExitCode::SUCCESS
     } else {

@@ -37,6 +37,7 @@ fn in_code() -> BTreeSet<String> {
         ("Server", "server"),
         ("Pre", "pre"),
         ("Index", "index"),
+        ("Admin", "admin"),
         ("UpstreamConfig", "upstreams.*"),
         ("HealthCheckConfig", "upstreams.*.health_check"),
         ("RouteConfig", "routes"),

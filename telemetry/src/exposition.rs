@@ -119,6 +119,11 @@ impl Exposition {
         self.sample("_total", labels, None, &value.to_string());
     }
 
+    /// A counter's series with a fractional value (CPU seconds).
+    pub fn counter_f64(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.sample("_total", labels, None, &number(value));
+    }
+
     /// A gauge's series.
     pub fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
         self.sample("", labels, None, &number(value));

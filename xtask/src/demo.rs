@@ -13,10 +13,13 @@ const DEMO: [(&str, &[&str], u16); 3] = [
     ("gateway", &[], 8080),
 ];
 
+/// The gateway's admin listener in its embedded default configuration.
+const ADMIN_PORT: u16 = 9901;
+
 /// Runs the demo (see `cargo xtask demo --help`).
 pub fn run() -> Result<(), String> {
-    // Say clearly which port is taken before starting anything.
-    for (_, _, port) in DEMO {
+    // Say clearly which port is taken before starting anything (the admin listener's too).
+    for port in DEMO.iter().map(|(_, _, p)| *p).chain([ADMIN_PORT]) {
         if let Err(e) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
             return Err(format!(
                 "port {port} on 127.0.0.1 is not free ({e}); stop whatever holds it (`ss -ltnp | grep :{port}`) and try again"
@@ -44,6 +47,10 @@ The demo is up: fake backends on 127.0.0.1:9001 and :9002, the gateway on http:/
   curl -H 'X-Admin-Token: letmein' http://localhost:8080/admin/dashboard  # :9002
   curl http://localhost:8080/                                             # routes and upstream health
   curl 'http://localhost:8080/api/slow?delay_ms=500'                      # faults: see fake-backend docs
+
+  Live dashboard:  http://127.0.0.1:9901/           (open it in a browser)
+  Metrics:         http://127.0.0.1:9901/metrics    (Prometheus text; OpenMetrics on request)
+  Health:          http://127.0.0.1:9901/healthz    http://127.0.0.1:9901/readyz
 
 Ctrl-C stops all three.
 "

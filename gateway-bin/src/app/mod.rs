@@ -13,6 +13,7 @@ use proxy::Proxy;
 use router::{Mux, MuxService};
 
 use crate::config::{Config, ConfigError, Source};
+use crate::stats::Stats;
 
 pub mod index;
 mod pre;
@@ -43,6 +44,8 @@ pub struct App<B> {
     pub upstreams: Vec<(String, Proxy<B>)>,
     /// Valid but suspicious settings, for `--check` and the start-up log.
     pub warnings: Vec<String>,
+    /// What the gateway counts (the proxies count per upstream and target).
+    pub stats: Arc<Stats>,
 }
 
 impl<B: GatewayBody> App<B> {
@@ -66,7 +69,8 @@ impl<B: GatewayBody> App<B> {
 pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>, ConfigError> {
     let proxies = upstreams::build(config, source)?;
     let mut mux: Mux<B> = Mux::new();
-    let rows = routes::build(&config.routes, &proxies, &mut mux, source)?;
+    let mut stats = Stats::default();
+    let rows = routes::build(config, &proxies, &mut mux, &mut stats, source)?;
     let mut warnings = warnings::gate_bypasses(&rows, &proxies);
     let upstreams: Vec<(String, Proxy<B>)> = proxies.into_iter().collect();
 
@@ -91,11 +95,12 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
             }
         }
     }
-    pre::install(&mut mux, config);
+    pre::install(&mut mux, config, &stats);
     Ok(App {
         service: mux.into_service(),
         routes: rows,
         upstreams,
         warnings,
+        stats: Arc::new(stats),
     })
 }

@@ -1,40 +1,59 @@
 //! The `pre` stack: what runs for every request before routing, 404s and 405s included.
-//! Declared in the order a request meets it: request id, access log, framing checks (their
-//! `400` logged), panic recovery (inside the access log, so the log sees the `500` it makes),
+//! Declared in the order a request meets it: metrics (outermost, so they count and time what
+//! the client gets), request id, trace context, access log, framing checks (their `400`
+//! logged), panic recovery (inside the access log, so the log sees the `500` it makes),
 //! declared-length body limit.
 
 use std::convert::Infallible;
 
 use http::header::CONTENT_LENGTH;
 use http::{Request, Response, StatusCode};
-use middleware::{AccessLogLayer, FramingLayer, RecoverLayer, RequestIdLayer};
+use std::sync::Arc;
+
+use middleware::{
+    AccessLogLayer, FramingLayer, MetricsLayer, RecoverLayer, RequestIdLayer, TraceContextLayer,
+};
 use proxy::UpstreamTarget;
 use router::{Body, Mux};
+use telemetry::Counter;
 use tower::{Layer, ServiceBuilder};
 
 use super::GatewayBody;
 use crate::config::Config;
+use crate::stats::Stats;
 
 /// Installs the `pre` stack on `mux`: one type-erased service for all of it, with the
 /// switched-off layers passing straight through.
-pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config) {
+pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config, stats: &Stats) {
     let on = &config.pre;
     let max_body = config.server.max_body_bytes;
     let stack = ServiceBuilder::new()
+        .layer(Optional::<_, B>::new(
+            on.metrics
+                .then(|| MetricsLayer::new(Arc::clone(&stats.unmatched))),
+        ))
         .layer(Optional::<_, B>::new(
             // Every line the gateway logs about a request names its id itself: no span,
             // whose fields would be formatted for every request.
             on.request_id.then(|| RequestIdLayer::new().span(false)),
         ))
+        .layer(Optional::<_, B>::new(on.trace_context.then(|| {
+            TraceContextLayer::new().sample_ratio(on.trace_sample_ratio)
+        })))
         .layer(Optional::<_, B>::new(
             on.access_log
                 .then(|| AccessLogLayer::new().upstream::<UpstreamTarget>()),
         ))
         .layer(FramingLayer::new())
-        .layer(Optional::<_, B>::new(on.recover.then(RecoverLayer::new)))
-        .layer(Optional::<_, B>::new(
-            (max_body > 0).then_some(BodyLimitLayer(max_body)),
-        ));
+        .layer(Optional::<_, B>::new(on.recover.then(|| {
+            RecoverLayer::new().count_panics(Arc::clone(&stats.panics))
+        })))
+        .layer(Optional::<_, B>::new((max_body > 0).then(|| {
+            BodyLimitLayer {
+                max: max_body,
+                refused: Arc::clone(&stats.body_too_large),
+            }
+        })));
     mux.pre(stack);
 }
 
@@ -82,13 +101,20 @@ where
 
 /// Refuses a declared body over the limit with `413` before anything else runs; the server
 /// also caps the body as it streams, for bodies without a length.
-#[derive(Debug, Clone, Copy)]
-struct BodyLimitLayer(u64);
+#[derive(Debug, Clone)]
+struct BodyLimitLayer {
+    max: u64,
+    refused: Arc<Counter>,
+}
 
 impl<S> tower::Layer<S> for BodyLimitLayer {
     type Service = BodyLimit<S>;
     fn layer(&self, inner: S) -> BodyLimit<S> {
-        BodyLimit { inner, max: self.0 }
+        BodyLimit {
+            inner,
+            max: self.max,
+            refused: Arc::clone(&self.refused),
+        }
     }
 }
 
@@ -96,6 +122,7 @@ impl<S> tower::Layer<S> for BodyLimitLayer {
 struct BodyLimit<S> {
     inner: S,
     max: u64,
+    refused: Arc<Counter>,
 }
 
 impl<S, B> tower::Service<Request<B>> for BodyLimit<S>
@@ -121,6 +148,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max) {
+            self.refused.inc();
             let res = httpkit::text_response(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
             return LimitFuture::Refused(Some(res));
         }

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request};
-use middleware::{AuthLayer, Secrets, TimeoutLayer};
+use middleware::{AuthLayer, RequestMetrics, RouteMetricsLayer, Secrets, TimeoutLayer};
 use proxy::Proxy;
 use router::{IntoRoute, Mux, PathParams, Route};
 use tower::Layer;
 use tower::util::MapRequestLayer;
 
 use super::GatewayBody;
-use crate::config::{AuthConfig, ConfigError, RouteConfig, Source};
+use crate::config::{AuthConfig, Config, ConfigError, RouteConfig, Source};
+use crate::stats::Stats;
+use telemetry::Counter;
 
 /// One row of the route table (`gateway --check`, the index page).
 #[derive(Debug, Clone)]
@@ -46,22 +48,41 @@ const STANDARD_METHODS: [&str; 9] = [
 
 /// Registers every route of `routes` in `mux`; returns the route table.
 pub(super) fn build<B: GatewayBody>(
-    routes: &[RouteConfig],
+    config: &Config,
     proxies: &BTreeMap<String, Proxy<B>>,
     mux: &mut Mux<B>,
+    stats: &mut Stats,
     source: &Source,
 ) -> Result<Vec<RouteRow>, ConfigError> {
     let mut rows = Vec::new();
-    for route in routes {
-        rows.push(one(route, proxies, mux, source)?);
+    for route in &config.routes {
+        let series = config
+            .pre
+            .metrics
+            .then(|| stats.route(route.path.get_ref()));
+        let counters = Counters {
+            series,
+            auth_denied: Arc::clone(&stats.auth_denied),
+            deadlines: Arc::clone(&stats.deadlines),
+        };
+        rows.push(one(route, proxies, mux, &counters, source)?);
     }
     Ok(rows)
+}
+
+/// Where a route's stack counts.
+struct Counters {
+    /// The route's request series (`None` with metrics off).
+    series: Option<Arc<RequestMetrics>>,
+    auth_denied: Arc<Counter>,
+    deadlines: Arc<Counter>,
 }
 
 fn one<B: GatewayBody>(
     route: &RouteConfig,
     proxies: &BTreeMap<String, Proxy<B>>,
     mux: &mut Mux<B>,
+    counters: &Counters,
     source: &Source,
 ) -> Result<RouteRow, ConfigError> {
     let pattern = route.path.get_ref();
@@ -83,20 +104,29 @@ fn one<B: GatewayBody>(
         .auth
         .as_ref()
         .map(|a| auth_layer(a, source))
-        .transpose()?;
+        .transpose()?
+        .map(|a| a.count_denials(Arc::clone(&counters.auth_denied)));
 
-    // The stack, in the order a request meets it: the gate (which refuses before anything
-    // else runs), the deadline, the path the upstream sees, the proxy. Built inside out.
+    // The stack, in the order a request meets it: the route's metrics series named (so that
+    // every request of the route counts in it, refused ones included), the gate (which
+    // refuses before anything else runs), the deadline, the path the upstream sees, the
+    // proxy. Built inside out.
     let mut service: Route<B> = forward_path(route, pattern)
         .layer(proxy.clone())
         .into_route();
     if let Some(ms) = route.timeout_ms {
         service = TimeoutLayer::new(Duration::from_millis(ms))
+            .count_expired(Arc::clone(&counters.deadlines))
             .layer(service)
             .into_route();
     }
     if let Some(auth) = auth {
         service = auth.layer(service).into_route();
+    }
+    if let Some(series) = &counters.series {
+        service = RouteMetricsLayer::new(Arc::clone(series))
+            .layer(service)
+            .into_route();
     }
     let registered = match &methods {
         None => mux.any(pattern, service).map(|_| ()),

@@ -34,6 +34,9 @@ pub struct Config {
     /// The index page at `GET /`.
     #[serde(default)]
     pub index: Index,
+    /// The admin listener: metrics, health endpoints, dashboard.
+    #[serde(default)]
+    pub admin: Admin,
     /// Upstreams by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
@@ -119,6 +122,16 @@ pub struct Pre {
     pub recover: bool,
     /// One log event per request.
     pub access_log: bool,
+    /// Count and time every request by route, method and status class, for `/metrics` and
+    /// the dashboard.
+    pub metrics: bool,
+    /// W3C Trace Context: continue a valid inbound `traceparent` or start a trace, send the
+    /// gateway's own span id upstream, and log the trace id.
+    pub trace_context: bool,
+    /// The share (0 to 1) of traces started at the gateway marked sampled (default 1); a
+    /// continued trace keeps its caller's decision.
+    #[serde(deserialize_with = "values::ratio")]
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for Pre {
@@ -127,8 +140,21 @@ impl Default for Pre {
             request_id: true,
             recover: true,
             access_log: true,
+            metrics: true,
+            trace_context: true,
+            trace_sample_ratio: 1.0,
         }
     }
+}
+
+/// `[admin]`: a listener of its own for operators, never for proxied traffic.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Where it listens (default: nowhere, no admin listener; the embedded demo configuration
+    /// uses `127.0.0.1:9901`). Loopback unless you mean it: it shows internal addresses.
+    #[serde(deserialize_with = "values::optional_listen")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[index]`: a page at `GET /` listing the routes and the targets' health.

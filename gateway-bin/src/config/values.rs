@@ -65,3 +65,26 @@ pub fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::SocketAdd
         })
         .collect()
 }
+
+/// One listening address, `IP:port`.
+pub fn optional_listen<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        D::Error::custom(format!(
+            "`{text}` is not an address like 127.0.0.1:9901 or [::1]:9901"
+        ))
+    })
+}
+
+/// A ratio from 0 to 1.
+pub fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(D::Error::custom(format!(
+            "{v} is out of range: a ratio must be between 0 and 1"
+        )));
+    }
+    Ok(v)
+}

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::{Limits, ServedBody, Slot};
+use crate::stats::{ConnStats, Protocol};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves one accepted connection in a task of its own until it ends.
 pub(super) fn spawn(
@@ -32,9 +35,14 @@ pub(super) fn spawn(
     limits: &Limits,
     slot: Slot,
     stop: watch::Receiver<bool>,
+    stats: Arc<ConnStats>,
 ) {
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::default());
+    stats.opened();
+    let state = Arc::new(ConnState {
+        stats,
+        ..ConnState::default()
+    });
     let io = Tracked {
         inner: stream,
         count: 0,
@@ -45,19 +53,56 @@ pub(super) fn spawn(
     let conn = serve_connection(io, peer, service, limits, tunnel_guard, Arc::clone(&state));
     let idle = limits.idle_timeout;
     tokio::spawn(async move {
-        drive(conn, &state, idle, stop).await;
+        if let Some(error) = drive(conn, &state, idle, stop).await {
+            // What hyper answered by itself (`431`, `408`) is counted here.
+            if let Some(e) = error.downcast_ref::<hyper::Error>() {
+                if e.is_parse_too_large() {
+                    state.stats.header_too_large.inc();
+                } else if e.is_timeout() {
+                    state.stats.header_timeouts.inc();
+                }
+            }
+        }
+        state.stats.closed(state.protocol());
         drop(slot);
     });
 }
 
 /// What the connection's driver watches: bytes moving, and requests still waiting for their
-/// response head.
+/// response head; and what the connection counts.
 #[derive(Default)]
 struct ConnState {
     /// Reads and writes so far (a plain store from the connection's own task).
     activity: AtomicU64,
     /// Requests whose response head is not made yet.
     waiting: AtomicUsize,
+    /// The protocol, once the first request said it (`Protocol as u8`).
+    protocol: AtomicU8,
+    stats: Arc<ConnStats>,
+}
+
+impl ConnState {
+    fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            1 => Protocol::Http1,
+            2 => Protocol::Http2,
+            _ => Protocol::Pending,
+        }
+    }
+
+    /// Counts the connection under the protocol its first request speaks.
+    fn first_request(&self, version: http::Version) {
+        if self.protocol.load(Ordering::Relaxed) != Protocol::Pending as u8 {
+            return;
+        }
+        let protocol = if version == http::Version::HTTP_2 {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        self.protocol.store(protocol as u8, Ordering::Relaxed);
+        self.stats.speaks(protocol);
+    }
 }
 
 /// Counts a request as waiting for its response head until dropped (also when cancelled).
@@ -90,7 +135,7 @@ async fn drive<C: Connection>(
     state: &ConnState,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<BoxError> {
     let mut conn = std::pin::pin!(conn);
     let close_grace = idle.min(CLOSE_GRACE);
     let mut seen = state.activity.load(Ordering::Relaxed);
@@ -109,7 +154,7 @@ async fn drive<C: Connection>(
     loop {
         tokio::select! {
             biased;
-            _ = conn.as_mut() => return,
+            result = conn.as_mut() => return result.err(),
             _ = stop.changed(), if !finishing => {
                 finishing = true;
                 conn.as_mut().finish();
@@ -135,7 +180,7 @@ async fn drive<C: Connection>(
                             grace_ms = close_grace.as_millis() as u64,
                             "closing a connection that did not finish gracefully"
                         );
-                        return;
+                        return None;
                     }
                     close_grace
                 };
@@ -146,13 +191,13 @@ async fn drive<C: Connection>(
 }
 
 /// A served connection that can be asked to finish gracefully.
-trait Connection: Future {
+trait Connection: Future<Output = Result<(), BoxError>> {
     fn finish(self: Pin<&mut Self>);
 }
 
 impl<I, S, E> Connection for hyper_util::server::conn::auto::UpgradeableConnection<'static, I, S, E>
 where
-    Self: Future,
+    Self: Future<Output = Result<(), BoxError>>,
     S: hyper::service::HttpService<Incoming>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::ResBody: 'static,
@@ -179,6 +224,13 @@ impl Tracked {
         self.count += 1;
         self.state.activity.store(self.count, Ordering::Relaxed);
     }
+
+    fn wrote(&mut self, n: usize) {
+        if n > 0 {
+            self.touch();
+            self.state.stats.sent_bytes.add(n as u64);
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -189,8 +241,10 @@ impl AsyncRead for Tracked {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() != before {
+        let n = buf.filled().len() - before;
+        if n != 0 {
             self.touch();
+            self.state.stats.received_bytes.add(n as u64);
         }
         res
     }
@@ -203,8 +257,8 @@ impl AsyncWrite for Tracked {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            self.wrote(n);
         }
         res
     }
@@ -215,8 +269,8 @@ impl AsyncWrite for Tracked {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            self.wrote(n);
         }
         res
     }
@@ -248,6 +302,7 @@ fn serve_connection(
         usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX)
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        state.first_request(req.version());
         let mut req = req.map(|b| Limited::new(b, max_body));
         // Connection options belong to this hop: gone on receipt, before any middleware looks
         // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Server;
+use crate::stats::ConnStats;
 
 mod conn;
 
@@ -63,6 +64,7 @@ pub async fn serve(
     service: MuxService<ServedBody>,
     listeners: Vec<TcpListener>,
     limits: Limits,
+    stats: Arc<ConnStats>,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -78,6 +80,7 @@ pub async fn serve(
             Arc::clone(&permits),
             stop_rx.clone(),
             alive_tx.clone(),
+            Arc::clone(&stats),
         )));
     }
     drop(alive_tx);
@@ -109,9 +112,13 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    stats: Arc<ConnStats>,
 ) {
     loop {
         // At most max_connections at once: wait for a slot before accepting more.
+        if permits.available_permits() == 0 {
+            stats.limit_reached.inc();
+        }
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
@@ -138,6 +145,7 @@ async fn accept_loop(
                 _alive: alive.clone(),
             },
             stop.clone(),
+            Arc::clone(&stats),
         );
     }
 }

@@ -72,6 +72,21 @@ pub struct Gateway {
     pub upstreams: Vec<(String, proxy::Proxy<ServedBody>)>,
     /// The upstreams' background tasks (DNS, active checks), running while this lives.
     pub background: Vec<proxy::Background>,
+    /// The admin listener's address (metrics, health, dashboard), on a port of its own.
+    pub admin_addr: SocketAddr,
+    /// What it serves from (tests take history samples with `tick` instead of waiting a
+    /// second for the sampler).
+    pub admin: std::sync::Arc<gateway_bin::admin::Admin<ServedBody>>,
+    _admin_task: AbortOnDrop,
+}
+
+/// A task that stops when this is dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One target's health as the balancer sees it.
@@ -165,16 +180,33 @@ pub async fn start_gateway_with(
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = Limits::from(&config.server);
     let upstreams = app.upstreams.clone();
+    let admin = std::sync::Arc::new(gateway_bin::admin::Admin::new(&app));
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin_listener.local_addr().unwrap();
+    let admin_task = tokio::spawn(gateway_bin::admin::serve(
+        admin_listener,
+        std::sync::Arc::clone(&admin),
+    ));
+    admin.set_ready();
     let background = app.start_with(resolver);
-    let done = tokio::spawn(serve::serve(app.service, vec![listener], limits, async {
-        let _ = stopped.await;
-    }));
+    let done = tokio::spawn(serve::serve(
+        app.service,
+        vec![listener],
+        limits,
+        std::sync::Arc::clone(&app.stats.connections),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Gateway {
         addr,
         stop: Some(stop),
         done,
         upstreams,
         background,
+        admin_addr,
+        admin,
+        _admin_task: AbortOnDrop(admin_task),
     }
 }
 
