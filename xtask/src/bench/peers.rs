@@ -4,7 +4,8 @@
 use super::{Contender, Rig, Upstreams};
 use crate::procs::{free_port, wait_for, which};
 
-/// Starts every contender; `direct` first, the gateway second.
+/// Starts every contender; `direct` first, the gateway second (then the gateway with metrics
+/// off).
 pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contender>, String> {
     let ports = |port: u16| {
         vec![
@@ -19,24 +20,29 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         port: 0,
         pid: None,
     }];
-    let ours = free_port()?;
-    let conf = rig.write(
-        "gateway.toml",
-        include_str!("../../templates/gateway.bench.toml"),
-        &ports(ours),
-    )?;
-    let exe = rig.root.join("target/release/gateway");
-    let mut cmd = rig.on_core0(&exe);
-    let pid = rig.procs.start(
-        "gateway",
-        cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn"),
-    )?;
-    wait_for(ours, "the gateway", &mut rig.procs)?;
-    contenders.push(Contender {
-        name: "gateway (ours)",
-        port: ours,
-        pid: Some(pid),
-    });
+    // Ours twice: as shipped (metrics on), and with metrics off to measure their cost.
+    for (name, metrics) in [("gateway (ours)", "true"), ("gateway (metrics off)", "false")] {
+        let port = free_port()?;
+        let mut values = ports(port);
+        values.push(("metrics", metrics.to_owned()));
+        let conf = rig.write(
+            &format!("gateway-metrics-{metrics}.toml"),
+            include_str!("../../templates/gateway.bench.toml"),
+            &values,
+        )?;
+        let exe = rig.root.join("target/release/gateway");
+        let mut cmd = rig.on_core0(&exe);
+        let pid = rig.procs.start(
+            name,
+            cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn"),
+        )?;
+        wait_for(port, name, &mut rig.procs)?;
+        contenders.push(Contender {
+            name,
+            port,
+            pid: Some(pid),
+        });
+    }
     for peer in PEERS {
         let Some(program) = which(peer.program) else {
             eprintln!("skipped {}: `apt-get install {}`", peer.name, peer.package);
