@@ -40,7 +40,9 @@ use std::time::Instant;
 
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use telemetry::{Counter, Histogram, LATENCY_BUCKETS};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use telemetry::{Histogram, LATENCY_BUCKETS, Stripes};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -74,11 +76,17 @@ fn class_slot(status: u16) -> usize {
 
 /// The series of one route (or of the requests no route took): requests by method and status
 /// class, and their durations, from the request's arrival to the end of its response body.
+///
+/// The counts are one block per stripe (see [`telemetry::Stripes`]): a thread counting a
+/// request touches its own cache lines only.
 #[derive(Debug)]
 pub struct RequestMetrics {
-    requests: [[Counter; CLASSES.len()]; METHODS.len()],
+    requests: Stripes<Counts>,
     duration: Histogram,
 }
+
+/// Requests by method and status class.
+type Counts = [[AtomicU64; CLASSES.len()]; METHODS.len()];
 
 impl Default for RequestMetrics {
     fn default() -> Self {
@@ -90,14 +98,14 @@ impl RequestMetrics {
     /// Empty series, timed with [`LATENCY_BUCKETS`].
     pub fn new() -> Self {
         RequestMetrics {
-            requests: std::array::from_fn(|_| std::array::from_fn(|_| Counter::new())),
+            requests: Stripes::default(),
             duration: Histogram::new(LATENCY_BUCKETS),
         }
     }
 
     fn record(&self, method: usize, class: usize, start: Instant) {
-        if let Some(c) = self.requests.get(method).and_then(|m| m.get(class)) {
-            c.inc();
+        if let Some(c) = self.requests.local().get(method).and_then(|m| m.get(class)) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
         self.duration.observe(start.elapsed());
     }
@@ -108,16 +116,23 @@ impl RequestMetrics {
         let m = METHODS.iter().position(|x| *x == method);
         let c = CLASSES.iter().position(|x| *x == class);
         match (m, c) {
-            (Some(m), Some(c)) => self.requests[m][c].get(),
+            (Some(m), Some(c)) => self.sum(m, c),
             _ => 0,
         }
+    }
+
+    fn sum(&self, method: usize, class: usize) -> u64 {
+        self.requests
+            .iter()
+            .map(|counts| counts[method][class].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     /// Every `(method, class, count)` counted at least once.
     pub fn counts(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
         METHODS.iter().enumerate().flat_map(move |(m, method)| {
             CLASSES.iter().enumerate().filter_map(move |(c, class)| {
-                let n = self.requests[m][c].get();
+                let n = self.sum(m, c);
                 (n > 0).then_some((*method, *class, n))
             })
         })
@@ -125,12 +140,17 @@ impl RequestMetrics {
 
     /// All requests counted.
     pub fn total(&self) -> u64 {
-        self.requests.iter().flatten().map(Counter::get).sum()
+        (0..METHODS.len())
+            .flat_map(|m| (0..CLASSES.len()).map(move |c| (m, c)))
+            .map(|(m, c)| self.sum(m, c))
+            .fold(0, u64::wrapping_add)
     }
 
     /// Requests answered `5xx`.
     pub fn server_errors(&self) -> u64 {
-        self.requests.iter().map(|m| m[4].get()).sum()
+        (0..METHODS.len())
+            .map(|m| self.sum(m, 4))
+            .fold(0, u64::wrapping_add)
     }
 
     /// Their durations.

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use telemetry::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Snapshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use telemetry::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Snapshot, Stripes};
 
 /// How an attempt on a target ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,8 @@ impl Attempt {
 /// One target's series.
 #[derive(Debug)]
 pub struct TargetMetrics {
-    attempts: [Counter; 5],
+    /// By [`Attempt`], one block per stripe.
+    attempts: Stripes<[AtomicU64; 5]>,
     head: Histogram,
     body_failures: Counter,
     opened: Counter,
@@ -55,7 +58,7 @@ pub struct TargetMetrics {
 impl Default for TargetMetrics {
     fn default() -> Self {
         TargetMetrics {
-            attempts: Default::default(),
+            attempts: Stripes::default(),
             head: Histogram::new(LATENCY_BUCKETS),
             body_failures: Counter::new(),
             opened: Counter::new(),
@@ -66,7 +69,7 @@ impl Default for TargetMetrics {
 
 impl TargetMetrics {
     pub(crate) fn attempt(&self, outcome: Attempt) {
-        self.attempts[outcome as usize].inc();
+        self.attempts.local()[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn head_after(&self, elapsed: Duration) {
@@ -88,7 +91,10 @@ impl TargetMetrics {
 
     /// Attempts that ended with `outcome`.
     pub fn attempts(&self, outcome: Attempt) -> u64 {
-        self.attempts[outcome as usize].get()
+        self.attempts
+            .iter()
+            .map(|a| a[outcome as usize].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     /// Time from the pick of this target to the response head, connecting included.

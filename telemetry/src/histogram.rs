@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::stripes::Stripes;
+
 /// Bucket bounds (seconds) for request and upstream latencies: 0.5 ms to 60 s, about three
 /// buckets per decade, as Envoy's and the Go client's defaults are spread.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -13,16 +15,16 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// A histogram of durations with fixed bucket bounds (in seconds). Recording is one
-/// `partition_point` over the bounds and two relaxed atomic adds; nothing is allocated and no
-/// lock is taken. The count is the sum of the buckets, so `_count` and the `+Inf` bucket always
-/// agree.
+/// `partition_point` over the bounds and two relaxed atomic adds on the calling thread's
+/// stripe; nothing is allocated and no lock is taken. The count is the sum of the buckets, so
+/// `_count` and the `+Inf` bucket always agree.
 #[derive(Debug)]
 pub struct Histogram {
     /// The bounds in nanoseconds, for the comparison on the hot path.
     bounds_ns: Arc<[u64]>,
-    /// One per bound, then the `+Inf` bucket; not cumulative.
-    counts: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
+    /// Per stripe: one count per bound, then the `+Inf` bucket (not cumulative), then the sum
+    /// in nanoseconds.
+    cells: Stripes<Box<[AtomicU64]>>,
 }
 
 impl Histogram {
@@ -36,11 +38,10 @@ impl Histogram {
             .collect();
         ns.sort_unstable();
         ns.dedup();
-        let counts = (0..=ns.len()).map(|_| AtomicU64::new(0)).collect();
+        let cells = Stripes::new(|| (0..ns.len() + 2).map(|_| AtomicU64::new(0)).collect());
         Histogram {
             bounds_ns: ns.into(),
-            counts,
-            sum_ns: AtomicU64::new(0),
+            cells,
         }
     }
 
@@ -49,22 +50,32 @@ impl Histogram {
     pub fn observe(&self, value: Duration) {
         let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
         let i = self.bounds_ns.partition_point(|&b| b < ns);
-        if let Some(bucket) = self.counts.get(i) {
+        let cells = self.cells.local();
+        if let Some(bucket) = cells.get(i) {
             bucket.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        if let Some(sum) = cells.last() {
+            sum.fetch_add(ns, Ordering::Relaxed);
+        }
     }
 
     /// The counts now.
     pub fn snapshot(&self) -> Snapshot {
+        let buckets = self.bounds_ns.len() + 1;
+        let mut counts = vec![0u64; buckets];
+        let mut sum_ns = 0u64;
+        for cells in self.cells.iter() {
+            for (total, cell) in counts.iter_mut().zip(cells.iter()) {
+                *total = total.wrapping_add(cell.load(Ordering::Relaxed));
+            }
+            if let Some(sum) = cells.get(buckets) {
+                sum_ns = sum_ns.wrapping_add(sum.load(Ordering::Relaxed));
+            }
+        }
         Snapshot {
             bounds: Arc::clone(&self.bounds_ns),
-            counts: self
-                .counts
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect(),
-            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+            counts,
+            sum_ns,
         }
     }
 }

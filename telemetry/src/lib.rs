@@ -1,6 +1,7 @@
-//! Metrics for a server's request path: [`Counter`], [`Gauge`] and [`Histogram`] are plain
-//! atomics (no lock, no allocation when recorded), made once at start-up for every series the
-//! server will ever report, so that a request never looks a series up by its labels.
+//! Metrics for a server's request path: [`Counter`], [`Gauge`] and [`Histogram`] are relaxed
+//! atomics (no lock, no allocation when recorded), one set per stripe ([`Stripes`]: threads
+//! recording at once write to cache lines of their own), made once at start-up for every series
+//! the server will ever report, so that a request never looks a series up by its labels.
 //! [`Exposition`] writes them in the Prometheus text format (0.0.4) or in OpenMetrics 1.0,
 //! chosen from the scraper's `Accept` header by [`Format::negotiate`].
 //!
@@ -27,7 +28,9 @@
 mod counter;
 mod exposition;
 mod histogram;
+pub mod stripes;
 
 pub use counter::{Counter, Gauge};
 pub use exposition::{Exposition, Format, Kind};
 pub use histogram::{Histogram, LATENCY_BUCKETS, Snapshot};
+pub use stripes::Stripes;

@@ -21,7 +21,10 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         pid: None,
     }];
     // Ours twice: as shipped (metrics on), and with metrics off to measure their cost.
-    for (name, metrics) in [("gateway (ours)", "true"), ("gateway (metrics off)", "false")] {
+    for (name, metrics) in [
+        ("gateway (ours)", "true"),
+        ("gateway (metrics off)", "false"),
+    ] {
         let port = free_port()?;
         let mut values = ports(port);
         values.push(("metrics", metrics.to_owned()));
@@ -32,10 +35,9 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         )?;
         let exe = rig.root.join("target/release/gateway");
         let mut cmd = rig.on_core0(&exe);
-        let pid = rig.procs.start(
-            name,
-            cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn"),
-        )?;
+        let pid = rig
+            .procs
+            .start(name, cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn"))?;
         wait_for(port, name, &mut rig.procs)?;
         contenders.push(Contender {
             name,
