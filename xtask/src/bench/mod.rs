@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: the gateway next to nginx, HAProxy and Caddy as reverse proxies, in
 //! the same run, over the same upstreams, under the same wrk load, in interleaved rounds.
 //!
-//! Two scenarios: `fixed` (two nginx upstreams answering with a length) and `chunked` (a
-//! fake backend answering without one, as most dynamic applications do). For every run it
+//! Three scenarios: `fixed` (two nginx upstreams answering with a length), `chunked` (a
+//! fake backend answering without one, as most dynamic applications do), and `h2c` (the
+//! fixed upstreams, the clients speaking cleartext HTTP/2 to the proxy: h2load, 16
+//! connections of 16 streams each, for every contender that speaks h2c). For every run it
 //! records req/s, latency percentiles, the contender's CPU time per request, and how many
 //! upstream connections the contender opened: a proxy that does not pool chunked responses
 //! shows up there. Everything listens on 127.0.0.1; every process started here is stopped
@@ -33,8 +35,9 @@ pub struct Options {
     /// Client connection counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [64, 256])]
     pub conns: Vec<u32>,
-    /// Scenarios, comma-separated: fixed (upstreams answer with a length), chunked.
-    #[arg(long, value_delimiter = ',', default_values = ["fixed", "chunked"])]
+    /// Scenarios, comma-separated: fixed (upstreams answer with a length), chunked, h2c
+    /// (skipped without h2load).
+    #[arg(long, value_delimiter = ',', default_values = ["fixed", "chunked", "h2c"])]
     pub scenarios: Vec<Scenario>,
 }
 
@@ -45,13 +48,29 @@ pub enum Scenario {
     Fixed,
     /// A JSON answer without a length (chunked), from the fake backend.
     Chunked,
+    /// The fixed answers, asked for over cleartext HTTP/2 (h2load, 16 connections x 16
+    /// streams); `--conns` does not apply.
+    H2c,
 }
+
+/// h2load's shape: connections, and concurrent streams on each.
+const H2_CLIENTS: u32 = 16;
+const H2_STREAMS: u32 = 16;
 
 impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Fixed => "fixed",
             Scenario::Chunked => "chunked",
+            Scenario::H2c => "fixed, h2c 16x16",
+        }
+    }
+
+    /// The connection counts a scenario runs at.
+    fn conns(self, opts: &Options) -> Vec<u32> {
+        match self {
+            Scenario::H2c => vec![H2_CLIENTS],
+            _ => opts.conns.clone(),
         }
     }
 }
@@ -73,6 +92,8 @@ pub(crate) struct Sample {
 pub(crate) struct Contender {
     pub name: &'static str,
     pub port: u16,
+    /// Where it speaks cleartext HTTP/2, if it does.
+    pub h2_port: Option<u16>,
     /// The process whose CPU time counts (with its children).
     pub pid: Option<u32>,
 }
@@ -92,7 +113,7 @@ impl Upstreams {
     /// Connections the upstreams of `scenario` have accepted so far (our own query included).
     fn accepted(&self, scenario: Scenario) -> Option<u64> {
         match (scenario, self.status) {
-            (Scenario::Fixed, Some(status)) => {
+            (Scenario::Fixed | Scenario::H2c, Some(status)) => {
                 let reply = Conn::open(status)
                     .ok()?
                     .request("GET", "/", 0, false)
@@ -102,7 +123,7 @@ impl Upstreams {
                 let line = text.lines().nth(2)?;
                 line.split_whitespace().next()?.parse().ok()
             }
-            (Scenario::Fixed, None) => {
+            (Scenario::Fixed | Scenario::H2c, None) => {
                 Some(fake_connections(self.u1)? + fake_connections(self.u2)?)
             }
             (Scenario::Chunked, _) => fake_connections(self.fake),
@@ -183,6 +204,70 @@ fn wrk(
         cpu_us: None,
     };
     Ok((sample, requests))
+}
+
+/// One h2load run (cleartext HTTP/2 with prior knowledge): req/s and the number of requests.
+/// h2load reports no percentiles: they stay empty.
+fn h2load(url: &str, seconds: u32, pin: bool) -> Result<(Sample, u64), String> {
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "h2load"]);
+        c
+    } else {
+        Command::new("h2load")
+    };
+    let out = cmd
+        .args([
+            &format!("-c{H2_CLIENTS}"),
+            &format!("-m{H2_STREAMS}"),
+            &format!("-D{seconds}"),
+            "--warm-up-time=1",
+        ])
+        .arg(url)
+        .output()
+        .map_err(|e| format!("could not run h2load: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 10.00s, 41234.50 req/s, 4.23MB/s"
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.trim_end_matches(" req/s").parse().ok())
+        .ok_or_else(|| format!("no req/s in h2load's output:\n{text}"))?;
+    // "requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout"
+    let counts: Vec<u64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .map(|l| {
+            l.split(", ")
+                .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (succeeded, failed) = (
+        counts.get(3).copied().unwrap_or(0),
+        counts.get(4).copied().unwrap_or(0),
+    );
+    if failed > 0 || succeeded == 0 {
+        return Err(format!("{url}: h2load saw failures:\n{text}"));
+    }
+    // "status codes: N 2xx, 0 3xx, 0 4xx, 0 5xx" (warm-up answers not counted there).
+    let status_ok = text
+        .lines()
+        .find_map(|l| l.strip_prefix("status codes: "))
+        .is_some_and(|l| l.contains(" 0 3xx, 0 4xx, 0 5xx"));
+    if !status_ok {
+        return Err(format!("{url}: answers other than 2xx:\n{text}"));
+    }
+    let sample = Sample {
+        rps,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        p999_ms: f64::NAN,
+        upstream_conns: None,
+        cpu_us: None,
+    };
+    Ok((sample, succeeded))
 }
 
 /// Where the run happens: the work directory, pinning, and the processes it started.
@@ -349,13 +434,25 @@ fn rounds<'c>(
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
         for &scenario in &opts.scenarios {
-            for &conns in &opts.conns {
+            if scenario == Scenario::H2c && which("h2load").is_none() {
+                if round == 1 {
+                    eprintln!("skipped h2c: `apt-get install nghttp2-client` for h2load");
+                }
+                continue;
+            }
+            for conns in scenario.conns(opts) {
                 for c in contenders {
                     rig.procs.check_alive()?;
-                    let url = url(c, scenario, upstreams);
+                    let Some(url) = url(c, scenario, upstreams) else {
+                        continue;
+                    };
                     let accepted_before = upstreams.accepted(scenario);
                     let cpu_before = c.pid.and_then(cpu_ticks_with_children);
-                    let (mut s, requests) = wrk(&url, conns, opts.seconds, &script, rig.pin)?;
+                    let (mut s, requests) = if scenario == Scenario::H2c {
+                        h2load(&url, opts.seconds, rig.pin)?
+                    } else {
+                        wrk(&url, conns, opts.seconds, &script, rig.pin)?
+                    };
                     let cpu_after = c.pid.and_then(cpu_ticks_with_children);
                     let accepted_after = upstreams.accepted(scenario);
                     // Less the one connection the count itself took.
@@ -386,14 +483,16 @@ fn rounds<'c>(
     Ok(samples)
 }
 
-/// What a contender is asked for in a scenario (`direct` goes to the upstream itself).
-fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> String {
-    match (c.name, scenario) {
+/// What a contender is asked for in a scenario (`direct` goes to the upstream itself);
+/// `None` when it does not take part (h2c for a contender without it).
+fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<String> {
+    Some(match (c.name, scenario) {
         ("direct", Scenario::Fixed) => format!("http://127.0.0.1:{}/ping", upstreams.u1),
         ("direct", Scenario::Chunked) => {
             format!("http://127.0.0.1:{}/ping?chunked=1", upstreams.fake)
         }
         (_, Scenario::Fixed) => format!("http://127.0.0.1:{}/api/ping", c.port),
         (_, Scenario::Chunked) => format!("http://127.0.0.1:{}/chunked/ping?chunked=1", c.port),
-    }
+        (_, Scenario::H2c) => format!("http://127.0.0.1:{}/api/ping", c.h2_port?),
+    })
 }

@@ -18,6 +18,7 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
     let mut contenders = vec![Contender {
         name: "direct",
         port: 0,
+        h2_port: None,
         pid: None,
     }];
     // Ours twice: as shipped (metrics on), and with metrics off to measure their cost.
@@ -42,6 +43,8 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         contenders.push(Contender {
             name,
             port,
+            // HTTP/1.1 and HTTP/2 (prior knowledge) on one port.
+            h2_port: Some(port),
             pid: Some(pid),
         });
     }
@@ -51,7 +54,12 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
             continue;
         };
         let port = free_port()?;
+        let h2_port = match peer.h2c {
+            H2c::SamePort => port,
+            H2c::OwnPort => free_port()?,
+        };
         let mut values = ports(port);
+        values.push(("h2port", h2_port.to_string()));
         values.push(("pid", rig.file(&format!("{}.pid", peer.program))));
         values.push(("error_log", rig.file(&format!("{}.err", peer.program))));
         let conf = rig.write(peer.file, peer.template, &values)?;
@@ -65,6 +73,7 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         contenders.push(Contender {
             name: peer.name,
             port,
+            h2_port: Some(h2_port),
             pid: Some(pid),
         });
     }
@@ -81,6 +90,16 @@ struct Peer {
     /// Arguments before the config file's path.
     args: &'static [&'static str],
     env: Option<(&'static str, &'static str)>,
+    /// Where it speaks cleartext HTTP/2.
+    h2c: H2c,
+}
+
+/// Where a peer takes cleartext HTTP/2 (prior knowledge).
+enum H2c {
+    /// On its HTTP/1.1 port too.
+    SamePort,
+    /// On a port of its own (`{{h2port}}` in its template).
+    OwnPort,
 }
 
 const PEERS: [Peer; 3] = [
@@ -92,6 +111,7 @@ const PEERS: [Peer; 3] = [
         template: include_str!("../../templates/proxy.nginx.conf"),
         args: &["-c"],
         env: None,
+        h2c: H2c::OwnPort,
     },
     Peer {
         name: "HAProxy (1 thread)",
@@ -101,6 +121,7 @@ const PEERS: [Peer; 3] = [
         template: include_str!("../../templates/haproxy.cfg"),
         args: &["-db", "-f"],
         env: None,
+        h2c: H2c::OwnPort,
     },
     Peer {
         name: "Caddy (GOMAXPROCS=1)",
@@ -110,5 +131,6 @@ const PEERS: [Peer; 3] = [
         template: include_str!("../../templates/Caddyfile"),
         args: &["run", "--adapter", "caddyfile", "--config"],
         env: Some(("GOMAXPROCS", "1")),
+        h2c: H2c::SamePort,
     },
 ];

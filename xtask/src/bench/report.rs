@@ -30,7 +30,7 @@ pub(super) fn table(
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|");
     for &scenario in &opts.scenarios {
-        for &conns in &opts.conns {
+        for conns in scenario.conns(opts) {
             let of = |name: &str| -> Vec<Sample> {
                 samples
                     .iter()
@@ -63,12 +63,12 @@ pub(super) fn table(
                 };
                 let _ = writeln!(
                     table,
-                    "| {} | {conns} | {} | {m:.0} | {min:.0} - {max:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2}x |",
+                    "| {} | {conns} | {} | {m:.0} | {min:.0} - {max:.0} | {} | {} | {} | {} | {} | {:.2}x |",
                     scenario.name(),
                     c.name,
-                    median(v.iter().map(|s| s.p50_ms).collect()),
-                    median(v.iter().map(|s| s.p99_ms).collect()),
-                    median(v.iter().map(|s| s.p999_ms).collect()),
+                    dash(median(v.iter().map(|s| s.p50_ms).collect()), 2),
+                    dash(median(v.iter().map(|s| s.p99_ms).collect()), 2),
+                    dash(median(v.iter().map(|s| s.p999_ms).collect()), 2),
                     dash(cpu, 1),
                     dash(conns_opened, 0),
                     ours / m,
@@ -117,7 +117,7 @@ pub(super) fn header(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!(
-        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script; fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests wrk completed. Upstream conns/run: connections the contender opened to the upstream during the run. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
+        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
         opts.seconds,
         opts.rounds,
         if pin {
