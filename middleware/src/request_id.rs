@@ -37,11 +37,6 @@ use tower_service::Service;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-/// Whether `value` is an acceptable inbound id: 1 to 128 characters of `[A-Za-z0-9._-]`.
-pub fn is_valid_request_id(value: &[u8]) -> bool {
-    RequestId::is_valid(value)
-}
-
 /// The default header: `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -77,11 +77,6 @@ impl<B> Proxy<B> {
         &self.inner.upstream
     }
 
-    /// Idle upstream connections in the pool now.
-    pub fn idle_connections(&self) -> usize {
-        self.inner.pool.idle_count()
-    }
-
     /// Idle upstream connections in the pool now, per target (named as the target displays).
     pub fn idle_connections_by_target(&self) -> Vec<(Arc<str>, usize)> {
         self.inner.pool.idle_by_target()

@@ -281,12 +281,6 @@ impl<B> Pool<B> {
             .map(|(key, list)| (Arc::clone(key), list.len()))
             .collect()
     }
-
-    /// Idle connections kept now, for all targets.
-    pub(crate) fn idle_count(&self) -> usize {
-        let idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.iter().map(|(_, list)| list.len()).sum()
-    }
 }
 
 /// How long an upstream keeps an idle connection open, from its `Keep-Alive: timeout=N`

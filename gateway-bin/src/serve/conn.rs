@@ -24,8 +24,7 @@ use tower::ServiceExt;
 
 use super::{Limits, ServedBody, Slot};
 use crate::stats::{ConnStats, Protocol};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use httpkit::BoxError;
 
 /// Serves one accepted connection in a task of its own until it ends.
 pub(super) fn spawn(
@@ -199,9 +198,9 @@ impl<I, S, E> Connection for hyper_util::server::conn::auto::UpgradeableConnecti
 where
     Self: Future<Output = Result<(), BoxError>>,
     S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
     S::ResBody: 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
 {
