@@ -48,6 +48,15 @@ pub enum MalformedReason {
     /// The pattern contains `?` or `#`, which never appear in a request path.
     #[error("a route cannot contain `?` or `#`; query strings are not part of routing")]
     QueryOrFragment,
+    /// `:` or `*` inside a segment (`/user_:id`, `/files*path`): other routers read it as a
+    /// parameter, this one only at the start of a segment.
+    #[error(
+        "`:` and `*` start a parameter only at the start of a segment (`/user/:id`, `/files/*path`); for literal text write `\\:` or `\\*` (`/v1/projects\\:batchGet`)"
+    )]
+    ParamInsideSegment,
+    /// A `\` not followed by `:` or `*`.
+    #[error("`\\` escapes only `:` and `*`")]
+    BadEscape,
 }
 
 /// Why [`Router::at`](crate::Router::at) found no route.

@@ -5,8 +5,11 @@
 //! Route syntax: static text, `:name` for one non-empty path segment, and a final `*name` that
 //! catches the rest of the path with its leading slash (`/static/*path` on
 //! `/static/css/app.css` gives `path = /css/app.css`). Static beats parameter beats catch-all
-//! at each segment, with backtracking when a more specific branch dead-ends. `:` and `*` only
-//! mean something at the start of a segment. Lookup never allocates, whatever the number of
+//! at each segment, with backtracking when a more specific branch dead-ends. A parameter is a
+//! whole segment: `:` or `*` inside one (`/user_:id`) is refused, and a literal `:` or `*` is
+//! written `\:` or `\*` (`/v1/projects\:batchGet`). Routes can also be chosen by host name
+//! ([`Hosts`], [`Mux::host`]) and guarded by header or query conditions ([`Matcher`],
+//! [`Mux::route_if`]). Lookup never allocates, whatever the number of
 //! parameters; parameter values are sliced out of the path when read.
 //!
 //! This crate does no I/O: serve a [`MuxService`] with hyper (or any tower-compatible server).
@@ -58,6 +61,8 @@
 //! ```
 
 mod error;
+mod guard;
+mod host;
 mod lookup;
 mod method;
 mod mux;
@@ -68,9 +73,11 @@ mod route;
 mod tree;
 
 pub use error::{InsertError, MalformedReason, MatchError};
+pub use guard::{Guard, Matcher, SharedGuard, Subject, Test};
+pub use host::{HostError, Hosts};
 pub use httpkit::{Body, BoxError};
 pub use method::MethodRouter;
-pub use mux::{Group, Mux, MuxFuture, MuxService, PathParams, set_path};
+pub use mux::{Group, HostRoutes, Mux, MuxFuture, MuxService, PathParams, set_path};
 pub use normalize::{BadPath, normalize_path};
 pub use params::{Params, ParamsIter, RouteInfo};
 pub use route::{IntoRoute, Route, RouteFuture};

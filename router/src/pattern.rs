@@ -2,16 +2,21 @@
 //!
 //! Syntax: a pattern is an absolute path. A segment that starts with `:` is a parameter that
 //! matches one non-empty path segment; a segment that starts with `*` is a catch-all that must be
-//! last and matches the rest of the path, keeping its leading slash. `:` and `*` anywhere else
-//! are literal text.
+//! last and matches the rest of the path, keeping its leading slash. A parameter is always a
+//! whole segment: `:` or `*` anywhere else in a segment (`/user_:id`, `/files*path`) is refused,
+//! because httprouter and matchit read it as a parameter and this router would silently take it
+//! as text. Literal `:` and `*` are written escaped, `\:` and `\*`
+//! (`/v1/projects\:batchGet` matches `/v1/projects:batchGet`).
+
+use std::borrow::Cow;
 
 use crate::error::{InsertError, MalformedReason};
 
 /// One piece of a parsed pattern, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Piece<'a> {
-    /// Literal text, matched byte for byte.
-    Static(&'a [u8]),
+    /// Literal text, matched byte for byte (escapes removed).
+    Static(Cow<'a, [u8]>),
     /// A `:name` segment.
     Param,
     /// A `*name` segment (always the last piece).
@@ -29,9 +34,30 @@ pub(crate) struct Parsed<'a> {
     pub(crate) segments: Vec<u32>,
     /// Whether the last parameter is a catch-all.
     pub(crate) catch_all: bool,
-    /// The pattern with parameter names erased: two routes with the same shape match exactly
-    /// the same paths, which is what a conflict is.
+    /// The pattern with parameter names erased and escapes removed: two routes with the same
+    /// shape match exactly the same paths, which is what a conflict is.
     pub(crate) shape: String,
+}
+
+/// The literal text of a static segment: `\:` and `\*` unescaped; an unescaped `:` or `*`,
+/// or a `\` before anything else, refused.
+fn literal(segment: &str) -> Result<Cow<'_, str>, MalformedReason> {
+    if !segment.contains(['\\', ':', '*']) {
+        return Ok(Cow::Borrowed(segment));
+    }
+    let mut out = String::with_capacity(segment.len());
+    let mut chars = segment.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ (':' | '*')) => out.push(e),
+                _ => return Err(MalformedReason::BadEscape),
+            },
+            ':' | '*' => return Err(MalformedReason::ParamInsideSegment),
+            c => out.push(c),
+        }
+    }
+    Ok(Cow::Owned(out))
 }
 
 pub(crate) fn parse(route: &str) -> Result<Parsed<'_>, InsertError> {
@@ -53,10 +79,8 @@ pub(crate) fn parse(route: &str) -> Result<Parsed<'_>, InsertError> {
         catch_all: false,
         shape: String::with_capacity(route.len()),
     };
-    // Start of the static text not yet emitted as a piece.
-    let mut static_start = 0;
-    // Byte offset of the current segment (just past its `/`).
-    let mut offset = 1;
+    // The static text not yet emitted as a piece, escapes removed.
+    let mut text = String::from("/");
     let mut segment_index: u32 = 1;
     let mut rest = &route[1..];
     loop {
@@ -68,7 +92,7 @@ pub(crate) fn parse(route: &str) -> Result<Parsed<'_>, InsertError> {
             if name.is_empty() {
                 return Err(malformed(MalformedReason::EmptyParamName));
             }
-            if name.contains([':', '*']) {
+            if name.contains([':', '*', '\\']) {
                 return Err(malformed(MalformedReason::InvalidParamName));
             }
             if parsed.names.contains(&name) {
@@ -78,10 +102,11 @@ pub(crate) fn parse(route: &str) -> Result<Parsed<'_>, InsertError> {
             if is_catch_all && seg_len != rest.len() {
                 return Err(malformed(MalformedReason::CatchAllNotLast));
             }
-            if static_start < offset {
+            if !text.is_empty() {
+                let done = std::mem::take(&mut text);
                 parsed
                     .pieces
-                    .push(Piece::Static(&route.as_bytes()[static_start..offset]));
+                    .push(Piece::Static(Cow::Owned(done.into_bytes())));
             }
             parsed.pieces.push(if is_catch_all {
                 Piece::CatchAll
@@ -92,23 +117,24 @@ pub(crate) fn parse(route: &str) -> Result<Parsed<'_>, InsertError> {
             parsed.segments.push(segment_index);
             parsed.catch_all = is_catch_all;
             parsed.shape.push(if is_catch_all { '*' } else { ':' });
-            static_start = offset + seg_len;
         } else {
-            parsed.shape.push_str(segment);
+            let lit = literal(segment).map_err(malformed)?;
+            text.push_str(&lit);
+            parsed.shape.push_str(&lit);
         }
         if seg_len == rest.len() {
             break;
         }
         parsed.shape.push('/');
-        offset += seg_len + 1;
+        text.push('/');
         rest = &rest[seg_len + 1..];
         segment_index += 1;
     }
     parsed.shape.insert(0, '/');
-    if static_start < route.len() {
+    if !text.is_empty() {
         parsed
             .pieces
-            .push(Piece::Static(&route.as_bytes()[static_start..]));
+            .push(Piece::Static(Cow::Owned(text.into_bytes())));
     }
     Ok(parsed)
 }
@@ -117,17 +143,21 @@ pub(crate) fn parse(route: &str) -> Result<Parsed<'_>, InsertError> {
 mod tests {
     use super::*;
 
+    fn st(text: &str) -> Piece<'static> {
+        Piece::Static(Cow::Owned(text.as_bytes().to_vec()))
+    }
+
     #[test]
     fn pieces_and_segments() {
         let p = parse("/repos/:owner/:repo/events").unwrap();
         assert_eq!(
             p.pieces,
             vec![
-                Piece::Static(b"/repos/"),
+                st("/repos/"),
                 Piece::Param,
-                Piece::Static(b"/"),
+                st("/"),
                 Piece::Param,
-                Piece::Static(b"/events"),
+                st("/events"),
             ]
         );
         assert_eq!(p.names, vec!["owner", "repo"]);
@@ -137,14 +167,17 @@ mod tests {
     }
 
     #[test]
-    fn catch_all_at_root_and_literal_sigils() {
+    fn catch_all_at_root_and_escaped_sigils() {
         let p = parse("/*path").unwrap();
-        assert_eq!(p.pieces, vec![Piece::Static(b"/"), Piece::CatchAll]);
+        assert_eq!(p.pieces, vec![st("/"), Piece::CatchAll]);
         assert!(p.catch_all);
         assert_eq!(p.shape, "/*");
-        let p = parse("/v1/models/a:generate*").unwrap();
-        assert_eq!(p.pieces, vec![Piece::Static(b"/v1/models/a:generate*")]);
+        let p = parse(r"/v1/models/a\:generate\*").unwrap();
+        assert_eq!(p.pieces, vec![st("/v1/models/a:generate*")]);
+        assert_eq!(p.shape, "/v1/models/a:generate*");
         assert!(p.names.is_empty());
+        let p = parse(r"/v1/:project/x\:run").unwrap();
+        assert_eq!(p.pieces, vec![st("/v1/"), Piece::Param, st("/x:run")]);
     }
 
     #[test]
@@ -165,5 +198,16 @@ mod tests {
         assert_eq!(reason("/a/*rest/b"), MalformedReason::CatchAllNotLast);
         assert_eq!(reason("/a/*rest/"), MalformedReason::CatchAllNotLast);
         assert_eq!(reason("/a?b=1"), MalformedReason::QueryOrFragment);
+        // httprouter and matchit read these as parameters: refused rather than taken as text.
+        assert_eq!(reason("/user_:id"), MalformedReason::ParamInsideSegment);
+        assert_eq!(reason("/files*path"), MalformedReason::ParamInsideSegment);
+        assert_eq!(reason("/src2*rest"), MalformedReason::ParamInsideSegment);
+        assert_eq!(
+            reason("/v1/projects:batchGet"),
+            MalformedReason::ParamInsideSegment
+        );
+        assert_eq!(reason(r"/a\b"), MalformedReason::BadEscape);
+        assert_eq!(reason(r"/a\"), MalformedReason::BadEscape);
+        assert_eq!(reason(r"/:a\:b"), MalformedReason::InvalidParamName);
     }
 }

@@ -144,7 +144,7 @@ impl<T> Router<T> {
         let id = self.routes.len() as u32;
         let mut node = 0;
         for piece in &parsed.pieces {
-            match *piece {
+            match piece {
                 Piece::Static(text) => node = self.insert_static(node, text),
                 Piece::Param => {
                     if self.nodes[node].param == NONE {

@@ -480,3 +480,186 @@ async fn paths_are_normalized_before_routing_and_the_request_sees_the_result() {
     let (_, res) = send(&raw.into_service(), Method::GET, "/static/../x").await;
     assert_eq!(text(res).await, "static path=/../x");
 }
+
+async fn send_req(svc: &MuxService<()>, req: Request<()>) -> (StatusCode, String) {
+    let res = svc.clone().oneshot(req).await.unwrap();
+    (res.status(), text(res).await)
+}
+
+#[tokio::test]
+async fn virtual_hosts_exact_wildcard_and_default() {
+    let mut mux = Mux::new();
+    mux.host("api.example.com")
+        .unwrap()
+        .get("/v1/*rest", named("api"))
+        .unwrap();
+    mux.host("*.example.com")
+        .unwrap()
+        .get("/", named("any-sub"))
+        .unwrap();
+    mux.host("*.eu.example.com")
+        .unwrap()
+        .get("/", named("eu"))
+        .unwrap();
+    // The same name again adds to the same host.
+    mux.host("API.example.com")
+        .unwrap()
+        .post("/v1/items", named("api-post"))
+        .unwrap();
+    mux.get("/", named("default")).unwrap();
+    assert!(mux.host("bad host").is_err());
+    let svc = mux.into_service();
+
+    let get = |host: &str, path: &str| Request::get(path).header("host", host).body(()).unwrap();
+    assert_eq!(
+        send_req(&svc, get("api.example.com:8080", "/v1/x")).await,
+        (StatusCode::OK, "api rest=/x".into())
+    );
+    // Another host does not see api's routes.
+    assert_eq!(
+        send_req(&svc, get("www.example.com", "/v1/x")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send_req(&svc, get("www.example.com", "/")).await.1,
+        "any-sub "
+    );
+    assert_eq!(
+        send_req(&svc, get("a.b.eu.example.com", "/")).await.1,
+        "eu "
+    );
+    assert_eq!(send_req(&svc, get("example.com", "/")).await.1, "default ");
+    assert_eq!(send_req(&svc, get("[::1]:80", "/")).await.1, "default ");
+    // No Host at all (HTTP/1.0): the default site.
+    assert_eq!(
+        send_req(&svc, Request::get("/").body(()).unwrap()).await.1,
+        "default "
+    );
+    // The authority of an absolute-form target (or HTTP/2's :authority) wins over Host.
+    let abs = Request::get("http://api.example.com/v1/y")
+        .header("host", "other.test")
+        .body(())
+        .unwrap();
+    assert_eq!(send_req(&svc, abs).await.1, "api rest=/y");
+    // 405 and Allow come from the host's own routes.
+    let res = svc
+        .clone()
+        .oneshot(
+            Request::delete("/v1/items")
+                .header("host", "api.example.com")
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, POST, OPTIONS");
+}
+
+#[tokio::test]
+async fn guarded_routes_first_in_order_then_plain_then_not_found() {
+    use router::{Matcher, Subject, Test};
+    let header = |name: &str, value: &str| {
+        Arc::new(Matcher::new(
+            Subject::Header(name.parse().unwrap()),
+            Test::Exact(value.into()),
+        ))
+    };
+    let mut mux = Mux::new();
+    mux.get("/items/:id", named("plain")).unwrap();
+    mux.route_if(
+        Some(&[Method::GET]),
+        "/items/:id",
+        header("x-canary", "1"),
+        named("canary"),
+    )
+    .unwrap();
+    mux.route_if(
+        Some(&[Method::GET]),
+        "/items/:id",
+        Arc::new(Matcher::new(Subject::Query("beta".into()), Test::Present)),
+        named("beta"),
+    )
+    .unwrap();
+    // Only guarded routes at this pattern: none holding is a 404, not a 405.
+    mux.route_if(
+        Some(&[Method::POST]),
+        "/only",
+        header("x-ok", "yes"),
+        named("only"),
+    )
+    .unwrap();
+    // A second plain route at one method and pattern is still a conflict.
+    assert!(matches!(
+        mux.get("/items/:id", named("again")),
+        Err(InsertError::Conflict { .. })
+    ));
+    let svc = mux.into_service();
+
+    let req = |uri: &str, h: Option<(&str, &str)>| {
+        let mut b = Request::get(uri);
+        if let Some((k, v)) = h {
+            b = b.header(k, v);
+        }
+        b.body(()).unwrap()
+    };
+    assert_eq!(send_req(&svc, req("/items/7", None)).await.1, "plain id=7");
+    assert_eq!(
+        send_req(&svc, req("/items/7", Some(("x-canary", "1"))))
+            .await
+            .1,
+        "canary id=7"
+    );
+    assert_eq!(
+        send_req(&svc, req("/items/7?beta", None)).await.1,
+        "beta id=7"
+    );
+    // Both hold: the first registered wins.
+    assert_eq!(
+        send_req(&svc, req("/items/7?beta", Some(("x-canary", "1"))))
+            .await
+            .1,
+        "canary id=7"
+    );
+    let post = |h: Option<&str>| {
+        let mut b = Request::post("/only");
+        if let Some(v) = h {
+            b = b.header("x-ok", v);
+        }
+        b.body(()).unwrap()
+    };
+    assert_eq!(
+        send_req(&svc, post(Some("yes"))).await,
+        (StatusCode::OK, "only ".into())
+    );
+    assert_eq!(
+        send_req(&svc, post(Some("no"))).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(send_req(&svc, post(None)).await.0, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn in_segment_sigils_are_refused_and_escapes_are_literal() {
+    let mut mux: Mux<()> = Mux::new();
+    for bad in [
+        "/user_:id",
+        "/files*path",
+        "/src2*rest",
+        "/v1/projects:batchGet",
+    ] {
+        let err = mux.get(bad, named("x")).unwrap_err();
+        assert!(
+            err.to_string().contains("start of a segment"),
+            "{bad}: {err}"
+        );
+    }
+    mux.get(r"/v1/projects\:batchGet", named("batch")).unwrap();
+    mux.get("/v1/projects/:id", named("one")).unwrap();
+    let mut tree = router::Router::new();
+    tree.insert(r"/v1/projects\:batchGet", 1).unwrap();
+    assert_eq!(*tree.at("/v1/projects:batchGet").unwrap().value, 1);
+    assert!(tree.at(r"/v1/projects\:batchGet").is_err());
+    // The escaped and the unescaped forms are one shape: a second registration conflicts.
+    assert!(tree.insert(r"/v1/projects\:batchGet", 2).is_err());
+}

@@ -14,12 +14,14 @@ use tower_service::Service;
 
 use super::PathParams;
 use super::service::{MuxFuture, State};
-use crate::method::MethodRouter;
+use super::site::Site;
+use crate::host::Hosts;
 use crate::normalize::normalize_path;
 use crate::route::Route;
 
 pub(super) struct Table<B> {
-    pub(super) routes: MethodRouter<Route<B>>,
+    pub(super) sites: Vec<Site<B>>,
+    pub(super) hosts: Hosts<usize>,
     pub(super) not_found: Option<Route<B>>,
     pub(super) method_not_allowed: Option<Route<B>>,
     pub(super) auto_options: bool,
@@ -70,11 +72,19 @@ pub(super) fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>)
             }
         }
     }
-    let found = match table.routes.at(req.method(), req.uri().path()) {
-        Ok(m) => Some((m.value, m.route_info())),
+    let site = if table.hosts.is_empty() {
+        &table.sites[0]
+    } else {
+        &table.sites[site_of(&table.hosts, &req)]
+    };
+    let found = match site.routes.at(req.method(), req.uri().path()) {
+        Ok(m) => Some((*m.value, m.route_info())),
         Err(_) => None,
     };
-    if let Some((route, info)) = found {
+    if let Some((slot, info)) = found {
+        let Some(route) = site.slots[slot].pick(&req) else {
+            return not_found(table, req);
+        };
         if info.has_params() {
             if let Some(path) = req.uri().path_and_query().cloned() {
                 req.extensions_mut().insert(PathParams {
@@ -85,7 +95,26 @@ pub(super) fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>)
         }
         return MuxFuture(State::Route(route.call_ref(req)));
     }
-    miss(table, req)
+    miss(table, site, req)
+}
+
+/// The site for the request's host: the URI's authority (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1 target, which RFC 9112 says wins over `Host`), else the `Host`
+/// header; the default site (0) for any other host or none.
+fn site_of<B>(hosts: &Hosts<usize>, req: &Request<B>) -> usize {
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
+    host.and_then(|h| {
+        // An authority may carry `user@`; a host name never does.
+        let h = h.rsplit('@').next().unwrap_or(h);
+        hosts.get(h).copied()
+    })
+    .unwrap_or(0)
 }
 
 /// Replaces the request's path with `path` (an empty one becomes `/`), keeping its query,
@@ -130,13 +159,13 @@ fn leaves_the_origin(location: &str) -> bool {
 }
 
 /// No route for this method: OPTIONS answer, trailing-slash redirect, 405 or 404.
-fn miss<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
+fn miss<B: Send + 'static>(table: &Table<B>, site: &Site<B>, req: Request<B>) -> MuxFuture {
     let method = req.method();
     let path = req.uri().path();
     let mut allowed = if path == "*" && *method == Method::OPTIONS {
-        table.routes.methods()
+        site.routes.methods()
     } else {
-        table.routes.allowed(path)
+        site.routes.allowed(path)
     };
     if table.auto_options && !allowed.is_empty() && !allowed.contains(&Method::OPTIONS) {
         allowed.push(Method::OPTIONS);
@@ -152,7 +181,7 @@ fn miss<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
         }
     }
     if table.redirect_trailing_slash && *method != Method::CONNECT {
-        if let Some(res) = trailing_slash_redirect(table, &req) {
+        if let Some(res) = trailing_slash_redirect(site, &req) {
             return ready(res);
         }
     }
@@ -166,6 +195,10 @@ fn miss<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
             }
         };
     }
+    not_found(table, req)
+}
+
+fn not_found<B: Send + 'static>(table: &Table<B>, req: Request<B>) -> MuxFuture {
     match &table.not_found {
         Some(route) => MuxFuture(State::Route(route.call_ref(req))),
         None => ready(text_response(StatusCode::NOT_FOUND, "Not Found\n")),
@@ -183,7 +216,7 @@ fn allow_header(methods: &[Method]) -> HeaderValue {
 }
 
 fn trailing_slash_redirect<B: Send + 'static>(
-    table: &Table<B>,
+    site: &Site<B>,
     req: &Request<B>,
 ) -> Option<Response<Body>> {
     let path = req.uri().path();
@@ -193,7 +226,7 @@ fn trailing_slash_redirect<B: Send + 'static>(
         None => format!("{path}/"),
     };
     // `//host/...` or `/\host/...` in a Location would send the client to another host.
-    if leaves_the_origin(&other) || table.routes.at(req.method(), &other).is_err() {
+    if leaves_the_origin(&other) || site.routes.at(req.method(), &other).is_err() {
         return None;
     }
     let location = match req.uri().query() {

@@ -8,7 +8,8 @@ use http::uri::PathAndQuery;
 use tower_layer::Layer;
 
 use crate::error::InsertError;
-use crate::method::MethodRouter;
+use crate::guard::SharedGuard;
+use crate::host::{HostError, Hosts};
 use crate::params::{Params, RouteInfo};
 use crate::route::{IntoRoute, Route};
 
@@ -108,7 +109,9 @@ impl fmt::Debug for PathParams {
 /// # }
 /// ```
 pub struct Mux<B> {
-    routes: MethodRouter<Route<B>>,
+    /// Site 0 is the default: every host not named in `hosts`.
+    sites: Vec<Site<B>>,
+    hosts: Hosts<usize>,
     pre: Vec<Wrap<B>>,
     not_found: Option<Route<B>>,
     method_not_allowed: Option<Route<B>>,
@@ -125,7 +128,7 @@ impl<B: Send + 'static> Default for Mux<B> {
 
 impl<B> fmt::Debug for Mux<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let routes: Vec<String> = self
+        let routes: Vec<String> = self.sites[0]
             .routes
             .routes()
             .map(|(m, p, _)| format!("{} {p}", m.map_or("*", Method::as_str)))
@@ -161,18 +164,22 @@ macro_rules! method_fns {
 mod dispatch;
 mod group;
 mod service;
+mod site;
 
 pub use dispatch::set_path;
 use dispatch::{Dispatch, Table};
 pub use group::Group;
 use service::Inner;
 pub use service::{MuxFuture, MuxService};
+pub use site::HostRoutes;
+use site::Site;
 
 impl<B: Send + 'static> Mux<B> {
     /// An empty router with automatic `OPTIONS` answers and trailing-slash redirects on.
     pub fn new() -> Self {
         Mux {
-            routes: MethodRouter::new(),
+            sites: vec![Site::new()],
+            hosts: Hosts::new(),
             pre: Vec::new(),
             not_found: None,
             method_not_allowed: None,
@@ -208,30 +215,100 @@ impl<B: Send + 'static> Mux<B> {
 
     method_fns!("`path`");
 
+    /// Registers `service` at `path` for `methods` (`None`: any), taken only when `guard`
+    /// holds for the request (headers, query: see [`Matcher`](crate::Matcher)).
+    ///
+    /// Several guarded routes and one plain route can share a method and pattern: the guarded
+    /// ones are tried first, in the order they were registered, then the plain one. When
+    /// every route there is guarded and none holds, the request gets the not-found answer.
+    /// Method precedence comes first, as for plain routes: a route for the request's own
+    /// method is found before an any-method (`None`) route at the same pattern, guarded or
+    /// not.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::sync::Arc;
+    /// use http::{Method, Request, Response};
+    /// use router::{Body, Matcher, Mux, Subject, Test};
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let answer = |text: &'static str| service_fn(move |_: Request<()>| async move {
+    ///     Ok::<_, Infallible>(Response::new(Body::from(text)))
+    /// });
+    /// let mut mux = Mux::new();
+    /// mux.get("/api", answer("stable"))?;
+    /// let canary = Matcher::new(Subject::Header("x-canary".parse()?), Test::Exact("1".into()));
+    /// mux.route_if(Some(&[Method::GET]), "/api", Arc::new(canary), answer("canary"))?;
+    /// let svc = mux.into_service();
+    ///
+    /// let req = Request::get("/api").header("x-canary", "1").body(())?;
+    /// let body = svc.clone().oneshot(req).await?.into_body();
+    /// let bytes = http_body_util::BodyExt::collect(body).await.map_err(|e| e.to_string())?;
+    /// assert_eq!(bytes.to_bytes(), "canary");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn route_if<S: IntoRoute<B>>(
+        &mut self,
+        methods: Option<&[Method]>,
+        path: &str,
+        guard: SharedGuard,
+        service: S,
+    ) -> Result<&mut Self, InsertError> {
+        self.sites[0].insert(methods, path, Some(guard), service.into_route())?;
+        Ok(self)
+    }
+
     fn insert(
         &mut self,
         methods: Option<&[Method]>,
         path: &str,
         route: Route<B>,
     ) -> Result<(), InsertError> {
-        match methods {
-            None => self.routes.insert(None, path, route),
-            Some(methods) => {
-                for (i, m) in methods.iter().enumerate() {
-                    self.routes.check(Some(m), path)?;
-                    if methods[..i].contains(m) {
-                        return Err(InsertError::Conflict {
-                            route: path.to_owned(),
-                            existing: path.to_owned(),
-                        });
-                    }
-                }
-                for m in methods {
-                    self.routes.insert(Some(m), path, route.clone())?;
-                }
-                Ok(())
+        self.sites[0].insert(methods, path, None, route)
+    }
+
+    /// The routes of the virtual host `name`: an exact name (`api.example.com`) or a wildcard
+    /// (`*.example.com`: any name ending in `.example.com`, the longest such suffix winning).
+    /// A request whose `Host` (HTTP/1) or `:authority` (HTTP/2) names a registered host, case
+    /// aside and without its port, sees that host's routes only; any other request sees the
+    /// routes registered on the `Mux` itself. Calling this again with the same name adds to
+    /// the same host. Host lookup costs the same with one host as with thousands.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response, StatusCode};
+    /// use router::{Body, Mux};
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ok = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+    /// let mut mux = Mux::new();
+    /// mux.host("api.example.com")?.get("/v1/*rest", ok)?;
+    /// mux.get("/", ok)?;
+    /// let svc = mux.into_service();
+    ///
+    /// let req = Request::get("/v1/x").header("host", "API.example.com:8080").body(())?;
+    /// assert_eq!(svc.clone().oneshot(req).await?.status(), StatusCode::OK);
+    /// let req = Request::get("/v1/x").header("host", "www.example.com").body(())?;
+    /// assert_eq!(svc.oneshot(req).await?.status(), StatusCode::NOT_FOUND);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn host(&mut self, name: &str) -> Result<HostRoutes<'_, B>, HostError> {
+        let site = match self.hosts.get_registered_mut(name) {
+            Some(&mut site) => site,
+            None => {
+                let site = self.sites.len();
+                self.hosts.insert(name, site)?;
+                self.sites.push(Site::new());
+                site
             }
-        }
+        };
+        Ok(HostRoutes { mux: self, site })
     }
 
     /// A group of routes under `prefix`, with layers of its own (see [`Group`]).
@@ -291,16 +368,18 @@ impl<B: Send + 'static> Mux<B> {
         self
     }
 
-    /// Every route as `(method, pattern)`, `None` standing for any method.
+    /// Every route of the default site as `(method, pattern)`, `None` standing for any
+    /// method (a method and pattern with several guarded routes is listed once).
     pub fn routes(&self) -> impl Iterator<Item = (Option<&Method>, &str)> {
-        self.routes.routes().map(|(m, p, _)| (m, p))
+        self.sites[0].routes.routes().map(|(m, p, _)| (m, p))
     }
 
     /// Freezes the router into a cloneable service; `pre` layers are applied here, once.
     pub fn into_service(self) -> MuxService<B> {
-        self.routes.prepare();
+        self.sites.iter().for_each(|s| s.routes.prepare());
         let table = Arc::new(Table {
-            routes: self.routes,
+            sites: self.sites,
+            hosts: self.hosts,
             not_found: self.not_found,
             method_not_allowed: self.method_not_allowed,
             auto_options: self.auto_options,
