@@ -36,6 +36,7 @@ mod balancer;
 mod clock;
 mod health;
 mod ring;
+mod split;
 mod strategy;
 mod target;
 
@@ -45,6 +46,7 @@ pub use health::{
     AllDown, BODY_FAILURES_IN_A_ROW, CheckResult, CheckTransition, HealthPolicy, InFlight, Outcome,
     TargetState,
 };
+pub use split::{Split, SplitError};
 pub use strategy::{
     Attempts, Choice, LeastRequest, MAX_ATTEMPTS, RoundRobin, SmoothWeighted, Strategy, TargetSet,
     WeightedTicket,

@@ -196,3 +196,72 @@ proptest! {
         prop_assert!(got + 1 >= ((picks / n) as f64 * ramp * 0.99) as usize, "{} picks at ramp {}", got, ramp);
     }
 }
+
+/// Sticky keys: `n` distinct byte strings.
+fn keys(n: u32) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("user-{i}").into_bytes()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Per-request shares: over N random draws each entry's share is within 3 points of its
+    /// weight's share (N = 20,000: the binomial standard deviation is at most 0.36 points, so
+    /// 3 points is over 8 of them).
+    #[test]
+    fn split_shares_follow_the_weights(weights in prop::collection::vec(0u32..100, 1..6), seed in any::<u64>()) {
+        prop_assume!(weights.iter().any(|&w| w > 0));
+        let names: Vec<String> = (0..weights.len()).map(|i| format!("u{i}")).collect();
+        let split = balancer::Split::new(names.iter().map(String::as_str).zip(weights.iter().copied())).unwrap();
+        let n = 20_000u32;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut counts = vec![0u32; weights.len()];
+        for _ in 0..n {
+            counts[split.pick(rng.u64(..))] += 1;
+        }
+        let total: u32 = weights.iter().sum();
+        for (i, &w) in weights.iter().enumerate() {
+            let want = f64::from(w) / f64::from(total);
+            let got = f64::from(counts[i]) / f64::from(n);
+            prop_assert!((want - got).abs() < 0.03, "entry {i}: weight share {want:.3}, got {got:.3}");
+            if w == 0 { prop_assert_eq!(counts[i], 0); }
+        }
+    }
+
+    /// Sticky shares follow the weights too (4,000 keys, within 5 points), and adding an entry
+    /// moves only keys to the new entry: every other key stays where it was, and the share
+    /// that moves is about the new entry's share (within 5 points).
+    #[test]
+    fn sticky_split_spreads_by_weight_and_adding_an_entry_moves_few_keys(
+        weights in prop::collection::vec(1u32..100, 1..6),
+        added in 1u32..100,
+    ) {
+        let names: Vec<String> = (0..=weights.len()).map(|i| format!("backend-{i}")).collect();
+        let before = balancer::Split::new(names.iter().map(String::as_str).zip(weights.iter().copied())).unwrap();
+        let mut more = weights.clone();
+        more.push(added);
+        let after = balancer::Split::new(names.iter().map(String::as_str).zip(more.iter().copied())).unwrap();
+        let keys = keys(4_000);
+        let total: u32 = weights.iter().sum();
+        let mut counts = vec![0u32; weights.len()];
+        let mut moved = 0u32;
+        for k in &keys {
+            let a = before.pick_sticky(k);
+            prop_assert_eq!(a, before.pick_sticky(k));
+            counts[a] += 1;
+            let b = after.pick_sticky(k);
+            if b != a {
+                prop_assert_eq!(b, weights.len(), "a key moved between old entries");
+                moved += 1;
+            }
+        }
+        for (i, &w) in weights.iter().enumerate() {
+            let want = f64::from(w) / f64::from(total);
+            let got = f64::from(counts[i]) / keys.len() as f64;
+            prop_assert!((want - got).abs() < 0.05, "entry {i}: share {want:.3}, got {got:.3}");
+        }
+        let new_share = f64::from(added) / f64::from(total + added);
+        let moved_share = f64::from(moved) / keys.len() as f64;
+        prop_assert!((new_share - moved_share).abs() < 0.05, "moved {moved_share:.3}, new entry's share {new_share:.3}");
+    }
+}

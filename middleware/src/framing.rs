@@ -1,6 +1,8 @@
 //! Request framing a gateway refuses before anything else reads the request: a
 //! `Transfer-Encoding` other than one `chunked` (`identity, chunked`, `gzip, chunked`, two
-//! lines), which hyper lets through and a smuggling attempt relies on. The answer is `400`
+//! lines), which hyper lets through and a smuggling attempt relies on, and an HTTP/1.1 request
+//! without exactly one `Host` (RFC 9112 section 3.2: which virtual host it meant cannot be
+//! known). The answer is `400`
 //! with `Connection: close`: after a framing error nothing else on the connection can be
 //! trusted. nginx refuses the same set.
 //!
@@ -26,8 +28,8 @@
 
 use std::task::{Context, Poll};
 
-use http::header::CONNECTION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{CONNECTION, HOST};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use httpkit::hop_by_hop::odd_transfer_encoding;
 use httpkit::{TextOr, text_response};
 use tower_layer::Layer;
@@ -72,17 +74,28 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !odd_transfer_encoding(req.headers()) {
+        let (odd, text) = if odd_transfer_encoding(req.headers()) {
+            ("Transfer-Encoding", "Bad Request: Transfer-Encoding\n")
+        } else if req.version() == Version::HTTP_11 && !one_host(req.headers()) {
+            ("Host", "Bad Request: Host\n")
+        } else {
             return pass(self.inner.call(req));
-        }
+        };
         tracing::info!(
             request_id = %httpkit::RequestId::logged(req.extensions()),
             trace_id = %httpkit::TraceContext::logged(req.extensions()),
-            "request refused: odd Transfer-Encoding"
+            "request refused: odd {odd}"
         );
-        let mut res = text_response(StatusCode::BAD_REQUEST, "Bad Request: Transfer-Encoding\n");
+        let mut res = text_response(StatusCode::BAD_REQUEST, text);
         res.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
         answer_with(res)
     }
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host`, or it gets `400`
+/// (which virtual host it meant cannot be known).
+fn one_host(headers: &HeaderMap) -> bool {
+    let mut hosts = headers.get_all(HOST).iter();
+    hosts.next().is_some() && hosts.next().is_none()
 }
