@@ -33,6 +33,7 @@
 //! ```
 
 mod balancer;
+mod budget;
 mod clock;
 mod health;
 mod ring;
@@ -41,6 +42,7 @@ mod strategy;
 mod target;
 
 pub use balancer::{Algorithm, Balancer, BuildError, Picked};
+pub use budget::RetryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use health::{
     AllDown, BODY_FAILURES_IN_A_ROW, CheckResult, CheckTransition, HealthPolicy, InFlight, Outcome,

@@ -18,6 +18,8 @@ use crate::metrics::{Attempt, Retry};
 use crate::outgoing::{BodyProgress, Outgoing, Progress};
 use crate::pool::ConnectError;
 use crate::response::ProxyBody;
+use crate::retry::RetryPolicy;
+use crate::tap::BodyTap;
 use crate::target::TargetAddr;
 use crate::tunnel::TunnelGuard;
 use crate::upstream::Upstream;
@@ -34,6 +36,17 @@ pub(crate) struct Exchange<B> {
     pub(crate) upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelGuard>)>,
     /// The ids every line logged about this request names.
     pub(crate) ids: LogIds,
+    /// When a failed attempt goes to the next target.
+    policy: Arc<RetryPolicy>,
+    /// Attempts made so far.
+    made: u32,
+}
+
+/// The policy of requests that come without one.
+fn default_policy() -> Arc<RetryPolicy> {
+    static DEFAULT: std::sync::LazyLock<Arc<RetryPolicy>> =
+        std::sync::LazyLock::new(|| Arc::new(RetryPolicy::default()));
+    Arc::clone(&DEFAULT)
 }
 
 /// The outbound request: path and query (the request's own, which a router may have
@@ -43,6 +56,12 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
     let settings = upstream.settings();
     let (mut parts, body) = req.into_parts();
     let ids = LogIds::of(&parts.extensions);
+    let policy = parts
+        .extensions
+        .get::<Arc<RetryPolicy>>()
+        .cloned()
+        .unwrap_or_else(default_policy);
+    policy.record_request();
     let path_and_query = parts.uri.path_and_query().cloned()?;
     let inbound_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -90,7 +109,12 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         }
         let progress = Arc::<BodyProgress>::default();
         (
-            Outgoing::tracked(body, Arc::clone(&progress), hint),
+            Outgoing::tracked(
+                body,
+                Arc::clone(&progress),
+                hint,
+                parts.extensions.remove::<BodyTap>(),
+            ),
             Some(progress),
         )
     };
@@ -105,6 +129,8 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         progress,
         upgrade,
         ids,
+        policy,
+        made: 0,
     })
 }
 
@@ -158,14 +184,6 @@ enum Next<B> {
     Again(Request<Outgoing<B>>),
 }
 
-/// Methods that may be sent twice (RFC 9110 9.2.2).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 impl<B: RequestBody> Exchange<B> {
     /// One attempt on `picked`: the response, or `None` to try the next target.
     pub(crate) async fn attempt(
@@ -179,13 +197,14 @@ impl<B: RequestBody> Exchange<B> {
         // least-request must see it.
         let in_flight = picked.state().start();
         let started = Instant::now();
+        self.made += 1;
         let mut conn = match inner.pool.get(picked.value()).await {
             Ok(conn) => conn,
             Err(e) => return self.failed(upstream, &picked, Failure::Connect(e)),
         };
         let mut req = self.outbound_to(picked.value(), settings.preserve_host)?;
         loop {
-            let replay = Replay::of(&req).filter(|_| idempotent(req.method()));
+            let replay = Replay::of(&req).filter(|_| self.policy.resends(req.method()));
             let sent = tokio::time::timeout(
                 settings.response_timeout,
                 conn.link.sender.try_send_request(req),
@@ -195,6 +214,23 @@ impl<B: RequestBody> Exchange<B> {
                 Ok(Ok(res)) => {
                     let metrics = picked.value().metrics();
                     metrics.head_after(started.elapsed());
+                    if self.policy.retries_status(res.status())
+                        && replay.is_some()
+                        && self.policy.may_retry(self.made)
+                    {
+                        metrics.attempt(Attempt::ServerError);
+                        tracing::warn!(
+                            request_id = %self.ids.request(),
+                            trace_id = %self.ids.trace(),
+                            upstream = %upstream.name(),
+                            target = %picked.value(),
+                            status = res.status().as_u16(),
+                            retry = true,
+                            "upstream answered with a status the route retries"
+                        );
+                        self.request = replay.map(Replay::into_request);
+                        return None;
+                    }
                     metrics.attempt(if res.status().is_server_error() {
                         Attempt::ServerError
                     } else {
@@ -203,7 +239,12 @@ impl<B: RequestBody> Exchange<B> {
                     return Some(self.relay(inner, picked, conn, in_flight, res));
                 }
                 Ok(Err(error)) => error,
-                Err(_elapsed) => return self.timed_out(upstream, &picked),
+                Err(_elapsed) => {
+                    if self.policy.retries_timeout() {
+                        self.request = replay.map(Replay::into_request);
+                    }
+                    return self.timed_out(upstream, &picked);
+                }
             };
             match self.after_error(upstream, &picked, conn.reused, error, replay) {
                 Next::Answer(res) => return res,
@@ -275,9 +316,12 @@ impl<B: RequestBody> Exchange<B> {
         }
         let never_sent = error.take_message();
         let was_sent = never_sent.is_none();
-        let again = never_sent.or_else(|| replay.map(Replay::into_request));
         let hyper_error = error.into_error();
         if !reused {
+            // Sent and broken on a fresh connection: the target's failure; sent again only
+            // when the policy retries resets.
+            let replay = replay.filter(|_| self.policy.retries_reset());
+            let again = never_sent.or_else(|| replay.map(Replay::into_request));
             self.request = again;
             let failure = if was_sent {
                 Failure::Broken(hyper_error)
@@ -289,6 +333,7 @@ impl<B: RequestBody> Exchange<B> {
         // A pooled connection the upstream had closed (or closed as we wrote): not the
         // target's fault, and the upstream never answered. Once more on a new connection to
         // the same target, when the request can go again.
+        let again = never_sent.or_else(|| replay.map(Replay::into_request));
         let Some(back) = again else {
             return Next::Answer(self.failed(
                 upstream,
@@ -347,7 +392,7 @@ impl<B: RequestBody> Exchange<B> {
         picked: &Picked<TargetAddr>,
         failure: Failure,
     ) -> Option<Response<ProxyBody<B>>> {
-        let retry = self.request.is_some();
+        let retry = self.request.is_some() && self.policy.may_retry(self.made);
         let (counts, error, message) = match &failure {
             Failure::Connect(e) => (true, e.to_string(), "upstream connect failed"),
             Failure::NotSent(e) => (

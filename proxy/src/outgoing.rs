@@ -12,6 +12,8 @@ use http_body::{Frame, SizeHint};
 
 use httpkit::BoxError;
 
+use crate::tap::BodyTap;
+
 /// How far the client's request body got, as the attempt that owns it last saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -58,6 +60,8 @@ impl BodyProgress {
 pub(crate) struct Outgoing<B> {
     body: Option<(B, Arc<BodyProgress>)>,
     hint: SizeHint,
+    /// A mirror's copy of what is sent.
+    tap: Option<BodyTap>,
 }
 
 impl<B> Outgoing<B> {
@@ -65,13 +69,20 @@ impl<B> Outgoing<B> {
         Outgoing {
             body: None,
             hint: SizeHint::with_exact(0),
+            tap: None,
         }
     }
 
-    pub(crate) fn tracked(body: B, progress: Arc<BodyProgress>, hint: SizeHint) -> Self {
+    pub(crate) fn tracked(
+        body: B,
+        progress: Arc<BodyProgress>,
+        hint: SizeHint,
+        tap: Option<BodyTap>,
+    ) -> Self {
         Outgoing {
             body: Some((body, progress)),
             hint,
+            tap,
         }
     }
 
@@ -93,10 +104,27 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some((body, progress)) = &mut self.get_mut().body else {
+        let this = self.get_mut();
+        let Some((body, progress)) = &mut this.body else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(body).poll_frame(cx).map_err(Into::into);
+        let polled = Pin::new(&mut *body).poll_frame(cx).map_err(Into::into);
+        if let Some(tap) = &this.tap {
+            match &polled {
+                Poll::Pending => {}
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        tap.data(data);
+                    }
+                    // hyper stops polling a body that says it has ended.
+                    if body.is_end_stream() {
+                        tap.end();
+                    }
+                }
+                Poll::Ready(None) => tap.end(),
+                Poll::Ready(Some(Err(_))) => tap.abandon(),
+            }
+        }
         progress.set(match &polled {
             Poll::Pending => Progress::WaitingForClient,
             Poll::Ready(Some(Ok(_))) => Progress::Flowing,
