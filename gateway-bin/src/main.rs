@@ -43,11 +43,14 @@ struct Args {
 const EXIT_GRACE_EXPIRED: u8 = 3;
 
 fn print_routes(rows: &[RouteRow]) {
-    println!("{:<24} {:<28} {:<12} notes", "methods", "path", "upstream");
+    println!(
+        "{:<20} {:<24} {:<28} {:<12} notes",
+        "hosts", "methods", "path", "target"
+    );
     for r in rows {
         println!(
-            "{:<24} {:<28} {:<12} {}",
-            r.methods, r.path, r.upstream, r.notes
+            "{:<20} {:<24} {:<28} {:<12} {}",
+            r.hosts, r.methods, r.path, r.upstream, r.notes
         );
     }
 }

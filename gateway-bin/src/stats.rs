@@ -29,6 +29,10 @@ pub struct Stats {
     pub panics: Arc<Counter>,
     /// Requests cut by a route's deadline.
     pub deadlines: Arc<Counter>,
+    /// Requests refused by a route's rate limit.
+    pub rate_limited: Arc<Counter>,
+    /// Mirrored copies, by outcome.
+    pub mirror: Arc<crate::app::MirrorStats>,
     /// Requests refused for a declared body over `max_body_bytes`.
     pub body_too_large: Arc<Counter>,
     /// When the process started.
@@ -44,6 +48,8 @@ impl Default for Stats {
             auth_denied: Arc::default(),
             panics: Arc::default(),
             deadlines: Arc::default(),
+            rate_limited: Arc::default(),
+            mirror: Arc::default(),
             body_too_large: Arc::default(),
             started: SystemTime::now(),
         }

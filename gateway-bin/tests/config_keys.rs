@@ -42,6 +42,22 @@ fn in_code() -> BTreeSet<String> {
         ("HealthCheckConfig", "upstreams.*.health_check"),
         ("RouteConfig", "routes"),
         ("AuthConfig", "routes.auth"),
+        ("MatchConfig", "routes.matches"),
+        ("SplitConfig", "routes.split"),
+        ("StickyConfig", "routes.sticky"),
+        ("RedirectConfig", "routes.redirect"),
+        ("RespondConfig", "routes.respond"),
+        ("RewriteConfig", "routes.rewrite"),
+        // One struct for both sides.
+        (
+            "HeadersConfig",
+            "routes.request_headers|routes.response_headers",
+        ),
+        ("RateLimitConfig", "routes.rate_limit"),
+        ("CompressConfig", "routes.compress"),
+        ("CorsConfig", "routes.cors"),
+        ("RetryConfig", "routes.retry"),
+        ("MirrorConfig", "routes.mirror"),
     ]
     .into();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
@@ -71,7 +87,9 @@ fn in_code() -> BTreeSet<String> {
             current = None;
         } else if let (Some(section), Some(field)) = (current, line.strip_prefix("pub ")) {
             if let Some((name, _)) = field.split_once(':') {
-                keys.insert(format!("{section}.{name}"));
+                for section in section.split('|') {
+                    keys.insert(format!("{section}.{name}"));
+                }
             }
         }
     }

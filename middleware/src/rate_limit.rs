@@ -117,6 +117,13 @@ impl RateLimiter {
         }
     }
 
+    /// Counts refusals into `counter` (shared, say, by every limit of a gateway) instead of a
+    /// counter of its own.
+    pub fn counting(mut self, counter: Arc<Counter>) -> Self {
+        self.limited = counter;
+        self
+    }
+
     /// How many keys the table holds at most.
     pub fn capacity(&self) -> usize {
         self.sets.len() * WAYS

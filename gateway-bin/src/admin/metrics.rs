@@ -149,9 +149,28 @@ impl<B> Admin<B> {
                 "Requests cut by a route's timeout_ms (503).",
                 s.deadlines.get(),
             ),
+            (
+                "gateway_rate_limited",
+                "Requests refused by a route's rate limit (429).",
+                s.rate_limited.get(),
+            ),
         ] {
             out.family(name, help, Kind::Counter);
             out.counter(&[], n);
+        }
+        out.family(
+            "gateway_mirror_requests",
+            "Copies of requests for routes' mirrors: sent, failed (a 5xx or an error at the shadow), dropped (too many in flight), skipped (body over the limit or never complete).",
+            Kind::Counter,
+        );
+        let m = &s.mirror;
+        for (outcome, n) in [
+            ("sent", m.sent.get()),
+            ("failed", m.failed.get()),
+            ("dropped", m.dropped.get()),
+            ("skipped", m.skipped.get()),
+        ] {
+            out.counter(&[("outcome", outcome)], n);
         }
     }
 

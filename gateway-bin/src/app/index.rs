@@ -104,9 +104,14 @@ impl<B: GatewayBody> IndexPage<B> {
             } else {
                 format!("  ({})", r.notes)
             };
+            let host = if r.hosts == "*" {
+                String::new()
+            } else {
+                format!("[{}] ", r.hosts)
+            };
             let _ = writeln!(
                 out,
-                "  {:<24} {:<28} -> {}{notes}",
+                "  {:<24} {host}{:<28} -> {}{notes}",
                 r.methods, r.path, r.upstream
             );
         }
@@ -137,12 +142,13 @@ impl<B: GatewayBody> IndexPage<B> {
                 .replace('>', "&gt;")
         };
         let mut out = String::from(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>gateway</title><style>body{font-family:system-ui,sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}code,pre{background:#f4f4f4}</style></head><body><h1>gateway</h1><h2>Routes</h2><table><tr><th>methods</th><th>path</th><th>upstream</th><th>notes</th></tr>",
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>gateway</title><style>body{font-family:system-ui,sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}code,pre{background:#f4f4f4}</style></head><body><h1>gateway</h1><h2>Routes</h2><table><tr><th>hosts</th><th>methods</th><th>path</th><th>target</th><th>notes</th></tr>",
         );
         for r in &self.routes {
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(&r.hosts),
                 esc(&r.methods),
                 esc(&r.path),
                 esc(&r.upstream),

@@ -15,11 +15,18 @@ use router::{Mux, MuxService};
 use crate::config::{Config, ConfigError, Source};
 use crate::stats::Stats;
 
+mod actions;
+mod edits;
+mod forwarding;
 pub mod index;
+mod matching;
+mod policies;
 mod pre;
 pub mod routes;
 mod upstreams;
 mod warnings;
+
+pub use forwarding::MirrorStats;
 
 pub use routes::RouteRow;
 

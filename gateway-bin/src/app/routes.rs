@@ -1,18 +1,19 @@
-//! `[[routes]]` into the router: methods and pattern checked, the route's stack (auth gate,
-//! deadline, path rewrite, proxy) assembled once, and a row for the route table.
+//! `[[routes]]` into the router: methods, pattern, hosts and conditions checked, the route's
+//! stack assembled once, and a row for the route table. What goes into the stack is built in
+//! `actions.rs` (the target), `edits.rs` (path and headers), `policies.rs` (rate limit,
+//! compression, CORS) and `forwarding.rs` (retries, mirroring); this file puts it in order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request};
+use http::Method;
 use middleware::{AuthLayer, RequestMetrics, RouteMetricsLayer, Secrets, TimeoutLayer};
 use proxy::Proxy;
-use router::{IntoRoute, Mux, PathParams, Route};
+use router::{IntoRoute, Mux, Route};
 use tower::Layer;
-use tower::util::MapRequestLayer;
 
-use super::GatewayBody;
+use super::{GatewayBody, actions, edits, forwarding, matching, policies};
 use crate::config::{AuthConfig, Config, ConfigError, RouteConfig, Source};
 use crate::stats::Stats;
 use telemetry::Counter;
@@ -20,24 +21,32 @@ use telemetry::Counter;
 /// One row of the route table (`gateway --check`, the index page).
 #[derive(Debug, Clone)]
 pub struct RouteRow {
+    /// Host names, comma-separated (`*` for the default: any host no route names).
+    pub hosts: String,
     /// Methods, comma-separated (`*` for any).
     pub methods: String,
-    /// The pattern.
+    /// The pattern, and its conditions if any.
     pub path: String,
-    /// The upstream's name.
+    /// Where it goes: an upstream's name, a split, a redirect, a fixed answer.
     pub upstream: String,
-    /// What the route adds: `auth`, `timeout 5000 ms`, `full path`.
+    /// The upstreams it forwards to (for the gate-bypass warning).
+    pub upstreams: Vec<String>,
+    /// What the route adds: `auth`, `timeout 5000 ms`, `full path`, `rate limit ...`.
     pub notes: String,
     /// Whether an auth gate guards it.
     pub gated: bool,
 }
 
 impl RouteRow {
-    /// Whether this route takes `GET /`.
+    /// Whether this route takes `GET /` on the default host, whatever the headers.
     pub fn answers_get_root(&self) -> bool {
         let takes_get = self.methods == "*" || self.methods.split(',').any(|m| m == "GET");
         let mut tree = router::Router::new();
-        takes_get && tree.insert(&self.path, ()).is_ok() && tree.at("/").is_ok()
+        self.hosts == "*"
+            && !self.path.contains(" when ")
+            && takes_get
+            && tree.insert(&self.path, ()).is_ok()
+            && tree.at("/").is_ok()
     }
 }
 
@@ -55,6 +64,7 @@ pub(super) fn build<B: GatewayBody>(
     source: &Source,
 ) -> Result<Vec<RouteRow>, ConfigError> {
     let mut rows = Vec::new();
+    let mut shadows = forwarding::Shadows::new();
     for route in &config.routes {
         let series = config
             .pre
@@ -64,8 +74,18 @@ pub(super) fn build<B: GatewayBody>(
             series,
             auth_denied: Arc::clone(&stats.auth_denied),
             deadlines: Arc::clone(&stats.deadlines),
+            rate_limited: Arc::clone(&stats.rate_limited),
+            mirror: Arc::clone(&stats.mirror),
         };
-        rows.push(one(route, proxies, mux, &counters, source)?);
+        rows.push(one(
+            route,
+            config,
+            proxies,
+            &mut shadows,
+            mux,
+            &counters,
+            source,
+        )?);
     }
     Ok(rows)
 }
@@ -76,11 +96,15 @@ struct Counters {
     series: Option<Arc<RequestMetrics>>,
     auth_denied: Arc<Counter>,
     deadlines: Arc<Counter>,
+    rate_limited: Arc<Counter>,
+    mirror: Arc<forwarding::MirrorStats>,
 }
 
 fn one<B: GatewayBody>(
     route: &RouteConfig,
+    config: &Config,
     proxies: &BTreeMap<String, Proxy<B>>,
+    shadows: &mut forwarding::Shadows,
     mux: &mut Mux<B>,
     counters: &Counters,
     source: &Source,
@@ -88,18 +112,27 @@ fn one<B: GatewayBody>(
     let pattern = route.path.get_ref();
     check_pattern(pattern)
         .map_err(|message| source.error(route.path.span(), Some("path"), message))?;
-    let upstream_name = route.upstream.get_ref();
-    let Some(proxy) = proxies.get(upstream_name) else {
-        return Err(source.error(
-            route.upstream.span(),
-            Some("upstream"),
-            format!(
-                "no upstream named `{upstream_name}` (known: {})",
-                proxies.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    };
     let methods = methods(route, source)?;
+    let hosts = matching::hosts(route, source)?;
+    let guard = matching::guard(route, source)?;
+    let target = actions::build(route, proxies, source)?;
+    let mut notes = Vec::new();
+    if !target.forwards {
+        for (present, key) in [
+            (route.rewrite.is_some(), "rewrite"),
+            (route.retry.is_some(), "retry"),
+            (route.mirror.is_some(), "mirror"),
+            (route.request_headers.is_some(), "request_headers"),
+        ] {
+            if present {
+                return Err(source.error(
+                    route.path.span(),
+                    Some(key),
+                    format!("`{key}` changes what is forwarded; this route answers by itself (`redirect` or `respond`)"),
+                ));
+            }
+        }
+    }
     let auth = route
         .auth
         .as_ref()
@@ -108,43 +141,109 @@ fn one<B: GatewayBody>(
         .map(|a| a.count_denials(Arc::clone(&counters.auth_denied)));
 
     // The stack, in the order a request meets it: the route's metrics series named (so that
-    // every request of the route counts in it, refused ones included), the gate (which
-    // refuses before anything else runs), the deadline, the path the upstream sees, the
-    // proxy. Built inside out.
-    let mut service: Route<B> = forward_path(route, pattern)
-        .layer(proxy.clone())
-        .into_route();
+    // every request of the route counts in it, refused ones included); CORS (a preflight is
+    // answered before anything else, as browsers send it without credentials); the rate
+    // limit (before the gate, so guessing secrets is limited too); the gate; compression and
+    // the response header edits (on whatever answer comes back); the deadline; the request
+    // header edits; the path the upstream sees; the mirror (a copy of what goes upstream);
+    // the retry policy; the target. Built inside out.
+    let mut service: Route<B> = target.service;
+    if let Some((retry, note)) = forwarding::retry(route, source)? {
+        service = retry.wrap(service);
+        notes.push(note);
+    }
+    if let Some((mirror, note)) =
+        forwarding::mirror(route, config, shadows, &counters.mirror, source)?
+    {
+        service = mirror.wrap(service);
+        notes.push(note);
+    }
+    if target.forwards {
+        if let Some((layer, note)) = edits::path_rule(route, source)? {
+            service = layer.wrap(service);
+            if !note.is_empty() {
+                notes.push(note);
+            }
+        }
+        if !route.strip_prefix && route.rewrite.is_none() && catch_all_name(pattern).is_some() {
+            notes.push("full path".to_owned());
+        }
+    }
+    let header_edits = edits::header_edits(route, source)?;
+    if let Some((edits, _)) = &header_edits {
+        service = edits.wrap(service);
+    }
     if let Some(ms) = route.timeout_ms {
         service = TimeoutLayer::new(Duration::from_millis(ms))
             .count_expired(Arc::clone(&counters.deadlines))
             .layer(service)
             .into_route();
     }
+    if let Some((compress, note)) = policies::compress(route, source)? {
+        service = compress.wrap(service);
+        notes.push(note);
+    }
     if let Some(auth) = auth {
         service = auth.layer(service).into_route();
+    }
+    if let Some((layer, note)) = policies::rate_limit(route, &counters.rate_limited, source)? {
+        service = layer.layer(service).into_route();
+        notes.push(note);
+    }
+    let cors = policies::cors(route, methods.as_deref(), source)?;
+    if let Some((layer, note)) = &cors {
+        service = layer.clone().layer(service).into_route();
+        notes.push(note.clone());
     }
     if let Some(series) = &counters.series {
         service = RouteMetricsLayer::new(Arc::clone(series))
             .layer(service)
             .into_route();
     }
-    let registered = match &methods {
-        None => mux.any(pattern, service).map(|_| ()),
-        Some(list) => mux.route(list.clone(), pattern, service).map(|_| ()),
-    };
-    registered.map_err(|e| source.error(route.path.span(), Some("path"), e.to_string()))?;
 
-    let mut notes = Vec::new();
-    if route.auth.is_some() {
-        notes.push("auth".to_owned());
+    // A CORS preflight is an OPTIONS request: the route takes it so that its CORS layer
+    // answers.
+    let mut registered_methods = methods.clone();
+    if let (Some(list), Some(_)) = (&mut registered_methods, &cors) {
+        if !list.contains(&Method::OPTIONS) {
+            list.push(Method::OPTIONS);
+        }
     }
+    register(
+        mux,
+        &hosts,
+        registered_methods.as_deref(),
+        pattern,
+        guard,
+        service,
+    )
+    .map_err(|e| source.error(route.path.span(), Some("path"), e))?;
+
     if let Some(ms) = route.timeout_ms {
-        notes.push(format!("timeout {ms} ms"));
+        notes.insert(0, format!("timeout {ms} ms"));
     }
-    if !route.strip_prefix && catch_all_name(pattern).is_some() {
-        notes.push("full path".to_owned());
+    if route.auth.is_some() {
+        notes.insert(0, "auth".to_owned());
     }
+    if let Some((_, edit_notes)) = header_edits {
+        notes.extend(edit_notes);
+    }
+    let conditions = matching::describe(route);
+    let upstreams = match (&route.upstream, &route.split) {
+        (Some(u), _) => vec![u.get_ref().clone()],
+        (_, Some(split)) => split
+            .get_ref()
+            .iter()
+            .map(|e| e.get_ref().upstream.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(RouteRow {
+        hosts: if hosts.is_empty() {
+            "*".to_owned()
+        } else {
+            hosts.join(",")
+        },
         methods: match &methods {
             None => "*".to_owned(),
             Some(list) => list
@@ -153,17 +252,54 @@ fn one<B: GatewayBody>(
                 .collect::<Vec<_>>()
                 .join(","),
         },
-        path: pattern.clone(),
-        upstream: upstream_name.clone(),
+        path: if conditions.is_empty() {
+            pattern.clone()
+        } else {
+            format!("{pattern} when {}", conditions.join(" and "))
+        },
+        upstream: target.describe,
+        upstreams,
         notes: notes.join(", "),
         gated: route.auth.is_some(),
     })
 }
 
+/// Registers the route's stack on each of its hosts (or the default one), behind its guard.
+fn register<B: Send + 'static>(
+    mux: &mut Mux<B>,
+    hosts: &[String],
+    methods: Option<&[Method]>,
+    pattern: &str,
+    guard: Option<router::SharedGuard>,
+    service: Route<B>,
+) -> Result<(), String> {
+    if hosts.is_empty() {
+        return match (&guard, methods) {
+            (Some(g), m) => mux.route_if(m, pattern, Arc::clone(g), service).map(drop),
+            (None, Some(m)) => mux.route(m.iter().cloned(), pattern, service).map(drop),
+            (None, None) => mux.any(pattern, service).map(drop),
+        }
+        .map_err(|e| e.to_string());
+    }
+    for host in hosts {
+        let mut site = mux.host(host).map_err(|e| e.to_string())?;
+        let service = service.clone();
+        match (&guard, methods) {
+            (Some(g), m) => site.route_if(m, pattern, Arc::clone(g), service).map(drop),
+            (None, Some(m)) => site.route(m.iter().cloned(), pattern, service).map(drop),
+            (None, None) => site.any(pattern, service).map(drop),
+        }
+        .map_err(|e| format!("on host `{host}`: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A pattern must be in the form requests are normalized to, or it could never match.
 fn check_pattern(pattern: &str) -> Result<(), String> {
-    match router::normalize_path(pattern) {
-        Ok(normal) if normal == pattern => Ok(()),
+    // `\:` and `\*` are literal `:` and `*` (the router takes them so).
+    let literal = pattern.replace("\\:", ":").replace("\\*", "*");
+    match router::normalize_path(&literal) {
+        Ok(normal) if normal == literal => Ok(()),
         Ok(normal) => Err(format!(
             "`{pattern}` can never match: request paths are normalized before routing, so this one arrives as `{normal}`; write that instead"
         )),
@@ -228,33 +364,6 @@ pub(super) fn catch_all_name(pattern: &str) -> Option<&str> {
     pattern.rsplit('/').next()?.strip_prefix('*')
 }
 
-/// With `strip_prefix` and a catch-all, the upstream sees only the catch-all's suffix as its
-/// path (`/static/*path` forwards `/static/css/app.css` as `/css/app.css`); the query stays.
-fn forward_path<B>(
-    route: &RouteConfig,
-    pattern: &str,
-) -> MapRequestLayer<impl Fn(Request<B>) -> Request<B> + Clone + use<B>> {
-    let name: Option<Arc<str>> = route
-        .strip_prefix
-        .then(|| catch_all_name(pattern))
-        .flatten()
-        .map(Arc::from);
-    MapRequestLayer::new(move |mut req: Request<B>| {
-        if let Some(name) = &name {
-            let suffix = req
-                .extensions()
-                .get::<PathParams>()
-                .and_then(|p| p.get(name))
-                .map(str::to_owned);
-            if let Some(suffix) = suffix {
-                // The suffix is a tail of a valid path: it is valid too.
-                let _ = router::set_path(&mut req, &suffix);
-            }
-        }
-        req
-    })
-}
-
 fn auth_layer(a: &toml::Spanned<AuthConfig>, source: &Source) -> Result<AuthLayer, ConfigError> {
     let span = a.span();
     let a = a.get_ref();
@@ -295,7 +404,14 @@ mod tests {
 
     #[test]
     fn patterns_that_cannot_match_a_normalized_path_are_refused() {
-        for ok in ["/api/*path", "/users/:id", "/", "/a%2Fb", "/files/x.tar.gz"] {
+        for ok in [
+            "/api/*path",
+            "/users/:id",
+            "/",
+            "/a%2Fb",
+            "/files/x.tar.gz",
+            r"/v1/p\:run",
+        ] {
             assert!(check_pattern(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -27,7 +27,7 @@ pub(super) fn build<B: GatewayBody>(
     Ok(proxies)
 }
 
-fn one<B: GatewayBody>(
+pub(super) fn one<B: GatewayBody>(
     name: &str,
     spanned: &toml::Spanned<UpstreamConfig>,
     source: &Source,

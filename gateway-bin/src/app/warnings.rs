@@ -14,25 +14,27 @@ pub(super) fn gate_bypasses<B>(
     routes: &[RouteRow],
     proxies: &BTreeMap<String, Proxy<B>>,
 ) -> Vec<String> {
-    let targets = |upstream: &str| -> BTreeSet<String> {
-        proxies
-            .get(upstream)
-            .map(|p| {
+    // Every target the route's upstreams (one, or a split's) reach.
+    let targets = |upstreams: &[String]| -> BTreeSet<String> {
+        upstreams
+            .iter()
+            .filter_map(|u| proxies.get(u))
+            .flat_map(|p| {
                 p.upstream()
                     .balancer()
                     .targets()
                     .iter()
                     .map(|t| t.value().to_string())
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default()
+            .collect()
     };
     let mut warnings = Vec::new();
     for gated in routes.iter().filter(|r| r.gated) {
-        let guarded = targets(&gated.upstream);
+        let guarded = targets(&gated.upstreams);
         for open in routes.iter().filter(|r| !r.gated) {
             let shared: Vec<String> = guarded
-                .intersection(&targets(&open.upstream))
+                .intersection(&targets(&open.upstreams))
                 .cloned()
                 .collect();
             if shared.is_empty() {
@@ -45,7 +47,7 @@ pub(super) fn gate_bypasses<B>(
                 shared.join(", "),
                 if shared.len() == 1 { "is" } else { "are" },
                 open.path,
-                open.upstream
+                open.upstreams.join("`, `")
             ));
         }
     }

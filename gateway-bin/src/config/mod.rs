@@ -9,11 +9,19 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod actions;
+mod matching;
+mod policies;
 mod route;
 mod source;
 mod upstream;
 pub mod values;
 
+pub use actions::{
+    HeadersConfig, RedirectConfig, RespondConfig, RewriteConfig, SplitConfig, StickyConfig,
+};
+pub use matching::MatchConfig;
+pub use policies::{CompressConfig, CorsConfig, MirrorConfig, RateLimitConfig, RetryConfig};
 pub use route::{AuthConfig, RouteConfig};
 pub use source::{ConfigError, Source};
 pub use upstream::{CheckKind, HealthCheckConfig, TargetConfig, UpstreamConfig};
@@ -265,8 +273,14 @@ mod tests {
                 .starts_with("gw.toml:5: `request_idd`: unknown field"),
             "{e}"
         );
-        let e = src("[[routes]]\npath = \"/x\"\n").parse().unwrap_err();
-        assert!(e.message.contains("upstream"), "{e}");
+        let e = src("[[routes]]\npath = \"/x\"\nupstreams = \"a\"\n")
+            .parse()
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("upstreams")),
+            "{e}"
+        );
         let e = src("this is not toml").parse().unwrap_err();
         assert_eq!(e.line, Some(1));
     }

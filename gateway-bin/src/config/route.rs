@@ -1,8 +1,15 @@
-//! `[[routes]]`: what is matched, where it goes, and the gate in front.
+//! `[[routes]]`: what is matched, where it goes, and the gate in front. The tables a route's
+//! keys hold are in `matching.rs` (what else must match), `actions.rs` (where it goes and what
+//! changes on the way) and `policies.rs` (limits, compression, CORS, retries, mirroring).
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::actions::{
+    HeadersConfig, RedirectConfig, RespondConfig, RewriteConfig, SplitConfig, StickyConfig,
+};
+use super::matching::MatchConfig;
+use super::policies::{CompressConfig, CorsConfig, MirrorConfig, RateLimitConfig, RetryConfig};
 use super::{defaults, values};
 
 /// `[[routes]]`.
@@ -21,8 +28,53 @@ pub struct RouteConfig {
     /// `methods` too. Guards against typos such as `GETT` being taken as a method.
     #[serde(default)]
     pub extension_methods: Vec<String>,
-    /// The upstream's name.
-    pub upstream: Spanned<String>,
+    /// Host names the route answers for: exact (`api.example.com`) or wildcard
+    /// (`*.example.com`). Default: every host that no route names.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Header and query conditions, all of which must hold (default none).
+    #[serde(default)]
+    pub matches: Vec<Spanned<MatchConfig>>,
+    /// The upstream's name. Exactly one of `upstream`, `split`, `redirect`, `respond`.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    /// Several upstreams with weights (a canary split).
+    #[serde(default)]
+    pub split: Option<Spanned<Vec<Spanned<SplitConfig>>>>,
+    /// With `split`: the same cookie or header value always goes to the same upstream.
+    #[serde(default)]
+    pub sticky: Option<Spanned<StickyConfig>>,
+    /// Answer with a redirect, without an upstream.
+    #[serde(default)]
+    pub redirect: Option<Spanned<RedirectConfig>>,
+    /// Answer with a fixed response, without an upstream.
+    #[serde(default)]
+    pub respond: Option<Spanned<RespondConfig>>,
+    /// The path the upstream sees: a new prefix for the catch-all's suffix, or a regex
+    /// replacement on the whole path (instead of `strip_prefix`).
+    #[serde(default)]
+    pub rewrite: Option<Spanned<RewriteConfig>>,
+    /// Request headers set, added or removed before forwarding.
+    #[serde(default)]
+    pub request_headers: Option<Spanned<HeadersConfig>>,
+    /// Response headers set, added or removed on the way back.
+    #[serde(default)]
+    pub response_headers: Option<Spanned<HeadersConfig>>,
+    /// Token-bucket rate limit per client, header or path parameter.
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<RateLimitConfig>>,
+    /// Response compression by `Accept-Encoding`.
+    #[serde(default)]
+    pub compress: Option<Spanned<CompressConfig>>,
+    /// CORS headers and preflight answers.
+    #[serde(default)]
+    pub cors: Option<Spanned<CorsConfig>>,
+    /// Which failures are retried, how often, within which budget.
+    #[serde(default)]
+    pub retry: Option<Spanned<RetryConfig>>,
+    /// A copy of the requests to a shadow upstream.
+    #[serde(default)]
+    pub mirror: Option<Spanned<MirrorConfig>>,
     /// Forward only the catch-all suffix (`/static/x.png` -> `/x.png`) when the route has one
     /// (default true); false forwards the full path.
     #[serde(default = "defaults::yes")]
