@@ -875,3 +875,55 @@ mirror = {{ upstream = "stuck", max_in_flight = 1 }}
     }
     assert_eq!(shadow.requests().len(), 2, "the over-limit body was copied");
 }
+
+#[test]
+fn the_readme_routes_example_builds() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("### Routes:")
+        .nth(1)
+        .expect("README has a Routes section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has a TOML example");
+    let mut text = String::new();
+    for name in ["api", "shop", "stable", "canary"] {
+        text.push_str(&format!(
+            "[upstreams.{name}]\ntargets = [\"http://127.0.0.1:9\"]\n"
+        ));
+    }
+    text.push_str(example);
+    let source = gateway_bin::config::Source {
+        name: "README.md".into(),
+        text,
+    };
+    let config = source.parse().unwrap_or_else(|e| panic!("{e}"));
+    let app = gateway_bin::app::build::<gateway_bin::serve::ServedBody>(&config, &source)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let table: Vec<String> = app
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {} {}",
+                r.hosts, r.methods, r.path, r.upstream, r.notes
+            )
+        })
+        .collect();
+    let all = table.join("\n");
+    for expected in [
+        "api.example.com GET /*rest api",
+        "stable 95% / canary 5% (sticky by cookie session)",
+        "/app/*rest when header x-canary = \"1\"",
+        "rate limit 50/s burst 100 by header:x-api-key",
+        "redirect 308 /new/*rest",
+        "respond 200",
+    ] {
+        assert!(all.contains(expected), "{expected}\n{all}");
+    }
+}

@@ -160,5 +160,35 @@ fn bench_get130(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_github_api, bench_get130);
+/// Host lookup with one virtual host next to 1,000 (half exact, half wildcard): the cost must
+/// not grow with the number of hosts.
+fn bench_hosts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hosts");
+    let mut one = router::Hosts::new();
+    one.insert("api.example.com", 0usize).unwrap();
+    one.insert("*.example.net", 1).unwrap();
+    let mut many = router::Hosts::new();
+    for i in 0..500 {
+        many.insert(&format!("api{i}.example.com"), i).unwrap();
+        many.insert(&format!("*.tenant{i}.example.net"), i).unwrap();
+    }
+    many.insert("api.example.com", 1000).unwrap();
+    for (name, hosts) in [("1 host", &one), ("1000 hosts", &many)] {
+        group.bench_function(format!("{name}/exact"), |b| {
+            b.iter(|| black_box(hosts.get(black_box("api.example.com:8080"))))
+        });
+        group.bench_function(format!("{name}/miss"), |b| {
+            b.iter(|| black_box(hosts.get(black_box("www.other.example.org"))))
+        });
+    }
+    group.bench_function("1000 hosts/wildcard", |b| {
+        b.iter(|| black_box(many.get(black_box("shop.tenant250.example.net"))))
+    });
+    group.bench_function("1000 hosts/mixed case", |b| {
+        b.iter(|| black_box(many.get(black_box("API250.Example.COM"))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_github_api, bench_get130, bench_hosts);
 criterion_main!(benches);

@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: the gateway next to nginx, HAProxy and Caddy as reverse proxies, in
 //! the same run, over the same upstreams, under the same wrk load, in interleaved rounds.
 //!
-//! Three scenarios: `fixed` (two nginx upstreams answering with a length), `chunked` (a
-//! fake backend answering without one, as most dynamic applications do), and `h2c` (the
+//! Four scenarios: `fixed` (two nginx upstreams answering with a length), `chunked` (a
+//! fake backend answering without one, as most dynamic applications do), `h2c` (the
 //! fixed upstreams, the clients speaking cleartext HTTP/2 to the proxy: h2load, 16
-//! connections of 16 streams each, for every contender that speaks h2c). For every run it
+//! connections of 16 streams each, for every contender that speaks h2c), and `routes` (the
+//! gateway only: the fixed upstreams through a route with a virtual host, two header
+//! matchers, a prefix rewrite and a rate limit, next to the plain route of `fixed`). For every run it
 //! records req/s, latency percentiles, the contender's CPU time per request, and how many
 //! upstream connections the contender opened: a proxy that does not pool chunked responses
 //! shows up there. Everything listens on 127.0.0.1; every process started here is stopped
@@ -36,8 +38,8 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', default_values_t = [64, 256])]
     pub conns: Vec<u32>,
     /// Scenarios, comma-separated: fixed (upstreams answer with a length), chunked, h2c
-    /// (skipped without h2load).
-    #[arg(long, value_delimiter = ',', default_values = ["fixed", "chunked", "h2c"])]
+    /// (skipped without h2load), routes (the gateway's rich route next to its plain one).
+    #[arg(long, value_delimiter = ',', default_values = ["fixed", "chunked", "h2c", "routes"])]
     pub scenarios: Vec<Scenario>,
 }
 
@@ -51,6 +53,9 @@ pub enum Scenario {
     /// The fixed answers, asked for over cleartext HTTP/2 (h2load, 16 connections x 16
     /// streams); `--conns` does not apply.
     H2c,
+    /// The fixed answers through the gateway's rich route (host, matchers, rewrite, rate
+    /// limit); the gateway only.
+    Routes,
 }
 
 /// h2load's shape: connections, and concurrent streams on each.
@@ -63,6 +68,7 @@ impl Scenario {
             Scenario::Fixed => "fixed",
             Scenario::Chunked => "chunked",
             Scenario::H2c => "fixed, h2c 16x16",
+            Scenario::Routes => "fixed, rich route",
         }
     }
 
@@ -113,7 +119,7 @@ impl Upstreams {
     /// Connections the upstreams of `scenario` have accepted so far (our own query included).
     fn accepted(&self, scenario: Scenario) -> Option<u64> {
         match (scenario, self.status) {
-            (Scenario::Fixed | Scenario::H2c, Some(status)) => {
+            (Scenario::Fixed | Scenario::H2c | Scenario::Routes, Some(status)) => {
                 let reply = Conn::open(status)
                     .ok()?
                     .request("GET", "/", 0, false)
@@ -123,7 +129,7 @@ impl Upstreams {
                 let line = text.lines().nth(2)?;
                 line.split_whitespace().next()?.parse().ok()
             }
-            (Scenario::Fixed | Scenario::H2c, None) => {
+            (Scenario::Fixed | Scenario::H2c | Scenario::Routes, None) => {
                 Some(fake_connections(self.u1)? + fake_connections(self.u2)?)
             }
             (Scenario::Chunked, _) => fake_connections(self.fake),
@@ -149,9 +155,13 @@ end
 const BODY: &str =
     r#"{"ok":true,"from":"upstream","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
 
-/// One wrk run: req/s, percentiles, and the number of requests.
+/// The virtual host of the gateway's rich route (`templates/gateway.bench.toml`).
+const RICH_HOST: &str = "api.bench.test";
+
+/// One wrk run (with `Host: host` if given): req/s, percentiles, and the number of requests.
 fn wrk(
     url: &str,
+    host: Option<&str>,
     conns: u32,
     seconds: u32,
     script: &Path,
@@ -167,6 +177,7 @@ fn wrk(
     let out = cmd
         .args(["-t1", &format!("-c{conns}"), &format!("-d{seconds}s"), "-s"])
         .arg(script)
+        .args(host.map(|h| format!("-HHost: {h}")))
         .arg(url)
         .output()
         .map_err(|e| format!("could not run wrk: {e}"))?;
@@ -451,7 +462,8 @@ fn rounds<'c>(
                     let (mut s, requests) = if scenario == Scenario::H2c {
                         h2load(&url, opts.seconds, rig.pin)?
                     } else {
-                        wrk(&url, conns, opts.seconds, &script, rig.pin)?
+                        let host = (scenario == Scenario::Routes).then_some(RICH_HOST);
+                        wrk(&url, host, conns, opts.seconds, &script, rig.pin)?
                     };
                     let cpu_after = c.pid.and_then(cpu_ticks_with_children);
                     let accepted_after = upstreams.accepted(scenario);
@@ -494,5 +506,9 @@ fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<Strin
         (_, Scenario::Fixed) => format!("http://127.0.0.1:{}/api/ping", c.port),
         (_, Scenario::Chunked) => format!("http://127.0.0.1:{}/chunked/ping?chunked=1", c.port),
         (_, Scenario::H2c) => format!("http://127.0.0.1:{}/api/ping", c.h2_port?),
+        (name, Scenario::Routes) if name.starts_with("gateway") => {
+            format!("http://127.0.0.1:{}/rich/ping", c.port)
+        }
+        (_, Scenario::Routes) => return None,
     })
 }

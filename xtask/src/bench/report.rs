@@ -39,6 +39,16 @@ pub(super) fn table(
                     .collect()
             };
             let ours = median(of("gateway (ours)").iter().map(|s| s.rps).collect());
+            // The rich route's rows compare with the same gateway's plain route (`fixed`).
+            let plain = |name: &str| {
+                median(
+                    samples
+                        .iter()
+                        .filter(|(s, n, c, _)| *s == Scenario::Fixed && *n == name && *c == conns)
+                        .map(|(_, _, _, s)| s.rps)
+                        .collect(),
+                )
+            };
             for c in contenders {
                 let v = of(c.name);
                 if v.is_empty() {
@@ -71,7 +81,11 @@ pub(super) fn table(
                     dash(median(v.iter().map(|s| s.p999_ms).collect()), 2),
                     dash(cpu, 1),
                     dash(conns_opened, 0),
-                    ours / m,
+                    if scenario == Scenario::Routes {
+                        m / plain(c.name)
+                    } else {
+                        ours / m
+                    },
                 );
             }
         }
@@ -117,7 +131,7 @@ pub(super) fn header(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!(
-        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
+        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. Rich route rows: the gateway through a route with a virtual host, two header matchers, a prefix rewrite and a rate limit; their last column is their req/s over the same gateway's plain route (`fixed`, same connections). Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
         opts.seconds,
         opts.rounds,
         if pin {
