@@ -499,6 +499,10 @@ fn rounds<'c>(
 /// `None` when it does not take part (h2c for a contender without it).
 fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<String> {
     Some(match (c.name, scenario) {
+        ("gateway (ours)" | peers::GATEWAY_1000_HOSTS, Scenario::Routes) => {
+            format!("http://127.0.0.1:{}/rich/ping", c.port)
+        }
+        (_, Scenario::Routes) | (peers::GATEWAY_1000_HOSTS, _) => return None,
         ("direct", Scenario::Fixed) => format!("http://127.0.0.1:{}/ping", upstreams.u1),
         ("direct", Scenario::Chunked) => {
             format!("http://127.0.0.1:{}/ping?chunked=1", upstreams.fake)
@@ -506,9 +510,5 @@ fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<Strin
         (_, Scenario::Fixed) => format!("http://127.0.0.1:{}/api/ping", c.port),
         (_, Scenario::Chunked) => format!("http://127.0.0.1:{}/chunked/ping?chunked=1", c.port),
         (_, Scenario::H2c) => format!("http://127.0.0.1:{}/api/ping", c.h2_port?),
-        (name, Scenario::Routes) if name.starts_with("gateway") => {
-            format!("http://127.0.0.1:{}/rich/ping", c.port)
-        }
-        (_, Scenario::Routes) => return None,
     })
 }

@@ -21,16 +21,32 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         h2_port: None,
         pid: None,
     }];
-    // Ours twice: as shipped (metrics on), and with metrics off to measure their cost.
-    for (name, metrics) in [
-        ("gateway (ours)", "true"),
-        ("gateway (metrics off)", "false"),
+    // Ours three times: as shipped (metrics on); with metrics off, to measure their cost;
+    // and with 1,000 virtual hosts more, to show that host lookup does not grow with them.
+    let thousand: String = (0..998)
+        .map(|i| format!(", \"h{i}.tenants.example\""))
+        .collect();
+    for (name, file, metrics, extra_hosts) in [
+        ("gateway (ours)", "gateway.toml", "true", String::new()),
+        (
+            "gateway (metrics off)",
+            "gateway-metrics-off.toml",
+            "false",
+            String::new(),
+        ),
+        (
+            GATEWAY_1000_HOSTS,
+            "gateway-1000-hosts.toml",
+            "true",
+            thousand,
+        ),
     ] {
         let port = free_port()?;
         let mut values = ports(port);
         values.push(("metrics", metrics.to_owned()));
+        values.push(("extra_hosts", extra_hosts));
         let conf = rig.write(
-            &format!("gateway-metrics-{metrics}.toml"),
+            file,
             include_str!("../../templates/gateway.bench.toml"),
             &values,
         )?;
@@ -79,6 +95,10 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
     }
     Ok(contenders)
 }
+
+/// The gateway with 1,000 virtual hosts on its rich route: it takes part in the `routes`
+/// scenario only.
+pub(super) const GATEWAY_1000_HOSTS: &str = "gateway (1,000 hosts)";
 
 /// A peer proxy: how to start it on its config.
 struct Peer {
