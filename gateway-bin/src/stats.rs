@@ -19,7 +19,8 @@ pub const UNMATCHED: &str = "(unmatched)";
 pub struct Stats {
     /// Requests no route took.
     pub unmatched: Arc<RequestMetrics>,
-    /// Each route's requests, by route pattern (routes with the same pattern share).
+    /// Each route's requests, by route pattern, after its hosts when it has some (routes
+    /// with the same name share).
     pub routes: BTreeMap<String, Arc<RequestMetrics>>,
     /// Client connections.
     pub connections: Arc<ConnStats>,

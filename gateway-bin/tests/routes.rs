@@ -125,6 +125,15 @@ respond = {{ body = "default" }}
     assert!(text.starts_with("HTTP/1.0 200 "), "{text}");
     assert!(text.contains("default"), "{text}");
 
+    // Each host's routes count in a series of their own.
+    let metrics = fetch(gw.admin_addr, "/metrics").await.text();
+    for label in [
+        "route=\"api.example.com /*rest\"",
+        "route=\"*.example.com,*.example.org /*rest\"",
+    ] {
+        assert!(metrics.contains(label), "{label}\n{metrics}");
+    }
+
     // A bad host name is refused with its place in the file.
     let e = build_error(format!(
         "{}\n[[routes]]\npath = \"/\"\nhosts = [\"bad host\"]\nupstream = \"one\"\n",
@@ -642,6 +651,20 @@ compress = {{ min_bytes = 60000 }}
     assert_eq!(r.header("content-encoding"), "");
     assert!(r.text().contains("data:"), "{}", r.text());
 
+    // Already encoded by the upstream: passed through as it is, never encoded twice.
+    let encoded = Upstream::serving(|_| {
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: br\r\ncontent-length: 40\r\n\r\n0123456789012345678901234567890123456789".to_vec()
+    })
+    .await;
+    let gw2 = start_gateway(format!(
+        "[upstreams.enc]\ntargets = [\"{}\"]\n[[routes]]\npath = \"/e\"\nupstream = \"enc\"\ncompress = {{ min_bytes = 1 }}\n",
+        encoded.url()
+    ))
+    .await;
+    let r = get_as(gw2.addr, "h", "/e", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(r.header("content-encoding"), "br");
+    assert_eq!(r.body.len(), 40);
+
     let e = build_error(format!(
         "{}\n[[routes]]\npath = \"/x\"\nupstream = \"one\"\ncompress = {{ algorithms = [\"lz4\"] }}\n",
         upstreams(b1.addr(), b2.addr())
@@ -795,6 +818,55 @@ retry = {{ tries = 2, on = ["503"], budget_percent = 0, min_per_s = 0 }}
         "[upstreams.a]\ntargets = [\"http://127.0.0.1:1\"]\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nretry = { on = [\"500\"] }\n".into(),
     );
     assert!(e.contains("`retry.on`"), "{e}");
+}
+
+#[tokio::test]
+async fn retry_policy_on_resets_only_when_asked() {
+    // Reads the request, then closes the connection without a byte of answer.
+    let resetting = Upstream::start(|mut c: testkit::upstream::Conn| async move {
+        if c.next_request().await.is_some() {
+            c.reset();
+        }
+    })
+    .await;
+    let well = answering(200, "well").await;
+    let pair = format!("[\"{}\", \"{}\"]", resetting.url(), well.url());
+    let gw = start_gateway(format!(
+        r#"
+[upstreams.pair]
+strategy = "round-robin"
+targets = {pair}
+max_fails = 0
+
+[[routes]]
+path = "/resets"
+upstream = "pair"
+retry = {{ tries = 2, on = ["connect", "reset"] }}
+
+[[routes]]
+path = "/connect-only"
+upstream = "pair"
+retry = {{ tries = 2, on = ["connect"] }}
+"#
+    ))
+    .await;
+    for _ in 0..4 {
+        let r = get_as(gw.addr, "h", "/resets", &[]).await;
+        assert_eq!((r.status, r.header("x-who")), (StatusCode::OK, "well"));
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            get_as(gw.addr, "h", "/connect-only", &[])
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(
+        statuses.contains(&502) && statuses.contains(&200),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]

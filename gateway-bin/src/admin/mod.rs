@@ -140,7 +140,7 @@ impl<B> Admin<B> {
             .zip(&now.routes)
             .map(|(((route, _), w), point)| {
                 let rows: Vec<&RouteRow> =
-                    self.routes.iter().filter(|r| r.path == *route).collect();
+                    self.routes.iter().filter(|r| r.series == *route).collect();
                 json!({
                     "route": route,
                     "methods": rows.iter().map(|r| r.methods.as_str()).collect::<Vec<_>>().join(" "),

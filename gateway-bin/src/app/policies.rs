@@ -17,7 +17,7 @@ use crate::config::{
     CompressConfig, ConfigError, CorsConfig, RateLimitConfig, RouteConfig, Source,
 };
 
-/// The most keys a rate limit may hold: 16 Mi slots, about 640 MiB. Beyond it a value is a
+/// The most keys a rate limit may hold: 16 Mi slots, about 400 MiB. Beyond it a value is a
 /// typo.
 const MAX_KEYS: usize = 1 << 24;
 

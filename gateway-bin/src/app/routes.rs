@@ -35,6 +35,8 @@ pub struct RouteRow {
     pub notes: String,
     /// Whether an auth gate guards it.
     pub gated: bool,
+    /// The name of its request series (the metrics' `route` label).
+    pub series: String,
 }
 
 impl RouteRow {
@@ -66,10 +68,7 @@ pub(super) fn build<B: GatewayBody>(
     let mut rows = Vec::new();
     let mut shadows = forwarding::Shadows::new();
     for route in &config.routes {
-        let series = config
-            .pre
-            .metrics
-            .then(|| stats.route(route.path.get_ref()));
+        let series = config.pre.metrics.then(|| stats.route(&series_name(route)));
         let counters = Counters {
             series,
             auth_denied: Arc::clone(&stats.auth_denied),
@@ -88,6 +87,17 @@ pub(super) fn build<B: GatewayBody>(
         )?);
     }
     Ok(rows)
+}
+
+/// The name of a route's request series (its `route` label): the pattern, after its hosts
+/// when it has some (`api.example.com /*rest`). Routes with the same name share a series.
+fn series_name(route: &RouteConfig) -> String {
+    let pattern = route.path.get_ref();
+    if route.hosts.is_empty() {
+        return pattern.clone();
+    }
+    let hosts: Vec<&str> = route.hosts.iter().map(|h| h.get_ref().as_str()).collect();
+    format!("{} {pattern}", hosts.join(","))
 }
 
 /// Where a route's stack counts.
@@ -261,6 +271,7 @@ fn one<B: GatewayBody>(
         upstreams,
         notes: notes.join(", "),
         gated: route.auth.is_some(),
+        series: series_name(route),
     })
 }
 

@@ -15,7 +15,7 @@ pub struct RateLimitConfig {
     /// `param:NAME` (a route parameter).
     #[serde(default = "default_key")]
     pub key: String,
-    /// Room for this many keys (default 65,536; about 40 bytes each). When more keys are
+    /// Room for this many keys (default 65,536; about 25 bytes each). When more keys are
     /// active at once, the least recently seen lose their buckets.
     #[serde(default = "default_keys")]
     pub max_keys: usize,
