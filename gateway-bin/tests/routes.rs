@@ -750,6 +750,7 @@ async fn retry_policy_statuses_methods_and_budget() {
     let sick = answering(503, "sick").await;
     let well = answering(200, "well").await;
     let pair = format!("[\"{}\", \"{}\"]", sick.url(), well.url());
+    let sick_url = sick.url();
     // config: routes.retry, routes.retry.tries, routes.retry.on, routes.retry.methods
     // config: routes.retry.budget_percent, routes.retry.min_per_s
     let gw = start_gateway(format!(
@@ -776,6 +777,14 @@ upstream = "pair"
 path = "/no-budget"
 upstream = "pair"
 retry = {{ tries = 2, on = ["503"], budget_percent = 0, min_per_s = 0 }}
+
+[upstreams.alone]
+targets = ["{sick_url}"]
+
+[[routes]]
+path = "/alone"
+upstream = "alone"
+retry = {{ tries = 3, on = ["503"] }}
 "#
     ))
     .await;
@@ -813,6 +822,12 @@ retry = {{ tries = 2, on = ["503"], budget_percent = 0, min_per_s = 0 }}
         );
     }
     assert!(none.contains(&503), "{none:?}");
+    // Every target answered 503 and tries are left: the upstream's answer, not a 502.
+    let r = get_as(gw.addr, "h", "/alone", &[]).await;
+    assert_eq!(
+        (r.status, r.header("x-who")),
+        (StatusCode::SERVICE_UNAVAILABLE, "sick")
+    );
 
     let e = build_error(
         "[upstreams.a]\ntargets = [\"http://127.0.0.1:1\"]\n[[routes]]\npath = \"/\"\nupstream = \"a\"\nretry = { on = [\"500\"] }\n".into(),

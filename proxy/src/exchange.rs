@@ -40,6 +40,9 @@ pub(crate) struct Exchange<B> {
     policy: Arc<RetryPolicy>,
     /// Attempts made so far.
     made: u32,
+    /// The last answer with a status the policy retries, kept while the next target is
+    /// tried: the answer if none is left.
+    pub(crate) held: Option<Response<ProxyBody<B>>>,
 }
 
 /// The policy of requests that come without one.
@@ -131,6 +134,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         ids,
         policy,
         made: 0,
+        held: None,
     })
 }
 
@@ -229,6 +233,7 @@ impl<B: RequestBody> Exchange<B> {
                             "upstream answered with a status the route retries"
                         );
                         self.request = replay.map(Replay::into_request);
+                        self.held = Some(self.relay(inner, picked, conn, in_flight, res));
                         return None;
                     }
                     metrics.attempt(if res.status().is_server_error() {
@@ -437,6 +442,10 @@ impl<B: RequestBody> Exchange<B> {
         );
         if retry {
             return None;
+        }
+        // An upstream's own answer beats one the gateway makes up.
+        if let Some(held) = self.held.take() {
+            return Some(held);
         }
         Some(match failure {
             Failure::Timeout => text_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),

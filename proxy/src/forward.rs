@@ -122,6 +122,10 @@ async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<
             return res;
         }
     }
+    // The last target answered with a status the route retries, and none is left.
+    if let Some(held) = exchange.held.take() {
+        return held;
+    }
     let upstream = inner.upstream.name();
     if attempts.is_empty() {
         inner.upstream.metrics().no_target();
