@@ -17,3 +17,4 @@ pub mod app;
 pub mod config;
 pub mod serve;
 pub mod stats;
+pub mod tls;

@@ -118,8 +118,24 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             return ExitCode::FAILURE;
         }
     };
+    let tls = match gateway_bin::tls::build(&config, &source) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("gateway: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if checking {
         println!("{}: ok", source.name);
+        if let Some(t) = &config.tls {
+            let at: Vec<String> = t.listen.iter().map(|a| a.to_string()).collect();
+            println!(
+                "https on {}: {} certificate(s), TLS {} and newer",
+                at.join(", "),
+                t.certificates.get_ref().len(),
+                t.min_version.get_ref()
+            );
+        }
         print_routes(&app.routes);
         for w in &app.warnings {
             println!("warning: {w}");
@@ -131,21 +147,35 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
     }
 
     let mut listeners = Vec::new();
-    for &at in &config.server.listen {
+    let plain = config
+        .server
+        .listen
+        .iter()
+        .map(|&at| (at, None, "server.listen"));
+    let https = config.tls.iter().zip(&tls).flat_map(|(c, t)| {
+        c.listen
+            .iter()
+            .map(|&at| (at, Some(t.acceptor.clone()), "tls.listen"))
+    });
+    for (at, acceptor, key) in plain.chain(https) {
         match tokio::net::TcpListener::bind(at).await {
-            Ok(l) => listeners.push(l),
+            Ok(tcp) => listeners.push(serve::Listener { tcp, tls: acceptor }),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 eprintln!(
-                    "gateway: {at} is already in use; stop whatever holds it or change `server.listen`"
+                    "gateway: {at} is already in use; stop whatever holds it or change `{key}`"
                 );
                 return ExitCode::FAILURE;
             }
             Err(e) => {
-                eprintln!("gateway: cannot listen on {at}: {e}");
+                eprintln!("gateway: cannot listen on {at} (`{key}`): {e}");
                 return ExitCode::FAILURE;
             }
         }
     }
+    // Certificates reload on SIGHUP and when their files change.
+    let _reloader = tls
+        .as_ref()
+        .map(|t| AbortOnDrop(gateway_bin::tls::watch(Arc::clone(&t.certificates))));
     let admin = Arc::new(Admin::new(&app));
     let mut admin_tasks = Vec::new();
     if let Some(at) = config.admin.listen {
@@ -168,8 +198,9 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         admin_tasks.push(tokio::spawn(admin::run_sampler(Arc::clone(&admin))));
     }
     for l in &listeners {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(addr = %a, config = %source.name, "gateway listening");
+        if let Ok(a) = l.tcp.local_addr() {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %a, scheme, config = %source.name, "gateway listening");
         }
     }
     admin.set_ready();
@@ -189,6 +220,15 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_GRACE_EXPIRED)
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -109,6 +109,13 @@ pub struct ConnStats {
     pub header_timeouts: Counter,
     /// Times the accept loop waited because `max_connections` were open.
     pub limit_reached: Counter,
+    /// TLS connections that ended before their handshake did: not TLS (plain HTTP to the
+    /// HTTPS port), no handshake within the header-read timeout, or a handshake error.
+    pub tls_plain_http: Counter,
+    /// See `tls_plain_http`.
+    pub tls_timeouts: Counter,
+    /// See `tls_plain_http`.
+    pub tls_errors: Counter,
 }
 
 impl ConnStats {

@@ -58,6 +58,8 @@ fn in_code() -> BTreeSet<String> {
         ("CorsConfig", "routes.cors"),
         ("RetryConfig", "routes.retry"),
         ("MirrorConfig", "routes.mirror"),
+        ("Tls", "tls"),
+        ("CertificateConfig", "tls.certificates"),
     ]
     .into();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");

@@ -2,7 +2,7 @@
 //! hosts, header and query matchers, weighted and sticky splits, redirects and direct
 //! answers, path and header rewrites, rate limits, compression, CORS, retry policies and
 //! mirroring.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

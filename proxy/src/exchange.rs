@@ -75,7 +75,11 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
     let forwarding = Forwarding {
         client: parts.extensions.get::<ClientAddr>().map(|c| c.0.ip()),
         host: inbound_host.clone(),
-        proto: "http",
+        proto: if parts.extensions.get::<crate::ClientTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        },
     };
     let declared_length = parts.headers.contains_key(CONTENT_LENGTH);
     let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);

@@ -100,6 +100,11 @@ pub use httpkit::BoxError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The client's connection is TLS (the server puts it in the request's extensions): the
+/// upstream sees `X-Forwarded-Proto: https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTls;
+
 /// Which upstream and target served a response; in the response's extensions, for the access
 /// log. Displays as the upstream's name and the target URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -123,10 +123,13 @@ impl<B> Admin<B> {
         let s = &self.stats;
         out.family(
             "gateway_requests_rejected",
-            "Requests refused by a limit: head over max_header_bytes (431), head not complete within header_read_timeout_ms, declared body over max_body_bytes (413).",
+            "Requests refused by a limit: head over max_header_bytes (431), head not complete within header_read_timeout_ms, declared body over max_body_bytes (413); and TLS connections closed before their handshake completed: plain HTTP on the HTTPS port (400), no handshake within header_read_timeout_ms, a handshake error.",
             Kind::Counter,
         );
         for (reason, n) in [
+            ("tls_plain_http", s.connections.tls_plain_http.get()),
+            ("tls_handshake_timeout", s.connections.tls_timeouts.get()),
+            ("tls_handshake_error", s.connections.tls_errors.get()),
             ("header_too_large", s.connections.header_too_large.get()),
             ("header_timeout", s.connections.header_timeouts.get()),
             ("body_too_large", s.body_too_large.get()),

@@ -14,6 +14,7 @@ mod matching;
 mod policies;
 mod route;
 mod source;
+mod tls;
 mod upstream;
 pub mod values;
 
@@ -24,6 +25,7 @@ pub use matching::MatchConfig;
 pub use policies::{CompressConfig, CorsConfig, MirrorConfig, RateLimitConfig, RetryConfig};
 pub use route::{AuthConfig, RouteConfig};
 pub use source::{ConfigError, Source};
+pub use tls::{CertificateConfig, Tls};
 pub use upstream::{CheckKind, HealthCheckConfig, TargetConfig, UpstreamConfig};
 
 /// The embedded default configuration: the demo topology.
@@ -45,6 +47,9 @@ pub struct Config {
     /// The admin listener: metrics, health endpoints, dashboard.
     #[serde(default)]
     pub admin: Admin,
+    /// HTTPS listeners (default none).
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// Upstreams by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,

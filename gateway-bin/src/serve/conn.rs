@@ -15,21 +15,25 @@ use http::Request;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use proxy::{ClientAddr, TunnelGuard};
+use proxy::{ClientAddr, ClientTls, TunnelGuard};
 use router::MuxService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::{Limits, ServedBody, Slot};
 use crate::stats::{ConnStats, Protocol};
 use httpkit::BoxError;
 
-/// Serves one accepted connection in a task of its own until it ends.
+/// Serves one accepted connection (over TLS when `tls` is given) in a task of its own until
+/// it ends.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     service: MuxService<ServedBody>,
     limits: &Limits,
     slot: Slot,
@@ -49,10 +53,32 @@ pub(super) fn spawn(
     };
     let slot = Arc::new(slot);
     let tunnel_guard = TunnelGuard(Arc::clone(&slot) as Arc<dyn std::any::Any + Send + Sync>);
-    let conn = serve_connection(io, peer, service, limits, tunnel_guard, Arc::clone(&state));
-    let idle = limits.idle_timeout;
+    let limits = limits.clone();
     tokio::spawn(async move {
-        if let Some(error) = drive(conn, &state, idle, stop).await {
+        let idle = limits.idle_timeout;
+        let ended = match tls {
+            None => {
+                let conn =
+                    serve_connection(io, peer, false, service, &limits, tunnel_guard, &state);
+                drive(conn, &state, idle, stop).await
+            }
+            Some(acceptor) => match handshake(acceptor, io, &limits, &state).await {
+                Some(tls_io) => {
+                    let conn = serve_connection(
+                        tls_io,
+                        peer,
+                        true,
+                        service,
+                        &limits,
+                        tunnel_guard,
+                        &state,
+                    );
+                    drive(conn, &state, idle, stop).await
+                }
+                None => None,
+            },
+        };
+        if let Some(error) = ended {
             // What hyper answered by itself (`431`, `408`) is counted here.
             if let Some(e) = error.downcast_ref::<hyper::Error>() {
                 if e.is_parse_too_large() {
@@ -287,14 +313,61 @@ impl AsyncWrite for Tracked {
     }
 }
 
-fn serve_connection(
-    stream: Tracked,
+/// What a plain-HTTP request sent to the HTTPS port gets before the connection closes
+/// (nginx answers the same way).
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 45\r\n\r\nBad Request: plain HTTP sent to an HTTPS port\n";
+
+/// The TLS handshake, within the header-read timeout; `None` (counted) when it does not
+/// complete: not TLS at all (a plain-HTTP request gets a `400` first), too slow, or failed.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    mut io: Tracked,
+    limits: &Limits,
+    state: &ConnState,
+) -> Option<tokio_rustls::server::TlsStream<Tracked>> {
+    let stats = &state.stats;
+    let attempt = async {
+        // A TLS connection starts with a handshake record (type 22); a plain-HTTP request
+        // with a method's letter.
+        let mut first = [0u8; 1];
+        if matches!(io.inner.peek(&mut first).await, Ok(1)) && first[0] != 0x16 {
+            stats.tls_plain_http.inc();
+            use tokio::io::AsyncWriteExt;
+            let _ = io.inner.write_all(PLAIN_ON_TLS).await;
+            let _ = io.inner.shutdown().await;
+            return None;
+        }
+        match acceptor.accept(io).await {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                stats.tls_errors.inc();
+                tracing::debug!(%error, "TLS handshake failed");
+                None
+            }
+        }
+    };
+    match tokio::time::timeout(limits.header_read_timeout, attempt).await {
+        Ok(done) => done,
+        Err(_) => {
+            stats.tls_timeouts.inc();
+            None
+        }
+    }
+}
+
+fn serve_connection<I>(
+    stream: I,
     peer: SocketAddr,
+    tls: bool,
     service: MuxService<ServedBody>,
     limits: &Limits,
     tunnel_guard: TunnelGuard,
-    state: Arc<ConnState>,
-) -> impl Connection + use<> {
+    state: &Arc<ConnState>,
+) -> impl Connection + use<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::clone(state);
     let max_body = if limits.max_body_bytes == 0 {
         usize::MAX
     } else {
@@ -307,6 +380,9 @@ fn serve_connection(
         // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
         httpkit::hop_by_hop::consume_connection_options(req.headers_mut());
         req.extensions_mut().insert(ClientAddr(peer));
+        if tls {
+            req.extensions_mut().insert(ClientTls);
+        }
         if req.headers().contains_key(http::header::UPGRADE) {
             req.extensions_mut().insert(tunnel_guard.clone());
         }

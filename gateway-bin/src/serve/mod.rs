@@ -24,6 +24,20 @@ struct Slot {
     _alive: mpsc::Sender<()>,
 }
 
+/// A listening socket, plain or HTTPS.
+pub struct Listener {
+    /// The socket.
+    pub tcp: TcpListener,
+    /// TLS on every connection it accepts (`None`: plain HTTP).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Listener { tcp, tls: None }
+    }
+}
+
 /// The body the gateway's routes see: the client's, capped at `max_body_bytes`.
 pub type ServedBody = Limited<Incoming>;
 
@@ -57,12 +71,12 @@ impl From<&Server> for Limits {
     }
 }
 
-/// Serves `service` on every listener until `shutdown` completes; then stops accepting, asks
+/// Serves `service` on every listener (plain or HTTPS) until `shutdown` completes; then stops accepting, asks
 /// every connection to finish (HTTP/1.1: after its current response; HTTP/2: `GOAWAY`), and
 /// waits up to the grace period for them. Returns whether they all finished in time.
 pub async fn serve(
     service: MuxService<ServedBody>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     limits: Limits,
     stats: Arc<ConnStats>,
     shutdown: impl Future<Output = ()>,
@@ -106,7 +120,7 @@ pub async fn serve(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     service: MuxService<ServedBody>,
     limits: Limits,
     permits: Arc<Semaphore>,
@@ -124,7 +138,7 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.tcp.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
                     // Out of descriptors and the like: back off instead of spinning.
@@ -138,6 +152,7 @@ async fn accept_loop(
         conn::spawn(
             stream,
             peer,
+            listener.tls.clone(),
             service.clone(),
             &limits,
             Slot {

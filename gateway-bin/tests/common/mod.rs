@@ -78,6 +78,11 @@ pub struct Gateway {
     /// second for the sampler).
     pub admin: std::sync::Arc<gateway_bin::admin::Admin<ServedBody>>,
     _admin_task: AbortOnDrop,
+    /// The HTTPS listener's address, when the configuration has `[tls]` (its `listen` is
+    /// replaced by one port of this process's choosing).
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificates, when there is TLS (tests reload them directly).
+    pub tls: Option<gateway_bin::tls::TlsServer>,
 }
 
 /// A task that stops when this is dropped.
@@ -175,8 +180,19 @@ pub async fn start_gateway_with(
     };
     let config = source.parse().unwrap_or_else(|e| panic!("{e}"));
     let app = app::build::<ServedBody>(&config, &source).unwrap_or_else(|e| panic!("{e}"));
+    let tls = gateway_bin::tls::build(&config, &source).unwrap_or_else(|e| panic!("{e}"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let mut listeners = vec![serve::Listener::from(listener)];
+    let mut tls_addr = None;
+    if let Some(t) = &tls {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tls_addr = Some(tcp.local_addr().unwrap());
+        listeners.push(serve::Listener {
+            tcp,
+            tls: Some(t.acceptor.clone()),
+        });
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = Limits::from(&config.server);
     let upstreams = app.upstreams.clone();
@@ -191,7 +207,7 @@ pub async fn start_gateway_with(
     let background = app.start_with(resolver);
     let done = tokio::spawn(serve::serve(
         app.service,
-        vec![listener],
+        listeners,
         limits,
         std::sync::Arc::clone(&app.stats.connections),
         async {
@@ -207,6 +223,8 @@ pub async fn start_gateway_with(
         admin_addr,
         admin,
         _admin_task: AbortOnDrop(admin_task),
+        tls_addr,
+        tls,
     }
 }
 

@@ -1,0 +1,226 @@
+//! HTTPS listeners: certificates from PEM files chosen by SNI, ALPN `h2` and `http/1.1`, a
+//! minimum protocol version, and certificates reloaded without a restart (on SIGHUP and when
+//! their files change). rustls with the `ring` provider: it builds with a C compiler alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::ring as provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ConfigError, Source};
+
+/// How often certificate files are checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// A certificate's files, resolved against the configuration's directory.
+#[derive(Debug, Clone)]
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// The certificates being served, swapped whole on reload.
+pub struct Certificates {
+    files: Vec<Files>,
+    current: ArcSwap<Vec<Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `[tls]` builds: the acceptor for the HTTPS listeners and the certificates behind it.
+#[derive(Clone)]
+pub struct TlsServer {
+    /// Accepts TLS on a client connection.
+    pub acceptor: TlsAcceptor,
+    /// The certificates, for reloading.
+    pub certificates: Arc<Certificates>,
+}
+
+/// Reads one certificate chain and its key, and checks that they belong together.
+fn load(files: &Files) -> Result<Arc<CertifiedKey>, String> {
+    let cert = &files.cert;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key = &files.key;
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    let signing = provider::sign::any_supported_type(&der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "the key in {} does not match the certificate in {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+impl Certificates {
+    fn load_all(&self) -> Result<Vec<Arc<CertifiedKey>>, String> {
+        self.files.iter().map(load).collect()
+    }
+
+    /// Reads every file again; on success the next handshakes use the new certificates
+    /// (established connections keep theirs); on failure the old ones stay, and the error
+    /// (naming the file) is returned.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = self.load_all()?;
+        self.current.store(Arc::new(fresh));
+        Ok(())
+    }
+
+    /// The newest modification time among the files (`None` if one cannot be read).
+    fn modified(&self) -> Option<SystemTime> {
+        self.files
+            .iter()
+            .flat_map(|f| [&f.cert, &f.key])
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .try_fold(SystemTime::UNIX_EPOCH, |newest, t| Some(newest.max(t?)))
+    }
+}
+
+/// Picks the certificate for a client's SNI: the first that is valid for the name, else the
+/// first of all.
+#[derive(Debug)]
+struct BySni(Arc<Certificates>);
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let all = self.0.current.load();
+        let by_name = hello.server_name().and_then(|sni| {
+            let name = ServerName::try_from(sni).ok()?;
+            all.iter().find(|ck| {
+                ck.end_entity_cert().is_ok_and(|der| {
+                    webpki::EndEntityCert::try_from(der)
+                        .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+                })
+            })
+        });
+        by_name.or_else(|| all.first()).cloned()
+    }
+}
+
+/// Builds `[tls]`, if present: every file read and checked now, so that `--check` and
+/// start-up report a missing file, an unreadable PEM or a key that does not match its
+/// certificate with the entry's place in the configuration.
+pub fn build(config: &Config, source: &Source) -> Result<Option<TlsServer>, ConfigError> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let base = Path::new(&source.name)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let entries = tls.certificates.get_ref();
+    if entries.is_empty() {
+        return Err(source.error(
+            tls.certificates.span(),
+            Some("tls.certificates"),
+            "HTTPS needs at least one certificate: `certificates = [{ cert = \"...\", key = \"...\" }]`",
+        ));
+    }
+    let mut files = Vec::new();
+    let mut loaded = Vec::new();
+    for entry in entries {
+        let f = Files {
+            cert: base.join(&entry.get_ref().cert),
+            key: base.join(&entry.get_ref().key),
+        };
+        loaded.push(load(&f).map_err(|m| source.error(entry.span(), Some("tls.certificates"), m))?);
+        files.push(f);
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version.get_ref().as_str() {
+        "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        other => {
+            return Err(source.error(
+                tls.min_version.span(),
+                Some("tls.min_version"),
+                format!("`{other}`: \"1.2\" or \"1.3\" (older versions are not offered)"),
+            ));
+        }
+    };
+    let certificates = Arc::new(Certificates {
+        files,
+        current: ArcSwap::from_pointee(loaded),
+    });
+    let mut server =
+        rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+            .with_protocol_versions(versions)
+            .map_err(|e| {
+                source.error(
+                    tls.min_version.span(),
+                    Some("tls.min_version"),
+                    e.to_string(),
+                )
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(BySni(Arc::clone(&certificates))));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsServer {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        certificates,
+    }))
+}
+
+/// Reloads the certificates on SIGHUP and when their files change, until dropped (abort the
+/// handle). File reads run off the runtime's worker threads; handshakes never wait for them.
+pub fn watch(certificates: Arc<Certificates>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut seen = certificates.modified();
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<Option<()>>();
+            let why = tokio::select! {
+                _ = signalled => "SIGHUP",
+                _ = tokio::time::sleep(WATCH_EVERY) => {
+                    let now = certificates.modified();
+                    if now == seen || now.is_none() {
+                        continue;
+                    }
+                    seen = now;
+                    "a certificate file changed"
+                }
+            };
+            let c = Arc::clone(&certificates);
+            match tokio::task::spawn_blocking(move || c.reload()).await {
+                Ok(Ok(())) => tracing::info!(reason = why, "certificates reloaded"),
+                Ok(Err(error)) => tracing::error!(
+                    reason = why,
+                    %error,
+                    "certificate reload failed; serving the previous certificates"
+                ),
+                Err(error) => tracing::error!(%error, "certificate reload failed"),
+            }
+        }
+    })
+}

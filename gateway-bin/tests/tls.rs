@@ -1,0 +1,399 @@
+//! HTTPS listeners over real sockets and real TLS: HTTP/1.1 and HTTP/2 by ALPN, certificates
+//! by SNI (checked from the client's view of the chain), the default for unknown names, the
+//! minimum version, plain HTTP on the HTTPS port, slow handshakes, certificate reload, and
+//! `--check`'s errors. Certificates are made here with rcgen; no private key is committed.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+
+/// A test CA and the files of the certificates it signs.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "gateway test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki {
+            ca,
+            dir: tempdir(name),
+        }
+    }
+
+    /// A certificate for `names`, written as `<file>.pem` (leaf then CA) and `<file>.key`;
+    /// returns the paths and the leaf's DER.
+    fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.ca.pem())).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path, cert.der().clone())
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        roots
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client that trusts the test CA, offering `alpn`, TLS 1.2 and 1.3 (or only `versions`).
+fn client(
+    pki: &Pki,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+const BOTH: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Accepts any certificate and keeps the one it saw: to look at what the server chose for a
+/// name no certificate covers.
+#[derive(Debug, Default)]
+struct Recording(Mutex<Option<CertificateDer<'static>>>);
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = Some(end_entity.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The certificate the server presents for `sni`, whatever it is.
+async fn presented(addr: SocketAddr, sni: &str) -> CertificateDer<'static> {
+    let seen = Arc::new(Recording::default());
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::clone(&seen) as Arc<dyn ServerCertVerifier>)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let der = seen.0.lock().unwrap().clone();
+    der.expect("a certificate was presented")
+}
+
+fn config(b: SocketAddr, certs: &[(&Path, &Path)], extra: &str) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+header_read_timeout_ms = 500
+
+[upstreams.b]
+targets = ["http://{b}"]
+
+[[routes]]
+path = "/*rest"
+methods = ["GET", "POST"]
+upstream = "b"
+
+[tls]
+listen = ["127.0.0.1:0"]
+certificates = [{}]
+{extra}
+"#,
+        list.join(", ")
+    )
+}
+
+async fn backend() -> fake_backend::Backend {
+    fake_backend::spawn("127.0.0.1:0".parse().unwrap(), Some("b"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http1_and_http2_over_tls_with_certificates_by_sni() {
+    let pki = Pki::new("tls-sni");
+    let (a_cert, a_key, a_der) = pki.leaf("a", &["a.test"]);
+    let (b_cert, b_key, b_der) = pki.leaf("b", &["*.b.test"]);
+    let b = backend().await;
+    // config: tls.listen, tls.certificates, tls.certificates.cert, tls.certificates.key
+    let gw = start_gateway(config(
+        b.addr(),
+        &[(&a_cert, &a_key), (&b_cert, &b_key)],
+        "",
+    ))
+    .await;
+    let addr = gw.tls_addr.unwrap();
+
+    // HTTP/1.1 (ALPN), the chain verified against the test CA for a.test.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = client(&pki, &[b"http/1.1"], BOTH)
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], a_der);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/hello")
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["path"], "/hello");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+
+    // HTTP/2 by ALPN, on a wildcard certificate.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = client(&pki, &[b"h2", b"http/1.1"], BOTH)
+        .connect(ServerName::try_from("www.b.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], b_der);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://www.b.test/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(
+        (res.status(), res.version()),
+        (StatusCode::OK, Version::HTTP_2)
+    );
+
+    // No certificate for the name: the first one, the default.
+    assert_eq!(presented(addr, "unknown.example").await, a_der);
+    // The plain port still speaks plain HTTP, and says http upstream.
+    let r = fetch(gw.addr, "/plain").await;
+    assert_eq!(json(&r)["headers"]["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn minimum_version_plain_http_and_slow_handshakes_are_refused() {
+    let pki = Pki::new("tls-refusals");
+    let (cert, key, _) = pki.leaf("a", &["a.test"]);
+    let b = backend().await;
+    // config: tls.min_version
+    let gw = start_gateway(config(b.addr(), &[(&cert, &key)], "min_version = \"1.3\"")).await;
+    let addr = gw.tls_addr.unwrap();
+
+    // A TLS 1.2-only client: refused (older versions are never offered at all).
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let old = client(&pki, &[], &[&rustls::version::TLS12])
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await;
+    assert!(old.is_err());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls13 = client(&pki, &[], &[&rustls::version::TLS13])
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls13.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    // Plain HTTP on the HTTPS port: a 400 that says so, then the close.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("plain HTTP sent to an HTTPS port"), "{text}");
+
+    // A client that connects and never says hello is cut at the header-read timeout (500 ms).
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed_at) = read_to_close(&mut silent, Duration::from_secs(10)).await;
+    let waited = closed_at - started;
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+
+    let metrics = fetch(gw.admin_addr, "/metrics").await.text();
+    for line in [
+        "gateway_requests_rejected_total{reason=\"tls_plain_http\"} 1",
+        "gateway_requests_rejected_total{reason=\"tls_handshake_timeout\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn certificates_reload_and_a_bad_file_keeps_the_old_ones() {
+    let pki = Pki::new("tls-reload");
+    let (cert, key, first) = pki.leaf("a", &["a.test"]);
+    let b = backend().await;
+    let gw = start_gateway(config(b.addr(), &[(&cert, &key)], "")).await;
+    let addr = gw.tls_addr.unwrap();
+    let certificates = Arc::clone(&gw.tls.as_ref().unwrap().certificates);
+    assert_eq!(presented(addr, "a.test").await, first);
+
+    // The watcher sees the files change and serves the new certificate to new handshakes;
+    // a connection made before keeps working.
+    let watcher = AbortOnDrop(gateway_bin::tls::watch(Arc::clone(&certificates)));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let early = client(&pki, &[b"http/1.1"], BOTH)
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (_, _, second) = pki.leaf("a", &["a.test"]);
+    assert_ne!(first, second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while presented(addr, "a.test").await != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(early))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/x")
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    drop(watcher);
+
+    // A broken file: the reload fails naming it, and the last good certificate stays.
+    std::fs::write(&key, "not a key").unwrap();
+    let error = certificates.reload().unwrap_err();
+    assert!(error.contains(&key.display().to_string()), "{error}");
+    assert_eq!(presented(addr, "a.test").await, second);
+    // A key that belongs to another certificate: refused too.
+    let (_, other_key, _) = pki.leaf("other", &["other.test"]);
+    std::fs::copy(&other_key, &key).unwrap();
+    let error = certificates.reload().unwrap_err();
+    assert!(error.contains("does not match"), "{error}");
+    assert_eq!(presented(addr, "a.test").await, second);
+}
+
+#[test]
+fn check_names_the_entry_of_a_bad_certificate() {
+    let pki = Pki::new("tls-check");
+    let (cert, key, _) = pki.leaf("a", &["a.test"]);
+    let (_, other_key, _) = pki.leaf("b", &["b.test"]);
+    let missing = pki.dir.join("missing.pem");
+    let garbage = pki.dir.join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let build = |text: String| {
+        let source = gateway_bin::config::Source {
+            name: "test.toml".into(),
+            text,
+        };
+        let config = source.parse().unwrap_or_else(|e| panic!("{e}"));
+        gateway_bin::tls::build(&config, &source)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let b: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(build(config(b, &[(&cert, &key)], "")), None);
+    for (pair, what) in [
+        ((&missing, &key), "cannot read"),
+        ((&garbage, &key), "not a PEM certificate chain"),
+        ((&cert, &other_key), "does not match"),
+    ] {
+        let e = build(config(b, &[(pair.0, pair.1)], "")).expect("refused");
+        assert!(e.starts_with("test.toml:16: `tls.certificates`"), "{e}");
+        assert!(e.contains(what), "{what}: {e}");
+    }
+    let e = build(config(b, &[(&cert, &key)], "min_version = \"1.1\"")).expect("refused");
+    assert!(e.contains("`tls.min_version`"), "{e}");
+}
