@@ -45,11 +45,22 @@ impl Pki {
     /// A certificate for `names`, written as `<file>.pem` (leaf then CA) and `<file>.key`;
     /// returns the paths and the leaf's DER.
     fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+        self.leaf_with(file, names, |_| {})
+    }
+
+    /// [`leaf`](Self::leaf), its parameters changed by `edit` first.
+    fn leaf_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf, CertificateDer<'static>) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
+        edit(&mut params);
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let (cert_path, key_path) = (
             self.dir.join(format!("{file}.pem")),
@@ -58,6 +69,13 @@ impl Pki {
         std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.ca.pem())).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         (cert_path, key_path, cert.der().clone())
+    }
+
+    /// The CA certificate, as a PEM file.
+    fn ca_file(&self) -> PathBuf {
+        let path = self.dir.join("ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
     }
 
     fn roots(&self) -> rustls::RootCertStore {
@@ -396,4 +414,180 @@ fn check_names_the_entry_of_a_bad_certificate() {
     }
     let e = build(config(b, &[(&cert, &key)], "min_version = \"1.1\"")).expect("refused");
     assert!(e.contains("`tls.min_version`"), "{e}");
+}
+
+/// An HTTPS upstream on `cert`/`key`: answers every request `200` with the path it saw in
+/// its body and `x-conn: N` (the connection's number, from 1) in its head.
+async fn https_upstream(cert: &Path, key: &Path) -> SocketAddr {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let accepted = Arc::clone(&accepted);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let n = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("x-conn", n.to_string())
+                                .body(http_body_util::Full::new(Bytes::from(path)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstreams_verified_pooled_and_refused_when_wrong() {
+    testkit::logs::capture();
+    let pki = Pki::new("tls-upstreams");
+    let ca_file = pki.ca_file();
+    let (cert, key, _) = pki.leaf("up", &["127.0.0.1", "up.test"]);
+    let good = https_upstream(&cert, &key).await;
+    let (old_cert, old_key, _) = pki.leaf_with("expired", &["127.0.0.1"], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let expired = https_upstream(&old_cert, &old_key).await;
+    // Signed by a CA the gateway does not trust.
+    let stranger = Pki::new("tls-stranger");
+    let (s_cert, s_key, _) = stranger.leaf("s", &["127.0.0.1"]);
+    let unknown = https_upstream(&s_cert, &s_key).await;
+    let ca = ca_file.display();
+    // config: upstreams.*.tls_ca_file, upstreams.*.tls_server_name, upstreams.*.tls_insecure_skip_verify
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[upstreams.good]
+targets = ["https://{good}"]
+tls_ca_file = "{ca}"
+
+[upstreams.by_name]
+targets = ["https://{good}"]
+tls_ca_file = "{ca}"
+tls_server_name = "up.test"
+
+[upstreams.wrong_name]
+targets = ["https://{good}"]
+tls_ca_file = "{ca}"
+tls_server_name = "other.test"
+
+[upstreams.expired]
+targets = ["https://{expired}"]
+tls_ca_file = "{ca}"
+
+[upstreams.unknown_ca]
+targets = ["https://{unknown}"]
+
+[upstreams.fallback]
+strategy = "round-robin"
+targets = ["https://{unknown}", "https://{good}"]
+tls_ca_file = "{ca}"
+
+[upstreams.insecure]
+targets = ["https://{unknown}"]
+tls_insecure_skip_verify = true
+
+[[routes]]
+path = "/:up/*rest"
+upstream = "good"
+"#
+    );
+    // One route per upstream, by name.
+    let mut text = text.replace(
+        "[[routes]]\npath = \"/:up/*rest\"\nupstream = \"good\"\n",
+        "",
+    );
+    for up in [
+        "good",
+        "by_name",
+        "wrong_name",
+        "expired",
+        "unknown_ca",
+        "fallback",
+        "insecure",
+    ] {
+        text.push_str(&format!(
+            "\n[[routes]]\npath = \"/{up}/*rest\"\nupstream = \"{up}\"\n"
+        ));
+    }
+    let gw = start_gateway(text.clone()).await;
+
+    // Verified against the configured CA; one connection serves them all (pooled).
+    for i in 0..3 {
+        let r = fetch(gw.addr, &format!("/good/item{i}")).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, format!("/item{i}")));
+        assert_eq!(
+            r.header("x-conn"),
+            "1",
+            "request {i} did not reuse the connection"
+        );
+    }
+    assert_eq!(fetch(gw.addr, "/by_name/x").await.status, StatusCode::OK);
+    for (up, reason) in [
+        ("wrong_name", "not valid for name"),
+        ("expired", "expired"),
+        ("unknown_ca", "UnknownIssuer"),
+    ] {
+        let r = fetch(gw.addr, &format!("/{up}/x")).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{up}");
+        let id = r.header("x-request-id").to_owned();
+        let lines = testkit::logs::lines_with(&id);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("TLS handshake failed") && l.contains(reason)),
+            "{up}: no log line with {reason}: {lines:#?}"
+        );
+    }
+    // A target that fails the handshake: the request goes to the next one.
+    for _ in 0..4 {
+        assert_eq!(fetch(gw.addr, "/fallback/x").await.status, StatusCode::OK);
+    }
+    // Verification off: served, and warned about.
+    assert_eq!(fetch(gw.addr, "/insecure/x").await.status, StatusCode::OK);
+    let source = gateway_bin::config::Source {
+        name: "test.toml".into(),
+        text,
+    };
+    let config = source.parse().unwrap();
+    let app = gateway_bin::app::build::<gateway_bin::serve::ServedBody>(&config, &source).unwrap();
+    assert!(
+        app.warnings
+            .iter()
+            .any(|w| w.contains("`insecure`") && w.contains("not verified")),
+        "{:?}",
+        app.warnings
+    );
 }

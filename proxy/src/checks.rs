@@ -37,7 +37,8 @@ pub(crate) async fn run(upstream: Weak<Upstream>, check: ActiveCheck) {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                let (ok, detail) = probe(target.value(), &check).await;
+                let tls = up.settings().tls.clone();
+                let (ok, detail) = probe(target.value(), &check, tls).await;
                 record(&up, target.value(), target.state(), &check, ok, detail);
             });
         }
@@ -88,8 +89,34 @@ fn record(
     }
 }
 
+/// An HTTP/1.1 client connection for one probe, its driver running.
+async fn handshake<I>(
+    io: I,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, driver))
+}
+
 /// One probe: whether it passed, and what it found.
-async fn probe(target: &TargetAddr, check: &ActiveCheck) -> (bool, String) {
+async fn probe(
+    target: &TargetAddr,
+    check: &ActiveCheck,
+    tls: Option<Arc<crate::UpstreamTls>>,
+) -> (bool, String) {
     let attempt = async {
         let stream = TcpStream::connect(target.authority().as_str())
             .await
@@ -98,10 +125,20 @@ async fn probe(target: &TargetAddr, check: &ActiveCheck) -> (bool, String) {
             return Ok("connected".to_owned());
         };
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake failed: {e}"))?;
-        let driver = tokio::spawn(conn);
+        // An https target is probed over TLS, verified as requests are.
+        let driver = if target.is_tls() {
+            let tls = tls
+                .or_else(crate::tls::default_upstream_tls)
+                .ok_or("no TLS client configuration")?;
+            let stream = tls
+                .connect(target, stream)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            handshake(TokioIo::new(stream)).await?
+        } else {
+            handshake(TokioIo::new(stream)).await?
+        };
+        let (mut sender, driver) = driver;
         let mut req = Request::get(path.as_str())
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;

@@ -80,6 +80,7 @@ mod response;
 mod retry;
 mod tap;
 mod target;
+mod tls;
 mod tunnel;
 mod upstream;
 
@@ -90,6 +91,7 @@ pub use response::{BodyStalled, ProxyBody, UpstreamBody};
 pub use retry::RetryPolicy;
 pub use tap::{BodyTap, TapReceiver};
 pub use target::{TargetAddr, TargetError};
+pub use tls::UpstreamTls;
 pub use tunnel::TunnelGuard;
 pub use upstream::{ActiveCheck, Probe, Settings, Upstream, UpstreamError};
 

@@ -38,6 +38,8 @@ struct Shared<B> {
     max_idle_per_target: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// How `https://` targets are reached (`None`: the default, made once).
+    tls: Option<Arc<crate::UpstreamTls>>,
     max_head_bytes: usize,
     reaper: AtomicBool,
 }
@@ -109,6 +111,8 @@ pub(crate) enum ConnectError {
     Io(std::io::Error),
     /// The HTTP/1.1 handshake failed.
     Handshake(hyper::Error),
+    /// The TLS handshake failed (unknown CA, wrong name, expired certificate, ...).
+    Tls(std::io::Error),
 }
 
 impl fmt::Display for ConnectError {
@@ -117,6 +121,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Timeout(d) => write!(f, "connect timed out after {} ms", d.as_millis()),
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
+            ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
         }
     }
 }
@@ -133,6 +138,7 @@ where
             max_idle_per_target: settings.pool_max_idle_per_target,
             idle_timeout: settings.pool_idle_timeout,
             connect_timeout: settings.connect_timeout,
+            tls: settings.tls.clone(),
             // hyper's read buffer cannot be smaller than 8 KiB.
             max_head_bytes: settings.max_response_header_bytes.max(8192),
             reaper: AtomicBool::new(false),
@@ -200,10 +206,32 @@ where
             };
         let _ = stream.set_nodelay(true);
         tracing::debug!(target = %target, "new upstream connection");
+        if !target.is_tls() {
+            return self.handshake(TokioIo::new(stream), target).await;
+        }
+        let Some(tls) = self.0.tls.clone().or_else(crate::tls::default_upstream_tls) else {
+            return Err(ConnectError::Tls(std::io::Error::other(
+                "no TLS client configuration",
+            )));
+        };
+        // The TLS handshake is part of connecting: under the same timeout.
+        let stream = match tokio::time::timeout(timeout, tls.connect(target, stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(ConnectError::Tls(e)),
+            Err(_) => return Err(ConnectError::Timeout(timeout)),
+        };
+        self.handshake(TokioIo::new(stream), target).await
+    }
+
+    /// The HTTP/1.1 handshake on a connected stream; its connection task runs on its own.
+    async fn handshake<I>(&self, io: I, target: &TargetAddr) -> Result<Conn<B>, ConnectError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         // The read buffer's cap is also the largest response head hyper accepts.
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.0.max_head_bytes)
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(ConnectError::Handshake)?;
         let counted = target.clone();

@@ -1,4 +1,4 @@
-//! Target addresses: `http://host:port`, parsed once at start-up.
+//! Target addresses: `http://host:port` or `https://host:port`, parsed once at start-up.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +29,8 @@ pub struct TargetAddr {
     text: Arc<str>,
     /// Whether the configured host is a name (not an IP literal).
     named: bool,
+    /// Reached over TLS (`https://`).
+    tls: bool,
     metrics: Arc<TargetMetrics>,
 }
 
@@ -61,9 +63,28 @@ impl TargetAddr {
         &self.metrics
     }
 
-    /// The scheme used to reach the target (plain HTTP).
+    /// The scheme used to reach the target.
     pub fn scheme(&self) -> Scheme {
-        Scheme::HTTP
+        if self.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        }
+    }
+
+    /// Whether the target is reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The configured host, without port or brackets: the name TLS asks for and verifies.
+    pub fn host_name(&self) -> &str {
+        let host = self.host.to_str().unwrap_or_default();
+        let host = match host.rfind(':') {
+            Some(i) if !host[i..].contains(']') => &host[..i],
+            _ => host,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// The host name to resolve, when the target was configured by name and not resolved yet.
@@ -81,10 +102,17 @@ impl TargetAddr {
         let connect =
             Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| self.connect.clone());
         TargetAddr {
-            text: format!("http://{} ({})", self.host.to_str().unwrap_or_default(), ip).into(),
+            text: format!(
+                "{}://{} ({})",
+                self.scheme(),
+                self.host.to_str().unwrap_or_default(),
+                ip
+            )
+            .into(),
             connect,
             host: self.host.clone(),
             named: self.named,
+            tls: self.tls,
             metrics: Arc::default(),
         }
     }
@@ -99,11 +127,11 @@ impl fmt::Display for TargetAddr {
 /// Why a target address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    /// Not of the form `http://host:port`.
-    #[error("`{0}` is not a target URL of the form http://host:port")]
+    /// Not of the form `http://host:port` or `https://host:port`.
+    #[error("`{0}` is not a target URL of the form http://host:port or https://host:port")]
     Malformed(String),
-    /// A scheme other than `http` (TLS to upstreams is not supported yet).
-    #[error("`{0}`: only http:// targets are supported")]
+    /// A scheme other than `http` or `https`.
+    #[error("`{0}`: a target is http:// or https://")]
     Scheme(String),
     /// A path, query or user info after the authority.
     #[error("`{0}`: a target is scheme and authority only, without path or query")]
@@ -117,11 +145,12 @@ impl FromStr for TargetAddr {
         let uri: http::Uri = s
             .parse()
             .map_err(|_| TargetError::Malformed(s.to_owned()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(_) => return Err(TargetError::Scheme(s.to_owned())),
             None => return Err(TargetError::Malformed(s.to_owned())),
-        }
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -139,10 +168,11 @@ impl FromStr for TargetAddr {
             .trim_start_matches('[')
             .trim_end_matches(']');
         Ok(TargetAddr {
-            text: format!("http://{authority}").into(),
+            text: format!("{}://{authority}", if tls { "https" } else { "http" }).into(),
             host,
             named: bare.parse::<IpAddr>().is_err(),
             connect: authority,
+            tls,
             metrics: Arc::default(),
         })
     }
@@ -158,8 +188,17 @@ mod tests {
         assert_eq!(t.authority().as_str(), "127.0.0.1:9001");
         assert_eq!(t.to_string(), "http://127.0.0.1:9001");
         assert!("http://127.0.0.1:9001/".parse::<TargetAddr>().is_ok());
+        let s: TargetAddr = "https://api.example.com:8443".parse().unwrap();
+        assert!(s.is_tls());
+        assert_eq!(s.host_name(), "api.example.com");
+        assert_eq!(s.to_string(), "https://api.example.com:8443");
+        let at = s.resolved("10.0.0.9".parse().unwrap());
+        assert!(at.is_tls());
+        assert_eq!(at.to_string(), "https://api.example.com:8443 (10.0.0.9)");
+        let v6: TargetAddr = "https://[::1]:8443".parse().unwrap();
+        assert_eq!(v6.host_name(), "::1");
         assert!(matches!(
-            "https://x:1".parse::<TargetAddr>(),
+            "ftp://x:1".parse::<TargetAddr>(),
             Err(TargetError::Scheme(_))
         ));
         assert!(matches!(

@@ -37,6 +37,9 @@ pub struct Settings {
     pub resolve_interval: Duration,
     /// Active health checks, off unless set.
     pub health_check: Option<ActiveCheck>,
+    /// How `https://` targets are reached (`None`: verified against the Mozilla roots, the
+    /// target's name as SNI).
+    pub tls: Option<Arc<crate::UpstreamTls>>,
 }
 
 /// Active health checks: every `interval` (with 10 % jitter, so that many gateways do not
@@ -85,6 +88,7 @@ impl Default for Settings {
             trusted_proxies: TrustedProxies::none(),
             resolve_interval: Duration::from_secs(10),
             health_check: None,
+            tls: None,
         }
     }
 }

@@ -79,6 +79,7 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
     let mut stats = Stats::default();
     let rows = routes::build(config, &proxies, &mut mux, &mut stats, source)?;
     let mut warnings = warnings::gate_bypasses(&rows, &proxies);
+    warnings.extend(warnings::insecure_upstreams(config));
     let upstreams: Vec<(String, Proxy<B>)> = proxies.into_iter().collect();
 
     if config.index.enabled {

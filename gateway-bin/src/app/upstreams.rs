@@ -7,7 +7,7 @@ use balancer::HealthPolicy;
 use http::HeaderValue;
 use http::uri::PathAndQuery;
 use proxy::headers::TrustedProxies;
-use proxy::{ActiveCheck, Probe, Proxy, Settings, TargetAddr, Upstream};
+use proxy::{ActiveCheck, Probe, Proxy, Settings, TargetAddr, Upstream, UpstreamTls};
 
 use super::GatewayBody;
 use crate::config::{
@@ -71,7 +71,9 @@ pub(super) fn one<B: GatewayBody>(
         .as_ref()
         .map(|c| active_check(c, source))
         .transpose()?;
+    let tls = upstream_tls(up, source)?;
     let settings = Settings {
+        tls,
         resolve_interval: Duration::from_millis(up.resolve_interval_ms),
         health_check,
         connect_timeout: Duration::from_millis(up.connect_timeout_ms),
@@ -85,6 +87,55 @@ pub(super) fn one<B: GatewayBody>(
     let upstream = Upstream::new(name, up.strategy, targets, health, settings)
         .map_err(|e| source.error(span, Some("targets"), e.to_string()))?;
     Ok(Proxy::new(upstream))
+}
+
+/// TLS to the upstream's `https://` targets, when its settings differ from the default (the
+/// Mozilla roots and each target's own name).
+fn upstream_tls(
+    up: &UpstreamConfig,
+    source: &Source,
+) -> Result<Option<std::sync::Arc<UpstreamTls>>, ConfigError> {
+    if up.tls_ca_file.is_none() && up.tls_server_name.is_none() && !up.tls_insecure_skip_verify {
+        return Ok(None);
+    }
+    let ca = match &up.tls_ca_file {
+        None => None,
+        Some(file) => {
+            let base = std::path::Path::new(&source.name)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let path = base.join(file.get_ref());
+            let pem = std::fs::read(&path).map_err(|e| {
+                source.error(
+                    file.span(),
+                    Some("tls_ca_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some((file, pem))
+        }
+    };
+    if let Some(n) = &up.tls_server_name {
+        rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).map_err(|_| {
+            source.error(
+                n.span(),
+                Some("tls_server_name"),
+                format!("`{}` is not a DNS name or an IP address", n.get_ref()),
+            )
+        })?;
+    }
+    let name = up.tls_server_name.as_ref().map(|n| n.get_ref().as_str());
+    UpstreamTls::new(
+        ca.as_ref().map(|(_, pem)| pem.as_slice()),
+        name,
+        up.tls_insecure_skip_verify,
+    )
+    .map(|t| Some(std::sync::Arc::new(t)))
+    .map_err(|message| {
+        let span = ca.as_ref().map_or(0..0, |(file, _)| file.span());
+        source.error(span, Some("tls_ca_file"), message)
+    })
 }
 
 fn active_check(c: &HealthCheckConfig, source: &Source) -> Result<ActiveCheck, ConfigError> {

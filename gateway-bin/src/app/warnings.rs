@@ -53,3 +53,17 @@ pub(super) fn gate_bypasses<B>(
     }
     warnings
 }
+
+/// Upstreams whose `https://` targets go unverified.
+pub(super) fn insecure_upstreams(config: &crate::config::Config) -> Vec<String> {
+    config
+        .upstreams
+        .iter()
+        .filter(|(_, up)| up.get_ref().tls_insecure_skip_verify)
+        .map(|(name, _)| {
+            format!(
+                "upstream `{name}` has tls_insecure_skip_verify = true: its certificates are not verified, so anyone in the path can read and change its traffic"
+            )
+        })
+        .collect()
+}

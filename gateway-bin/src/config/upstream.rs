@@ -100,6 +100,18 @@ pub struct UpstreamConfig {
     /// Active health checks (default: none).
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// For `https://` targets: a PEM bundle of the CAs to trust instead of the Mozilla roots
+    /// (relative paths are from the configuration file's directory).
+    #[serde(default)]
+    pub tls_ca_file: Option<Spanned<String>>,
+    /// For `https://` targets: the name sent as SNI and verified in their certificates,
+    /// instead of each target's host.
+    #[serde(default)]
+    pub tls_server_name: Option<Spanned<String>>,
+    /// For `https://` targets: accept any certificate. Anyone in the path can then read and
+    /// change the traffic; a warning says so at start-up and in `--check`.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
 }
 
 /// `[upstreams.NAME.health_check]`: probe every target every `interval_ms`; `fall` failures
