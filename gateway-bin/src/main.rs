@@ -208,7 +208,10 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
     let clean = serve::serve(
         app.service,
         listeners,
-        Limits::from(&config.server),
+        Limits {
+            client_subject_header: tls.as_ref().and_then(|t| t.subject_header.clone()),
+            ..Limits::from(&config.server)
+        },
         Arc::clone(&app.stats.connections),
         shutdown_signal(),
     )

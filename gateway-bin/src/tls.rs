@@ -47,6 +47,78 @@ pub struct TlsServer {
     pub acceptor: TlsAcceptor,
     /// The certificates, for reloading.
     pub certificates: Arc<Certificates>,
+    /// The header that carries a verified client certificate's subject upstream.
+    pub subject_header: Option<http::HeaderName>,
+}
+
+/// The subject of a client's certificate as RFC 4514 text (`CN=svc,O=Example`), when it is
+/// a valid header value.
+pub fn subject_of(der: &CertificateDer<'_>) -> Option<http::HeaderValue> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    http::HeaderValue::from_str(&cert.subject().to_string()).ok()
+}
+
+/// Client certificate checking for `[tls]`: `None` when not asked for.
+fn client_verifier(
+    tls: &crate::config::Tls,
+    base: &Path,
+    source: &Source,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, ConfigError> {
+    let Some(mode) = &tls.client_auth else {
+        if let Some(f) = &tls.client_ca_file {
+            return Err(source.error(
+                f.span(),
+                Some("tls.client_ca_file"),
+                "set `client_auth = \"required\"` or `\"optional\"` too, or the CAs are never used",
+            ));
+        }
+        return Ok(None);
+    };
+    let required = match mode.get_ref().as_str() {
+        "required" => true,
+        "optional" => false,
+        other => {
+            return Err(source.error(
+                mode.span(),
+                Some("tls.client_auth"),
+                format!("`{other}`: \"required\" or \"optional\""),
+            ));
+        }
+    };
+    let Some(file) = &tls.client_ca_file else {
+        return Err(source.error(
+            mode.span(),
+            Some("tls.client_ca_file"),
+            "client certificates need `client_ca_file`, the CAs they must chain to",
+        ));
+    };
+    let err = |m: String| source.error(file.span(), Some("tls.client_ca_file"), m);
+    let path = base.join(file.get_ref());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
+    {
+        let cert = cert.map_err(|e| err(format!("{}: not a PEM bundle: {e}", path.display())))?;
+        roots.add(cert).map_err(|e| {
+            err(format!(
+                "{}: a CA certificate is not usable: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(provider::default_provider()),
+    );
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| err(format!("{}: {e}", path.display())))
 }
 
 /// Reads one certificate chain and its key, and checks that they belong together.
@@ -164,7 +236,7 @@ pub fn build(config: &Config, source: &Source) -> Result<Option<TlsServer>, Conf
         files,
         current: ArcSwap::from_pointee(loaded),
     });
-    let mut server =
+    let builder =
         rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
             .with_protocol_versions(versions)
             .map_err(|e| {
@@ -173,13 +245,27 @@ pub fn build(config: &Config, source: &Source) -> Result<Option<TlsServer>, Conf
                     Some("tls.min_version"),
                     e.to_string(),
                 )
-            })?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(BySni(Arc::clone(&certificates))));
+            })?;
+    let builder = match client_verifier(tls, &base, source)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(BySni(Arc::clone(&certificates))));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let subject_header = match &tls.client_subject_header {
+        None => None,
+        Some(h) => Some(h.get_ref().parse::<http::HeaderName>().map_err(|_| {
+            source.error(
+                h.span(),
+                Some("tls.client_subject_header"),
+                format!("`{}` is not a header name", h.get_ref()),
+            )
+        })?),
+    };
     Ok(Some(TlsServer {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         certificates,
+        subject_header,
     }))
 }
 

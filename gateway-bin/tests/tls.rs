@@ -591,3 +591,145 @@ upstream = "good"
         app.warnings
     );
 }
+
+/// A client that trusts the test CA and presents `cert`/`key` (`None`: no certificate).
+fn client_with_cert(pki: &Pki, cert: Option<(&Path, &Path)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki.roots());
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((c, k)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(c)
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// `GET /who` over TLS with `connector`, a spoofed subject header sent along; the upstream's
+/// view of that header, or the error.
+async fn who(addr: SocketAddr, connector: tokio_rustls::TlsConnector) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get("/who")
+        .header("host", "a.test")
+        .header("x-client-subject", "CN=admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    Ok(json["headers"]["x-client-subject"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned())
+}
+
+#[tokio::test]
+async fn client_certificates_required_or_optional_and_the_subject_header() {
+    let pki = Pki::new("tls-mtls");
+    let ca = pki.ca_file();
+    let (cert, key, _) = pki.leaf("a", &["a.test"]);
+    let (client_cert, client_key, _) = pki.leaf("client", &["svc-a"]);
+    // A client certificate from a CA the gateway does not trust.
+    let stranger = Pki::new("tls-mtls-stranger");
+    let (s_cert, s_key, _) = stranger.leaf("s", &["svc-x"]);
+    let b = backend().await;
+    let extra = |mode: &str| {
+        format!(
+            "client_auth = \"{mode}\"\nclient_ca_file = \"{}\"\nclient_subject_header = \"x-client-subject\"",
+            ca.display()
+        )
+    };
+    // config: tls.client_auth, tls.client_ca_file, tls.client_subject_header
+    let required = start_gateway(config(b.addr(), &[(&cert, &key)], &extra("required"))).await;
+    let addr = required.tls_addr.unwrap();
+    assert_eq!(
+        who(
+            addr,
+            client_with_cert(&pki, Some((&client_cert, &client_key)))
+        )
+        .await,
+        Ok("CN=svc-a".to_owned())
+    );
+    // No certificate, or one from another CA: no request gets through.
+    assert!(who(addr, client_with_cert(&pki, None)).await.is_err());
+    assert!(
+        who(addr, client_with_cert(&pki, Some((&s_cert, &s_key))))
+            .await
+            .is_err()
+    );
+    // On the plain port the spoofed header is removed, never passed on.
+    let req = Request::get("/who")
+        .header("host", "a.test")
+        .header("x-client-subject", "CN=admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let r = call(required.addr, req).await;
+    assert!(
+        json(&r)["headers"].get("x-client-subject").is_none(),
+        "{}",
+        r.text()
+    );
+
+    let optional = start_gateway(config(b.addr(), &[(&cert, &key)], &extra("optional"))).await;
+    let addr = optional.tls_addr.unwrap();
+    assert_eq!(
+        who(addr, client_with_cert(&pki, None)).await,
+        Ok(String::new())
+    );
+    assert_eq!(
+        who(
+            addr,
+            client_with_cert(&pki, Some((&client_cert, &client_key)))
+        )
+        .await,
+        Ok("CN=svc-a".to_owned())
+    );
+
+    let source = |text: String| gateway_bin::config::Source {
+        name: "test.toml".into(),
+        text,
+    };
+    for (bad, wanted) in [
+        ("client_auth = \"sometimes\"".to_owned(), "tls.client_auth"),
+        (
+            "client_auth = \"required\"".to_owned(),
+            "tls.client_ca_file",
+        ),
+        (
+            format!("client_ca_file = \"{}\"", ca.display()),
+            "tls.client_ca_file",
+        ),
+    ] {
+        let s = source(config(b.addr(), &[(&cert, &key)], &bad));
+        let c = s.parse().unwrap();
+        let e = gateway_bin::tls::build(&c, &s)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(&format!("`{wanted}`")), "{bad}: {e}");
+    }
+}

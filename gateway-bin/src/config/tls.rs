@@ -18,6 +18,18 @@ pub struct Tls {
     /// The oldest protocol accepted: `"1.2"` (default) or `"1.3"`.
     #[serde(default = "default_min_version")]
     pub min_version: Spanned<String>,
+    /// Client certificates (mutual TLS): `"required"` or `"optional"` (default: not asked
+    /// for). Needs `client_ca_file`.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    /// The PEM bundle of the CAs client certificates must chain to.
+    #[serde(default)]
+    pub client_ca_file: Option<Spanned<String>>,
+    /// A request header that carries the verified client certificate's subject upstream
+    /// (`x-client-subject`); whatever a client sends in it is always removed first, on every
+    /// listener.
+    #[serde(default)]
+    pub client_subject_header: Option<Spanned<String>>,
 }
 
 fn default_min_version() -> Spanned<String> {

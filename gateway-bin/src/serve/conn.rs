@@ -58,21 +58,20 @@ pub(super) fn spawn(
         let idle = limits.idle_timeout;
         let ended = match tls {
             None => {
-                let conn =
-                    serve_connection(io, peer, false, service, &limits, tunnel_guard, &state);
+                let conn = serve_connection(io, peer, None, service, &limits, tunnel_guard, &state);
                 drive(conn, &state, idle, stop).await
             }
             Some(acceptor) => match handshake(acceptor, io, &limits, &state).await {
                 Some(tls_io) => {
-                    let conn = serve_connection(
-                        tls_io,
-                        peer,
-                        true,
-                        service,
-                        &limits,
-                        tunnel_guard,
-                        &state,
-                    );
+                    let subject = tls_io
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(crate::tls::subject_of);
+                    let tls = Some(TlsInfo { subject });
+                    let conn =
+                        serve_connection(tls_io, peer, tls, service, &limits, tunnel_guard, &state);
                     drive(conn, &state, idle, stop).await
                 }
                 None => None,
@@ -355,10 +354,16 @@ async fn handshake(
     }
 }
 
+/// What a TLS connection tells its requests.
+struct TlsInfo {
+    /// The verified client certificate's subject, if one was presented.
+    subject: Option<http::HeaderValue>,
+}
+
 fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
-    tls: bool,
+    tls: Option<TlsInfo>,
     service: MuxService<ServedBody>,
     limits: &Limits,
     tunnel_guard: TunnelGuard,
@@ -368,6 +373,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::clone(state);
+    let subject_header = limits.client_subject_header.clone();
     let max_body = if limits.max_body_bytes == 0 {
         usize::MAX
     } else {
@@ -380,7 +386,14 @@ where
         // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
         httpkit::hop_by_hop::consume_connection_options(req.headers_mut());
         req.extensions_mut().insert(ClientAddr(peer));
-        if tls {
+        if let Some(name) = &subject_header {
+            // Only the gateway says who the client's certificate names.
+            req.headers_mut().remove(name);
+            if let Some(subject) = tls.as_ref().and_then(|t| t.subject.clone()) {
+                req.headers_mut().insert(name.clone(), subject);
+            }
+        }
+        if tls.is_some() {
             req.extensions_mut().insert(ClientTls);
         }
         if req.headers().contains_key(http::header::UPGRADE) {

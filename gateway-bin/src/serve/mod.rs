@@ -56,6 +56,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// See [`Server::shutdown_grace_ms`].
     pub shutdown_grace: Duration,
+    /// The header that carries a verified client certificate's subject upstream (`[tls]
+    /// client_subject_header`): removed from every request, then set on those whose TLS
+    /// connection presented a certificate.
+    pub client_subject_header: Option<http::HeaderName>,
 }
 
 impl From<&Server> for Limits {
@@ -67,6 +71,7 @@ impl From<&Server> for Limits {
             max_body_bytes: s.max_body_bytes,
             max_connections: s.max_connections.max(1),
             shutdown_grace: s.shutdown_grace(),
+            client_subject_header: None,
         }
     }
 }
