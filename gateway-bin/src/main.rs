@@ -203,15 +203,21 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             tracing::info!(addr = %a, scheme, config = %source.name, "gateway listening");
         }
     }
+    let https_port = listeners
+        .iter()
+        .find(|l| l.tls.is_some())
+        .and_then(|l| l.tcp.local_addr().ok())
+        .map(|a| a.port());
+    let mut limits = Limits::from(&config.server);
+    if let (Some(c), Some(t)) = (&config.tls, &tls) {
+        limits = limits.with_tls(c, t, https_port);
+    }
     admin.set_ready();
     let _background = app.start();
     let clean = serve::serve(
         app.service,
         listeners,
-        Limits {
-            client_subject_header: tls.as_ref().and_then(|t| t.subject_header.clone()),
-            ..Limits::from(&config.server)
-        },
+        limits,
         Arc::clone(&app.stats.connections),
         shutdown_signal(),
     )

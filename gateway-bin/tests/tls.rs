@@ -733,3 +733,56 @@ async fn client_certificates_required_or_optional_and_the_subject_header() {
         assert!(e.contains(&format!("`{wanted}`")), "{bad}: {e}");
     }
 }
+
+#[tokio::test]
+async fn plain_http_redirected_to_https_and_hsts_on_https_answers() {
+    let pki = Pki::new("tls-redirect");
+    let (cert, key, _) = pki.leaf("a", &["a.test"]);
+    let b = backend().await;
+    // config: tls.redirect_http, tls.hsts_max_age_s
+    let gw = start_gateway(config(
+        b.addr(),
+        &[(&cert, &key)],
+        "redirect_http = true\nhsts_max_age_s = 31536000",
+    ))
+    .await;
+    let port = gw.tls_addr.unwrap().port();
+    let r = get_as_host(gw.addr, "A.test:8080", "/cart?id=7").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.header("location"),
+        format!("https://A.test:{port}/cart?id=7")
+    );
+    assert_eq!(r.header("strict-transport-security"), "");
+    // Over HTTPS: served, with HSTS.
+    let tcp = TcpStream::connect(gw.tls_addr.unwrap()).await.unwrap();
+    let tls = client(&pki, &[b"http/1.1"], BOTH)
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/cart")
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+}
+
+async fn get_as_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    call(
+        addr,
+        Request::get(path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await
+}

@@ -25,6 +25,14 @@ pub struct Tls {
     /// The PEM bundle of the CAs client certificates must chain to.
     #[serde(default)]
     pub client_ca_file: Option<Spanned<String>>,
+    /// Answer every request on the plain listeners with a `308` to the same URL over HTTPS
+    /// (default false).
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security: max-age=N` on HTTPS responses, in seconds (default 0:
+    /// none). Browsers then refuse plain HTTP to the host for that long.
+    #[serde(default)]
+    pub hsts_max_age_s: u32,
     /// A request header that carries the verified client certificate's subject upstream
     /// (`x-client-subject`); whatever a client sends in it is always removed first, on every
     /// listener.

@@ -354,6 +354,40 @@ async fn handshake(
     }
 }
 
+/// `308` to the request's URL over HTTPS on `port` (its host without the port it came on);
+/// `400` when the request names no usable host.
+fn https_redirect<B>(req: &Request<B>, port: u16) -> http::Response<httpkit::Body> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            let a = h.parse::<http::uri::Authority>().ok()?;
+            Some(a.host().to_owned())
+        })
+        .filter(|h| !h.is_empty() && !h.contains(['@', '/', '\\']));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = host.and_then(|host| {
+        let at = if port == 443 {
+            host
+        } else {
+            format!("{host}:{port}")
+        };
+        http::HeaderValue::from_str(&format!("https://{at}{path}")).ok()
+    });
+    let Some(location) = location else {
+        return httpkit::text_response(http::StatusCode::BAD_REQUEST, "Bad Request: Host\n");
+    };
+    let mut res = http::Response::new(httpkit::Body::empty());
+    *res.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    res.headers_mut().insert(http::header::LOCATION, location);
+    res
+}
+
 /// What a TLS connection tells its requests.
 struct TlsInfo {
     /// The verified client certificate's subject, if one was presented.
@@ -374,6 +408,8 @@ where
 {
     let state = Arc::clone(state);
     let subject_header = limits.client_subject_header.clone();
+    let redirect_to_https = limits.redirect_to_https;
+    let hsts = limits.hsts.clone();
     let max_body = if limits.max_body_bytes == 0 {
         usize::MAX
     } else {
@@ -399,14 +435,28 @@ where
         if req.headers().contains_key(http::header::UPGRADE) {
             req.extensions_mut().insert(tunnel_guard.clone());
         }
+        let redirect = match (&tls, redirect_to_https) {
+            (None, Some(port)) => Some(https_redirect(&req, port)),
+            _ => None,
+        };
+        let hsts = hsts.clone().filter(|_| tls.is_some());
         let service = service.clone();
         let waiting = Waiting::new(&state);
         async move {
-            let res = service
+            if let Some(answer) = redirect {
+                drop(waiting);
+                return Ok::<_, Infallible>(answer);
+            }
+            let mut res = service
                 .oneshot(req)
                 .await
                 .unwrap_or_else(|never| match never {});
             drop(waiting);
+            if let Some(value) = hsts {
+                res.headers_mut()
+                    .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(value);
+            }
             Ok::<_, Infallible>(res)
         }
     });

@@ -60,6 +60,30 @@ pub struct Limits {
     /// client_subject_header`): removed from every request, then set on those whose TLS
     /// connection presented a certificate.
     pub client_subject_header: Option<http::HeaderName>,
+    /// Plain-HTTP requests are answered `308` to HTTPS on this port (`[tls] redirect_http`).
+    pub redirect_to_https: Option<u16>,
+    /// `Strict-Transport-Security` for HTTPS responses (`[tls] hsts_max_age_s`).
+    pub hsts: Option<http::HeaderValue>,
+}
+
+impl Limits {
+    /// With what `[tls]` asks of every connection: the subject header, the redirect of plain
+    /// HTTP to `https_port` (where an HTTPS listener is bound), HSTS.
+    pub fn with_tls(
+        self,
+        tls: &crate::config::Tls,
+        server: &crate::tls::TlsServer,
+        https_port: Option<u16>,
+    ) -> Limits {
+        Limits {
+            client_subject_header: server.subject_header.clone(),
+            redirect_to_https: https_port.filter(|_| tls.redirect_http),
+            hsts: (tls.hsts_max_age_s > 0)
+                .then(|| http::HeaderValue::from_str(&format!("max-age={}", tls.hsts_max_age_s)))
+                .and_then(Result::ok),
+            ..self
+        }
+    }
 }
 
 impl From<&Server> for Limits {
@@ -72,6 +96,8 @@ impl From<&Server> for Limits {
             max_connections: s.max_connections.max(1),
             shutdown_grace: s.shutdown_grace(),
             client_subject_header: None,
+            redirect_to_https: None,
+            hsts: None,
         }
     }
 }

@@ -194,10 +194,10 @@ pub async fn start_gateway_with(
         });
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    let limits = Limits {
-        client_subject_header: tls.as_ref().and_then(|t| t.subject_header.clone()),
-        ..Limits::from(&config.server)
-    };
+    let mut limits = Limits::from(&config.server);
+    if let (Some(c), Some(t)) = (&config.tls, &tls) {
+        limits = limits.with_tls(c, t, tls_addr.map(|a| a.port()));
+    }
     let upstreams = app.upstreams.clone();
     let admin = std::sync::Arc::new(gateway_bin::admin::Admin::new(&app));
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
