@@ -27,7 +27,12 @@ enum Task {
     /// Two fake backends (127.0.0.1:9001, :9002) and the gateway on 127.0.0.1:8080 with its
     /// embedded default configuration; waits until all three answer, prints what to try, and
     /// runs until Ctrl-C (or until one of them exits, which stops the others).
-    Demo,
+    Demo {
+        /// Also serve HTTPS on 127.0.0.1:8443, with a certificate for localhost made now
+        /// (under target/demo-tls/) by a throwaway CA whose certificate curl can trust.
+        #[arg(long)]
+        tls: bool,
+    },
     /// What CI runs: `cargo fmt --check`, clippy with warnings denied, the tests.
     Ci,
     /// The gateway next to nginx, HAProxy and Caddy under wrk, in interleaved rounds, fixed
@@ -59,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
     let result = match cli.task {
-        Task::Demo => demo::run(),
+        Task::Demo { tls } => demo::run(tls),
         Task::Ci => ci(),
         Task::Bench(o) => bench::run(&root, &o),
         Task::Soak(o) => soak::run(&root, &o),
