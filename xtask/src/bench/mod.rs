@@ -41,6 +41,26 @@ pub struct Options {
     /// (skipped without h2load), routes (the gateway's rich route next to its plain one).
     #[arg(long, value_delimiter = ',', default_values = ["fixed", "chunked", "h2c", "routes"])]
     pub scenarios: Vec<Scenario>,
+    /// Add the HTTPS scenarios (tls: keep-alive; tls-handshake: a new connection, so a full
+    /// handshake, per request), for the gateway, nginx and HAProxy on one ECDSA P-256
+    /// certificate.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+impl Options {
+    /// The scenarios to run: those asked for, and the HTTPS ones with `--tls`.
+    pub(super) fn all_scenarios(&self) -> Vec<Scenario> {
+        let mut all = self.scenarios.clone();
+        if self.tls {
+            for s in [Scenario::Tls, Scenario::TlsHandshake] {
+                if !all.contains(&s) {
+                    all.push(s);
+                }
+            }
+        }
+        all
+    }
 }
 
 /// What the upstream answers with.
@@ -56,6 +76,10 @@ pub enum Scenario {
     /// The fixed answers through the gateway's rich route (host, matchers, rewrite, rate
     /// limit); the gateway only.
     Routes,
+    /// The fixed answers over HTTPS, keep-alive (the gateway, nginx, HAProxy).
+    Tls,
+    /// The fixed answers over HTTPS with `Connection: close`: a full handshake per request.
+    TlsHandshake,
 }
 
 /// h2load's shape: connections, and concurrent streams on each.
@@ -69,6 +93,8 @@ impl Scenario {
             Scenario::Chunked => "chunked",
             Scenario::H2c => "fixed, h2c 16x16",
             Scenario::Routes => "fixed, rich route",
+            Scenario::Tls => "fixed, https",
+            Scenario::TlsHandshake => "fixed, https, new connection each",
         }
     }
 
@@ -100,6 +126,8 @@ pub(crate) struct Contender {
     pub port: u16,
     /// Where it speaks cleartext HTTP/2, if it does.
     pub h2_port: Option<u16>,
+    /// Where it serves HTTPS, if it does here.
+    pub tls_port: Option<u16>,
     /// The process whose CPU time counts (with its children).
     pub pid: Option<u32>,
 }
@@ -119,7 +147,14 @@ impl Upstreams {
     /// Connections the upstreams of `scenario` have accepted so far (our own query included).
     fn accepted(&self, scenario: Scenario) -> Option<u64> {
         match (scenario, self.status) {
-            (Scenario::Fixed | Scenario::H2c | Scenario::Routes, Some(status)) => {
+            (
+                Scenario::Fixed
+                | Scenario::H2c
+                | Scenario::Routes
+                | Scenario::Tls
+                | Scenario::TlsHandshake,
+                Some(status),
+            ) => {
                 let reply = Conn::open(status)
                     .ok()?
                     .request("GET", "/", 0, false)
@@ -129,9 +164,14 @@ impl Upstreams {
                 let line = text.lines().nth(2)?;
                 line.split_whitespace().next()?.parse().ok()
             }
-            (Scenario::Fixed | Scenario::H2c | Scenario::Routes, None) => {
-                Some(fake_connections(self.u1)? + fake_connections(self.u2)?)
-            }
+            (
+                Scenario::Fixed
+                | Scenario::H2c
+                | Scenario::Routes
+                | Scenario::Tls
+                | Scenario::TlsHandshake,
+                None,
+            ) => Some(fake_connections(self.u1)? + fake_connections(self.u2)?),
             (Scenario::Chunked, _) => fake_connections(self.fake),
         }
     }
@@ -158,10 +198,11 @@ const BODY: &str =
 /// The virtual host of the gateway's rich route (`templates/gateway.bench.toml`).
 const RICH_HOST: &str = "api.bench.test";
 
-/// One wrk run (with `Host: host` if given): req/s, percentiles, and the number of requests.
+/// One wrk run (with `header` added if given): req/s, percentiles, and the number of
+/// requests.
 fn wrk(
     url: &str,
-    host: Option<&str>,
+    header: Option<&str>,
     conns: u32,
     seconds: u32,
     script: &Path,
@@ -177,7 +218,7 @@ fn wrk(
     let out = cmd
         .args(["-t1", &format!("-c{conns}"), &format!("-d{seconds}s"), "-s"])
         .arg(script)
-        .args(host.map(|h| format!("-HHost: {h}")))
+        .args(header.map(|h| format!("-H{h}")))
         .arg(url)
         .output()
         .map_err(|e| format!("could not run wrk: {e}"))?;
@@ -444,7 +485,7 @@ fn rounds<'c>(
     let ticks_per_second = 100.0; // USER_HZ on Linux
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
-        for &scenario in &opts.scenarios {
+        for scenario in opts.all_scenarios() {
             if scenario == Scenario::H2c && which("h2load").is_none() {
                 if round == 1 {
                     eprintln!("skipped h2c: `apt-get install nghttp2-client` for h2load");
@@ -462,8 +503,19 @@ fn rounds<'c>(
                     let (mut s, requests) = if scenario == Scenario::H2c {
                         h2load(&url, opts.seconds, rig.pin)?
                     } else {
-                        let host = (scenario == Scenario::Routes).then_some(RICH_HOST);
-                        wrk(&url, host, conns, opts.seconds, &script, rig.pin)?
+                        let header = match scenario {
+                            Scenario::Routes => Some(format!("Host: {RICH_HOST}")),
+                            Scenario::TlsHandshake => Some("Connection: close".to_owned()),
+                            _ => None,
+                        };
+                        wrk(
+                            &url,
+                            header.as_deref(),
+                            conns,
+                            opts.seconds,
+                            &script,
+                            rig.pin,
+                        )?
                     };
                     let cpu_after = c.pid.and_then(cpu_ticks_with_children);
                     let accepted_after = upstreams.accepted(scenario);
@@ -510,5 +562,8 @@ fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<Strin
         (_, Scenario::Fixed) => format!("http://127.0.0.1:{}/api/ping", c.port),
         (_, Scenario::Chunked) => format!("http://127.0.0.1:{}/chunked/ping?chunked=1", c.port),
         (_, Scenario::H2c) => format!("http://127.0.0.1:{}/api/ping", c.h2_port?),
+        (_, Scenario::Tls | Scenario::TlsHandshake) => {
+            format!("https://127.0.0.1:{}/api/ping", c.tls_port?)
+        }
     })
 }

@@ -7,18 +7,24 @@ use crate::procs::{free_port, wait_for, which};
 /// Starts every contender; `direct` first, the gateway second (then the gateway with metrics
 /// off).
 pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contender>, String> {
-    let ports = |port: u16| {
+    let certs = certificate(rig)?;
+    let ports = |port: u16, tls_port: u16| {
         vec![
             ("port", port.to_string()),
+            ("tls_port", tls_port.to_string()),
             ("u1", upstreams.u1.to_string()),
             ("u2", upstreams.u2.to_string()),
             ("chunked", upstreams.fake.to_string()),
+            ("cert", certs.cert.clone()),
+            ("key", certs.key.clone()),
+            ("haproxy_pem", certs.haproxy_pem.clone()),
         ]
     };
     let mut contenders = vec![Contender {
         name: "direct",
         port: 0,
         h2_port: None,
+        tls_port: None,
         pid: None,
     }];
     // Ours three times: as shipped (metrics on); with metrics off, to measure their cost;
@@ -41,8 +47,8 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
             thousand,
         ),
     ] {
-        let port = free_port()?;
-        let mut values = ports(port);
+        let (port, tls_port) = (free_port()?, free_port()?);
+        let mut values = ports(port, tls_port);
         values.push(("metrics", metrics.to_owned()));
         values.push(("extra_hosts", extra_hosts));
         let conf = rig.write(
@@ -61,6 +67,7 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
             port,
             // HTTP/1.1 and HTTP/2 (prior knowledge) on one port.
             h2_port: Some(port),
+            tls_port: Some(tls_port),
             pid: Some(pid),
         });
     }
@@ -74,7 +81,8 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
             H2c::SamePort => port,
             H2c::OwnPort => free_port()?,
         };
-        let mut values = ports(port);
+        let tls_port = free_port()?;
+        let mut values = ports(port, tls_port);
         values.push(("h2port", h2_port.to_string()));
         values.push(("pid", rig.file(&format!("{}.pid", peer.program))));
         values.push(("error_log", rig.file(&format!("{}.err", peer.program))));
@@ -90,10 +98,48 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
             name: peer.name,
             port,
             h2_port: Some(h2_port),
+            tls_port: peer.tls.then_some(tls_port),
             pid: Some(pid),
         });
     }
     Ok(contenders)
+}
+
+/// The files of the certificate every contender serves HTTPS with.
+struct BenchCertificate {
+    /// The chain (leaf, then CA), PEM.
+    cert: String,
+    /// Its key, PEM.
+    key: String,
+    /// Chain and key in one file, as HAProxy takes them.
+    haproxy_pem: String,
+}
+
+/// One ECDSA P-256 certificate for 127.0.0.1 and localhost, by a throwaway CA, in the work
+/// directory.
+fn certificate(rig: &Rig) -> Result<BenchCertificate, String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let fail = |e: rcgen::Error| format!("making the bench certificate: {e}");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(fail)?)
+        .map_err(fail)?;
+    let key = KeyPair::generate().map_err(fail)?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(fail)?
+        .signed_by(&key, &ca)
+        .map_err(fail)?;
+    let chain = format!("{}{}", cert.pem(), ca.pem());
+    let key_pem = key.serialize_pem();
+    let write = |name: &str, text: &str| {
+        std::fs::write(rig.work.join(name), text).map_err(|e| format!("{name}: {e}"))?;
+        Ok::<_, String>(rig.file(name))
+    };
+    Ok(BenchCertificate {
+        cert: write("bench.pem", &chain)?,
+        key: write("bench.key", &key_pem)?,
+        haproxy_pem: write("bench-haproxy.pem", &format!("{chain}{key_pem}"))?,
+    })
 }
 
 /// The gateway with 1,000 virtual hosts on its rich route: it takes part in the `routes`
@@ -112,6 +158,8 @@ struct Peer {
     env: Option<(&'static str, &'static str)>,
     /// Where it speaks cleartext HTTP/2.
     h2c: H2c,
+    /// Whether its template serves HTTPS on `{{tls_port}}`.
+    tls: bool,
 }
 
 /// Where a peer takes cleartext HTTP/2 (prior knowledge).
@@ -132,6 +180,7 @@ const PEERS: [Peer; 3] = [
         args: &["-c"],
         env: None,
         h2c: H2c::OwnPort,
+        tls: true,
     },
     Peer {
         name: "HAProxy (1 thread)",
@@ -142,6 +191,7 @@ const PEERS: [Peer; 3] = [
         args: &["-db", "-f"],
         env: None,
         h2c: H2c::OwnPort,
+        tls: true,
     },
     Peer {
         name: "Caddy (GOMAXPROCS=1)",
@@ -152,5 +202,6 @@ const PEERS: [Peer; 3] = [
         args: &["run", "--adapter", "caddyfile", "--config"],
         env: Some(("GOMAXPROCS", "1")),
         h2c: H2c::SamePort,
+        tls: false,
     },
 ];

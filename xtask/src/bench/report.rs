@@ -29,7 +29,7 @@ pub(super) fn table(
         "| upstream | conns | contender | req/s (median) | min - max | p50 ms | p99 ms | p99.9 ms | CPU µs/req | upstream conns/run | ours / it (req/s) |"
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|");
-    for &scenario in &opts.scenarios {
+    for scenario in opts.all_scenarios() {
         for conns in scenario.conns(opts) {
             let of = |name: &str| -> Vec<Sample> {
                 samples
@@ -132,7 +132,7 @@ pub(super) fn header(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!(
-        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. Rich route rows: the gateway through a route with a virtual host, two header matchers, a prefix rewrite and a rate limit; their last column is their req/s over the shipped gateway's plain route (`fixed`, same connections); `1,000 hosts` is the same gateway with 998 more host names on that route. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
+        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. HTTPS rows (`--tls`): wrk's OpenSSL client to each proxy's TLS port (one ECDSA P-256 certificate for all, TLS 1.3 negotiated), plain HTTP to the upstreams; the `new connection each` rows send `Connection: close`, so every request is a new TCP connection and a full handshake. Rich route rows: the gateway through a route with a virtual host, two header matchers, a prefix rewrite and a rate limit; their last column is their req/s over the shipped gateway's plain route (`fixed`, same connections); `1,000 hosts` is the same gateway with 998 more host names on that route. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
         opts.seconds,
         opts.rounds,
         if pin {
