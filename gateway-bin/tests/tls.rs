@@ -786,3 +786,88 @@ async fn get_as_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
     )
     .await
 }
+
+/// A WebSocket echo over TLS on `cert`/`key`.
+async fn wss_echo_upstream(cert: &Path, key: &Path) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_over_tls_on_both_sides() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new("tls-wss");
+    let ca = pki.ca_file();
+    let (cert, key, _) = pki.leaf("a", &["a.test", "127.0.0.1"]);
+    let upstream = wss_echo_upstream(&cert, &key).await;
+    let gw = start_gateway(format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[upstreams.echo]
+targets = ["https://{upstream}"]
+tls_ca_file = "{}"
+
+[[routes]]
+path = "/ws"
+upstream = "echo"
+
+[tls]
+listen = ["127.0.0.1:0"]
+certificates = [{{ cert = "{}", key = "{}" }}]
+"#,
+        ca.display(),
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.tls_addr.unwrap()).await.unwrap();
+    let tls = client(&pki, &[b"http/1.1"], BOTH)
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async("wss://a.test/ws", tls)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["over TLS", "both ways"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+}
