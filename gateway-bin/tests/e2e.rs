@@ -261,7 +261,7 @@ fn config_errors_name_the_line_and_key() {
         "{e}"
     );
 
-    let text = "[upstreams.a]\ntargets = [\"https://127.0.0.1:1\"]\n";
+    let text = "[upstreams.a]\ntargets = [\"ftp://127.0.0.1:1\"]\n";
     let s = src(text);
     let e = app::build::<ServedBody>(&s.parse().unwrap(), &s)
         .err()
