@@ -2,7 +2,7 @@
 //! minimum protocol version, and certificates reloaded without a restart (on SIGHUP and when
 //! their files change). rustls with the `ring` provider: it builds with a C compiler alone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -61,7 +61,6 @@ pub fn subject_of(der: &CertificateDer<'_>) -> Option<http::HeaderValue> {
 /// Client certificate checking for `[tls]`: `None` when not asked for.
 fn client_verifier(
     tls: &crate::config::Tls,
-    base: &Path,
     source: &Source,
 ) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, ConfigError> {
     let Some(mode) = &tls.client_auth else {
@@ -93,7 +92,7 @@ fn client_verifier(
         ));
     };
     let err = |m: String| source.error(file.span(), Some("tls.client_ca_file"), m);
-    let path = base.join(file.get_ref());
+    let path = source.resolve(file.get_ref());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&path)
         .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
@@ -179,6 +178,10 @@ struct BySni(Arc<Certificates>);
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let all = self.0.current.load();
+        // One certificate answers every name: nothing to match.
+        if all.len() == 1 {
+            return all.first().cloned();
+        }
         let by_name = hello.server_name().and_then(|sni| {
             let name = ServerName::try_from(sni).ok()?;
             all.iter().find(|ck| {
@@ -221,10 +224,6 @@ pub fn build(config: &Config, source: &Source) -> Result<Option<TlsServer>, Conf
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
-    let base = Path::new(&source.name)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let entries = tls.certificates.get_ref();
     if entries.is_empty() {
         return Err(source.error(
@@ -237,8 +236,8 @@ pub fn build(config: &Config, source: &Source) -> Result<Option<TlsServer>, Conf
     let mut loaded = Vec::new();
     for entry in entries {
         let f = Files {
-            cert: base.join(&entry.get_ref().cert),
-            key: base.join(&entry.get_ref().key),
+            cert: source.resolve(&entry.get_ref().cert),
+            key: source.resolve(&entry.get_ref().key),
         };
         loaded.push(load(&f).map_err(|m| source.error(entry.span(), Some("tls.certificates"), m))?);
         files.push(f);
@@ -267,7 +266,7 @@ pub fn build(config: &Config, source: &Source) -> Result<Option<TlsServer>, Conf
                 e.to_string(),
             )
         })?;
-    let builder = match client_verifier(tls, &base, source)? {
+    let builder = match client_verifier(tls, source)? {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };

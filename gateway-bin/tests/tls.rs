@@ -417,7 +417,8 @@ fn check_names_the_entry_of_a_bad_certificate() {
 }
 
 /// An HTTPS upstream on `cert`/`key`: answers every request `200` with the path it saw in
-/// its body and `x-conn: N` (the connection's number, from 1) in its head.
+/// its body, sent chunked (no length, as most applications answer), and `x-conn: N` (the
+/// connection's number, from 1) in its head.
 async fn https_upstream(cert: &Path, key: &Path) -> SocketAddr {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
@@ -449,10 +450,14 @@ async fn https_upstream(cert: &Path, key: &Path) -> SocketAddr {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let path = req.uri().path().to_owned();
                     async move {
+                        let frames =
+                            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                                hyper::body::Frame::data(Bytes::from(path)),
+                            )]);
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
                                 .header("x-conn", n.to_string())
-                                .body(http_body_util::Full::new(Bytes::from(path)))
+                                .body(http_body_util::StreamBody::new(frames))
                                 .unwrap(),
                         )
                     }
@@ -544,10 +549,16 @@ upstream = "good"
     }
     let gw = start_gateway(text.clone()).await;
 
-    // Verified against the configured CA; one connection serves them all (pooled).
+    // Verified against the configured CA; one connection serves them all (pooled), chunked
+    // answers included.
     for i in 0..3 {
         let r = fetch(gw.addr, &format!("/good/item{i}")).await;
         assert_eq!((r.status, r.text()), (StatusCode::OK, format!("/item{i}")));
+        assert_eq!(
+            r.header("content-length"),
+            "",
+            "the upstream's answer was not chunked"
+        );
         assert_eq!(
             r.header("x-conn"),
             "1",

@@ -27,8 +27,8 @@
 //! # async fn main() {
 //! // 1 request per second, bursts of 2, keyed by the `x-api-key` header.
 //! let limiter = Arc::new(RateLimiter::new(1.0, 2, 1024));
-//! let layer = RateLimitLayer::new(limiter, Arc::new(|req: &http::request::Parts, key: &mut Vec<u8>| {
-//!     if let Some(v) = req.headers.get("x-api-key") { key.extend_from_slice(v.as_bytes()) }
+//! let layer = RateLimitLayer::new(limiter, Arc::new(|req: &http::request::Parts, key: &mut middleware::rate_limit::KeyHasher| {
+//!     if let Some(v) = req.headers.get("x-api-key") { key.write(v.as_bytes()) }
 //! }));
 //! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_: Request<()>| async {
 //!     Ok::<_, Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
@@ -141,7 +141,15 @@ impl RateLimiter {
 
     /// The hash of a key's bytes (seeded per limiter).
     pub fn hash_key(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
+        let mut h = self.key_hasher();
+        h.write(key);
+        h.finish()
+    }
+
+    /// A hasher for a key written in pieces (the same hash as [`hash_key`](Self::hash_key)
+    /// of the pieces joined), so a request's key never needs a buffer of its own.
+    pub fn key_hasher(&self) -> KeyHasher {
+        KeyHasher(self.hasher.build_hasher())
     }
 
     /// Takes a token for the key with hash `key`, now.
@@ -208,9 +216,23 @@ impl RateLimiter {
     }
 }
 
-/// Writes a request's key bytes into the buffer (nothing written: the request shares the
-/// bucket of every request without a key).
-pub type KeyFn = Arc<dyn Fn(&http::request::Parts, &mut Vec<u8>) + Send + Sync>;
+/// Hashes a request's key as it is written (see [`RateLimiter::key_hasher`]).
+pub struct KeyHasher(std::hash::DefaultHasher);
+
+impl KeyHasher {
+    /// Adds key bytes.
+    pub fn write(&mut self, bytes: &[u8]) {
+        std::hash::Hasher::write(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
+    }
+}
+
+/// Writes a request's key into the hasher (nothing written: the request shares the bucket of
+/// every request without a key).
+pub type KeyFn = Arc<dyn Fn(&http::request::Parts, &mut KeyHasher) + Send + Sync>;
 
 /// Limits requests per key (see the [module docs](self)).
 #[derive(Clone)]
@@ -272,10 +294,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let mut key = Vec::new();
-        (self.layer.key)(&parts, &mut key);
         let limiter = &self.layer.limiter;
-        let d = limiter.check(limiter.hash_key(&key));
+        let mut key = limiter.key_hasher();
+        (self.layer.key)(&parts, &mut key);
+        let d = limiter.check(key.finish());
         let fields = [
             self.layer.limit.clone(),
             HeaderValue::from(d.remaining),

@@ -36,8 +36,9 @@ pub(crate) struct Exchange<B> {
     pub(crate) upgrade: Option<(hyper::upgrade::OnUpgrade, Option<TunnelGuard>)>,
     /// The ids every line logged about this request names.
     pub(crate) ids: LogIds,
-    /// When a failed attempt goes to the next target.
-    policy: Arc<RetryPolicy>,
+    /// When a failed attempt goes to the next target: the route's, or `None` for the
+    /// default (no shared count touched per request).
+    route_policy: Option<Arc<RetryPolicy>>,
     /// Attempts made so far.
     made: u32,
     /// The last answer with a status the policy retries, kept while the next target is
@@ -46,11 +47,8 @@ pub(crate) struct Exchange<B> {
 }
 
 /// The policy of requests that come without one.
-fn default_policy() -> Arc<RetryPolicy> {
-    static DEFAULT: std::sync::LazyLock<Arc<RetryPolicy>> =
-        std::sync::LazyLock::new(|| Arc::new(RetryPolicy::default()));
-    Arc::clone(&DEFAULT)
-}
+static DEFAULT_POLICY: std::sync::LazyLock<RetryPolicy> =
+    std::sync::LazyLock::new(RetryPolicy::default);
 
 /// The outbound request: path and query (the request's own, which a router may have
 /// rewritten), hop-by-hop headers out, `X-Forwarded-*` in, HTTP/1.1, and the body tracked.
@@ -59,12 +57,10 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
     let settings = upstream.settings();
     let (mut parts, body) = req.into_parts();
     let ids = LogIds::of(&parts.extensions);
-    let policy = parts
-        .extensions
-        .get::<Arc<RetryPolicy>>()
-        .cloned()
-        .unwrap_or_else(default_policy);
-    policy.record_request();
+    let route_policy = parts.extensions.get::<Arc<RetryPolicy>>().cloned();
+    if let Some(p) = &route_policy {
+        p.record_request();
+    }
     let path_and_query = parts.uri.path_and_query().cloned()?;
     let inbound_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
@@ -136,7 +132,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         progress,
         upgrade,
         ids,
-        policy,
+        route_policy,
         made: 0,
         held: None,
     })
@@ -192,6 +188,13 @@ enum Next<B> {
     Again(Request<Outgoing<B>>),
 }
 
+impl<B> Exchange<B> {
+    /// The retry policy in force.
+    fn policy(&self) -> &RetryPolicy {
+        self.route_policy.as_deref().unwrap_or(&DEFAULT_POLICY)
+    }
+}
+
 impl<B: RequestBody> Exchange<B> {
     /// One attempt on `picked`: the response, or `None` to try the next target.
     pub(crate) async fn attempt(
@@ -212,7 +215,7 @@ impl<B: RequestBody> Exchange<B> {
         };
         let mut req = self.outbound_to(picked.value(), settings.preserve_host)?;
         loop {
-            let replay = Replay::of(&req).filter(|_| self.policy.resends(req.method()));
+            let replay = Replay::of(&req).filter(|_| self.policy().resends(req.method()));
             let sent = tokio::time::timeout(
                 settings.response_timeout,
                 conn.link.sender.try_send_request(req),
@@ -222,9 +225,9 @@ impl<B: RequestBody> Exchange<B> {
                 Ok(Ok(res)) => {
                     let metrics = picked.value().metrics();
                     metrics.head_after(started.elapsed());
-                    if self.policy.retries_status(res.status())
+                    if self.policy().retries_status(res.status())
                         && replay.is_some()
-                        && self.policy.may_retry(self.made)
+                        && self.policy().may_retry(self.made)
                     {
                         metrics.attempt(Attempt::ServerError);
                         tracing::warn!(
@@ -249,7 +252,7 @@ impl<B: RequestBody> Exchange<B> {
                 }
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
-                    if self.policy.retries_timeout() {
+                    if self.policy().retries_timeout() {
                         self.request = replay.map(Replay::into_request);
                     }
                     return self.timed_out(upstream, &picked);
@@ -329,7 +332,7 @@ impl<B: RequestBody> Exchange<B> {
         if !reused {
             // Sent and broken on a fresh connection: the target's failure; sent again only
             // when the policy retries resets.
-            let replay = replay.filter(|_| self.policy.retries_reset());
+            let replay = replay.filter(|_| self.policy().retries_reset());
             let again = never_sent.or_else(|| replay.map(Replay::into_request));
             self.request = again;
             let failure = if was_sent {
@@ -401,7 +404,7 @@ impl<B: RequestBody> Exchange<B> {
         picked: &Picked<TargetAddr>,
         failure: Failure,
     ) -> Option<Response<ProxyBody<B>>> {
-        let retry = self.request.is_some() && self.policy.may_retry(self.made);
+        let retry = self.request.is_some() && self.policy().may_retry(self.made);
         let (counts, error, message) = match &failure {
             Failure::Connect(e) => (true, e.to_string(), "upstream connect failed"),
             Failure::NotSent(e) => (

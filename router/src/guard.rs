@@ -2,6 +2,7 @@
 //! and the usual ones ([`Matcher`]): header or query parameter present, equal, with a prefix,
 //! matching a regex, each invertible.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -131,15 +132,19 @@ impl Guard for Matcher {
 }
 
 /// The percent-decoded values of the parameter `name` in `query` (`a=1&b&a=2`).
-fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = Vec<u8>> + 'q {
+fn query_values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = Cow<'q, [u8]>> + 'q {
     query.split('&').filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(key) == name.as_bytes()).then(|| decode(value))
+        (*decode(key) == *name.as_bytes()).then(|| decode(value))
     })
 }
 
-/// `%XX` escapes decoded; a broken escape is kept as text. `+` stays `+`.
-fn decode(text: &str) -> Vec<u8> {
+/// `%XX` escapes decoded; a broken escape is kept as text. `+` stays `+`. Text without `%`
+/// is borrowed as it is.
+fn decode(text: &str) -> Cow<'_, [u8]> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text.as_bytes());
+    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -155,7 +160,7 @@ fn decode(text: &str) -> Vec<u8> {
         out.push(bytes[i]);
         i += 1;
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

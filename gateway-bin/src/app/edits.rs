@@ -147,18 +147,9 @@ fn rewrite_path<B>(rule: &PathRule, req: &mut Request<B>) {
     }
 }
 
-/// Headers a route may never touch: framing, hop-by-hop, and what the gateway itself sets
-/// for forwarding and tracing.
-const PROTECTED: [&str; 17] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// Headers a route may never touch beside the hop-by-hop ones (`httpkit::hop_by_hop`):
+/// framing, and what the gateway itself sets for forwarding and tracing.
+const PROTECTED: [&str; 9] = [
     "content-length",
     "host",
     "x-forwarded-for",
@@ -167,6 +158,7 @@ const PROTECTED: [&str; 17] = [
     "forwarded",
     "x-request-id",
     "traceparent",
+    "tracestate",
 ];
 
 /// One piece of a header value template.
@@ -247,30 +239,70 @@ fn parse_template(text: &str) -> Result<Value, String> {
 }
 
 /// What a request lends to templates.
+/// Only what the route's templates use is taken (nothing for fixed values).
+#[derive(Default)]
 struct Vars {
     client_ip: Option<String>,
-    request_id: String,
+    request_id: Option<String>,
     host: Option<String>,
     params: Option<PathParams>,
 }
 
+/// Which variables a route's templates use, found once when the route is built.
+#[derive(Debug, Clone, Copy, Default)]
+struct Needs {
+    client_ip: bool,
+    request_id: bool,
+    host: bool,
+    params: bool,
+}
+
+impl Needs {
+    fn of(edits: &Edits) -> Needs {
+        let mut needs = Needs::default();
+        for (_, value) in edits.set.iter().chain(&edits.add) {
+            let Value::Template(parts) = value else {
+                continue;
+            };
+            for part in parts {
+                match part {
+                    Part::Text(_) => {}
+                    Part::ClientIp => needs.client_ip = true,
+                    Part::RequestId => needs.request_id = true,
+                    Part::Host => needs.host = true,
+                    Part::Param(_) => needs.params = true,
+                }
+            }
+        }
+        needs
+    }
+
+    fn or(self, other: Needs) -> Needs {
+        Needs {
+            client_ip: self.client_ip || other.client_ip,
+            request_id: self.request_id || other.request_id,
+            host: self.host || other.host,
+            params: self.params || other.params,
+        }
+    }
+}
+
 impl Vars {
-    fn of<B>(req: &Request<B>) -> Vars {
+    fn of<B>(req: &Request<B>, needs: Needs) -> Vars {
         Vars {
-            client_ip: req
-                .extensions()
-                .get::<ClientAddr>()
+            client_ip: needs
+                .client_ip
+                .then(|| req.extensions().get::<ClientAddr>())
+                .flatten()
                 .map(|c| c.0.ip().to_string()),
-            request_id: httpkit::RequestId::logged(req.extensions()).to_owned(),
-            host: req
-                .uri()
-                .authority()
-                .map(|a| a.host().to_owned())
-                .or_else(|| {
-                    let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
-                    Some(h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned())
-                }),
-            params: req.extensions().get::<PathParams>().cloned(),
+            request_id: needs
+                .request_id
+                .then(|| httpkit::RequestId::logged(req.extensions()).to_owned()),
+            host: needs.host.then(|| host_of(req)).flatten(),
+            params: needs
+                .params
+                .then(|| req.extensions().get::<PathParams>().cloned())
+                .flatten(),
         }
     }
 
@@ -286,13 +318,22 @@ impl Vars {
             match p {
                 Part::Text(t) => out.push_str(t),
                 Part::ClientIp => out.push_str(self.client_ip.as_deref()?),
-                Part::RequestId => out.push_str(&self.request_id),
+                Part::RequestId => out.push_str(self.request_id.as_deref()?),
                 Part::Host => out.push_str(self.host.as_deref()?),
                 Part::Param(name) => out.push_str(self.params.as_ref()?.get(name)?),
             }
         }
         HeaderValue::from_str(&out).ok()
     }
+}
+
+/// The request's host without its port: the URI's authority, else `Host`.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.host().to_owned());
+    }
+    let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    Some(h.rsplit_once(':').map_or(h, |(host, _)| host).to_owned())
 }
 
 /// One side's edits, checked.
@@ -313,7 +354,9 @@ impl Edits {
             let name: HeaderName = n
                 .parse()
                 .map_err(|_| format!("`{n}` is not a header name"))?;
-            if PROTECTED.contains(&name.as_str()) || name.as_str() == "tracestate" {
+            if PROTECTED.contains(&name.as_str())
+                || httpkit::hop_by_hop::is_hop_by_hop(name.as_str().as_bytes())
+            {
                 return Err(format!(
                     "`{n}` is the gateway's to set (framing, hop-by-hop, forwarding or tracing): a route cannot change it"
                 ));
@@ -387,7 +430,18 @@ pub(super) fn header_edits(
             ));
         }
     }
-    Ok(Some((HeaderEdits { request, response }, notes)))
+    let needs = [&request, &response]
+        .into_iter()
+        .flatten()
+        .fold(Needs::default(), |n, e| n.or(Needs::of(e)));
+    Ok(Some((
+        HeaderEdits {
+            request,
+            response,
+            needs,
+        },
+        notes,
+    )))
 }
 
 /// A route's request and response header edits.
@@ -395,6 +449,8 @@ pub(super) fn header_edits(
 pub(super) struct HeaderEdits {
     request: Option<Arc<Edits>>,
     response: Option<Arc<Edits>>,
+    /// The variables either side's templates use.
+    needs: Needs,
 }
 
 impl HeaderEdits {
@@ -432,7 +488,7 @@ impl<B: Send + 'static> Service<Request<B>> for EditService<B> {
     }
 
     fn call(&mut self, mut req: Request<B>) -> EditFuture {
-        let vars = Vars::of(&req);
+        let vars = Vars::of(&req, self.edits.needs);
         if let Some(edits) = &self.edits.request {
             edits.apply(req.headers_mut(), &vars);
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use middleware::rate_limit::KeyFn;
+use middleware::rate_limit::{KeyFn, KeyHasher};
 use middleware::{RateLimitLayer, RateLimiter};
 use proxy::ClientAddr;
 use router::{IntoRoute, PathParams, Route};
@@ -53,21 +53,23 @@ pub(super) fn rate_limit(
         ));
     }
     let key: KeyFn = match c.key.split_once(':') {
-        None if c.key == "client" => Arc::new(|parts: &http::request::Parts, key: &mut Vec<u8>| {
-            if let Some(ClientAddr(addr)) = parts.extensions.get::<ClientAddr>() {
-                match addr.ip() {
-                    std::net::IpAddr::V4(ip) => key.extend_from_slice(&ip.octets()),
-                    std::net::IpAddr::V6(ip) => key.extend_from_slice(&ip.octets()),
+        None if c.key == "client" => {
+            Arc::new(|parts: &http::request::Parts, key: &mut KeyHasher| {
+                if let Some(ClientAddr(addr)) = parts.extensions.get::<ClientAddr>() {
+                    match addr.ip() {
+                        std::net::IpAddr::V4(ip) => key.write(&ip.octets()),
+                        std::net::IpAddr::V6(ip) => key.write(&ip.octets()),
+                    }
                 }
-            }
-        }),
+            })
+        }
         Some(("header", name)) => {
             let name: HeaderName = name
                 .parse()
                 .map_err(|_| err("rate_limit.key", format!("`{name}` is not a header name")))?;
-            Arc::new(move |parts: &http::request::Parts, key: &mut Vec<u8>| {
+            Arc::new(move |parts: &http::request::Parts, key: &mut KeyHasher| {
                 if let Some(v) = parts.headers.get(&name) {
-                    key.extend_from_slice(v.as_bytes());
+                    key.write(v.as_bytes());
                 }
             })
         }
@@ -83,13 +85,13 @@ pub(super) fn rate_limit(
                 ));
             }
             let name: Arc<str> = Arc::from(name);
-            Arc::new(move |parts: &http::request::Parts, key: &mut Vec<u8>| {
+            Arc::new(move |parts: &http::request::Parts, key: &mut KeyHasher| {
                 if let Some(v) = parts
                     .extensions
                     .get::<PathParams>()
                     .and_then(|p| p.get(&name))
                 {
-                    key.extend_from_slice(v.as_bytes());
+                    key.write(v.as_bytes());
                 }
             })
         }
@@ -123,11 +125,16 @@ impl Predicate for Compressible {
         else {
             return false;
         };
-        let ct = ct.trim_start().to_ascii_lowercase();
-        if ct.starts_with("text/event-stream") {
+        let ct = ct.trim_start().as_bytes();
+        // Case-insensitive prefixes, without a lower-cased copy per response.
+        let starts = |prefix: &[u8]| {
+            ct.get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        if starts(b"text/event-stream") {
             return false;
         }
-        self.types.iter().any(|t| ct.starts_with(t.as_str()))
+        self.types.iter().any(|t| starts(t.as_bytes()))
             && tower_http::compression::predicate::SizeAbove::new(u64::from(self.min))
                 .should_compress(res)
     }

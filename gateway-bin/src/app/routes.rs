@@ -25,8 +25,13 @@ pub struct RouteRow {
     pub hosts: String,
     /// Methods, comma-separated (`*` for any).
     pub methods: String,
-    /// The pattern, and its conditions if any.
+    /// The pattern, and its conditions if any (as shown).
     pub path: String,
+    /// The pattern alone.
+    pub pattern: String,
+    /// Whether it answers only some requests at its path: for named hosts, or when its
+    /// `matches` hold.
+    pub conditional: bool,
     /// Where it goes: an upstream's name, a split, a redirect, a fixed answer.
     pub upstream: String,
     /// The upstreams it forwards to (for the gate-bypass warning).
@@ -44,10 +49,9 @@ impl RouteRow {
     pub fn answers_get_root(&self) -> bool {
         let takes_get = self.methods == "*" || self.methods.split(',').any(|m| m == "GET");
         let mut tree = router::Router::new();
-        self.hosts == "*"
-            && !self.path.contains(" when ")
+        !self.conditional
             && takes_get
-            && tree.insert(&self.path, ()).is_ok()
+            && tree.insert(&self.pattern, ()).is_ok()
             && tree.at("/").is_ok()
     }
 }
@@ -267,6 +271,8 @@ fn one<B: GatewayBody>(
         } else {
             format!("{pattern} when {}", conditions.join(" and "))
         },
+        pattern: pattern.clone(),
+        conditional: !hosts.is_empty() || !conditions.is_empty(),
         upstream: target.describe,
         upstreams,
         notes: notes.join(", "),

@@ -101,11 +101,7 @@ fn upstream_tls(
     let ca = match &up.tls_ca_file {
         None => None,
         Some(file) => {
-            let base = std::path::Path::new(&source.name)
-                .parent()
-                .map(std::path::Path::to_path_buf)
-                .unwrap_or_default();
-            let path = base.join(file.get_ref());
+            let path = source.resolve(file.get_ref());
             let pem = std::fs::read(&path).map_err(|e| {
                 source.error(
                     file.span(),

@@ -59,6 +59,14 @@ impl Source {
         }
     }
 
+    /// A path named in the file: relative ones are from the file's directory.
+    pub fn resolve(&self, path: &str) -> std::path::PathBuf {
+        std::path::Path::new(&self.name)
+            .parent()
+            .unwrap_or(std::path::Path::new(""))
+            .join(path)
+    }
+
     /// An error at byte range `span` (from the TOML parser's spans); the line is counted up
     /// to the span's start, and the key is read from that line when not given.
     pub fn error(

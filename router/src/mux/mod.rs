@@ -375,8 +375,8 @@ impl<B: Send + 'static> Mux<B> {
     }
 
     /// Freezes the router into a cloneable service; `pre` layers are applied here, once.
-    pub fn into_service(self) -> MuxService<B> {
-        self.sites.iter().for_each(|s| s.routes.prepare());
+    pub fn into_service(mut self) -> MuxService<B> {
+        self.sites.iter_mut().for_each(Site::seal);
         let table = Arc::new(Table {
             sites: self.sites,
             hosts: self.hosts,

@@ -50,6 +50,12 @@ impl<B> Site<B> {
         }
     }
 
+    /// Done registering: the tree's lookup layout built, the registration index dropped.
+    pub(super) fn seal(&mut self) {
+        self.routes.prepare();
+        self.index = HashMap::new();
+    }
+
     /// Registers `route` at `path` for `methods` (`None`: any), behind `guard` if given.
     /// Either every method is registered or, on error, none is.
     pub(super) fn insert(
