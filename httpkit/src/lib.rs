@@ -17,6 +17,7 @@
 //! ```
 
 mod body;
+pub mod grpc;
 pub mod hop_by_hop;
 mod random;
 mod request_id;

@@ -13,6 +13,8 @@
 //! - [`FramingLayer`]: a `Transfer-Encoding` other than one `chunked` gets `400` and a close.
 //! - [`TraceContextLayer`]: W3C Trace Context: a valid `traceparent` is continued, anything
 //!   else replaced by a new trace; the request goes on with the gateway's own span id.
+//! - [`GrpcErrorLayer`]: an error answered to a gRPC call becomes a gRPC status
+//!   (`grpc-status`, `grpc-message`), not an HTTP error page.
 //! - [`MetricsLayer`] and [`RouteMetricsLayer`]: requests counted by route, method and status
 //!   class, and timed, in series made once (no lock, no allocation per request).
 //!
@@ -53,6 +55,7 @@ pub mod access_log;
 mod answer;
 pub mod auth;
 pub mod framing;
+pub mod grpc;
 pub mod metrics;
 pub mod rate_limit;
 pub mod recover;
@@ -65,6 +68,7 @@ pub use access_log::AccessLogLayer;
 pub use answer::AnswerOr;
 pub use auth::{AuthError, AuthLayer, Secrets};
 pub use framing::FramingLayer;
+pub use grpc::GrpcErrorLayer;
 pub use metrics::{MetricsLayer, RequestMetrics, RouteMetricsLayer};
 pub use rate_limit::{RateLimitLayer, RateLimiter};
 pub use recover::RecoverLayer;

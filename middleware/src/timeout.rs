@@ -145,9 +145,10 @@ where
             timeout_ms = this.duration.as_millis() as u64,
             "deadline passed; request cancelled"
         );
-        Poll::Ready(Ok(text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable\n",
-        )))
+        let mut res = text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        // A gRPC client is told its call ran out of time, not that the service is down.
+        res.extensions_mut()
+            .insert(httpkit::grpc::Code::DeadlineExceeded);
+        Poll::Ready(Ok(res))
     }
 }
