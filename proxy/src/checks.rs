@@ -121,8 +121,10 @@ async fn probe(
         let stream = TcpStream::connect(target.authority().as_str())
             .await
             .map_err(|e| format!("connect failed: {e}"))?;
-        let Probe::Http { path, host, expect } = &check.probe else {
-            return Ok("connected".to_owned());
+        let (path, host, expect) = match &check.probe {
+            Probe::Tcp => return Ok("connected".to_owned()),
+            Probe::Grpc { service } => return grpc_probe(target, stream, tls, service).await,
+            Probe::Http { path, host, expect } => (path, host, expect),
         };
         let _ = stream.set_nodelay(true);
         // An https target is probed over TLS, verified as requests are.
@@ -131,7 +133,7 @@ async fn probe(
                 .or_else(crate::tls::default_upstream_tls)
                 .ok_or("no TLS client configuration")?;
             let stream = tls
-                .connect(target, stream)
+                .connect(target, stream, crate::tls::Alpn::Http1)
                 .await
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
             handshake(TokioIo::new(stream)).await?
@@ -174,9 +176,185 @@ async fn probe(
     }
 }
 
+/// `grpc.health.v1.Health/Check` for `service` on a new HTTP/2 connection: passes on
+/// `SERVING`.
+async fn grpc_probe(
+    target: &TargetAddr,
+    stream: TcpStream,
+    tls: Option<Arc<crate::UpstreamTls>>,
+    service: &str,
+) -> Result<String, String> {
+    let _ = stream.set_nodelay(true);
+    let (send, driver) = if target.is_tls() {
+        let tls = tls
+            .or_else(crate::tls::default_upstream_tls)
+            .ok_or("no TLS client configuration")?;
+        let stream = tls
+            .connect(target, stream, crate::tls::Alpn::H2)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        if !crate::tls::agreed_h2(&stream) {
+            return Err("the server did not agree on h2 (ALPN)".into());
+        }
+        h2_handshake(stream).await?
+    } else {
+        h2_handshake(stream).await?
+    };
+    let result = grpc_check(send, target, service).await;
+    driver.abort();
+    result
+}
+
+async fn h2_handshake<I>(
+    io: I,
+) -> Result<(h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    Ok((
+        send,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    ))
+}
+
+async fn grpc_check(
+    send: h2::client::SendRequest<Bytes>,
+    target: &TargetAddr,
+    service: &str,
+) -> Result<String, String> {
+    let scheme = if target.is_tls() { "https" } else { "http" };
+    let req = Request::post(format!(
+        "{scheme}://{}/grpc.health.v1.Health/Check",
+        target.authority()
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .header(USER_AGENT, "gateway-health-check")
+    .body(())
+    .map_err(|e| e.to_string())?;
+    let mut send = send.ready().await.map_err(|e| e.to_string())?;
+    let (response, mut body) = send
+        .send_request(req, false)
+        .map_err(|e| format!("request failed: {e}"))?;
+    body.send_data(health_request(service), true)
+        .map_err(|e| format!("request failed: {e}"))?;
+    let res = response.await.map_err(|e| format!("request failed: {e}"))?;
+    let (head, mut recv) = res.into_parts();
+    if head.status != http::StatusCode::OK {
+        return Err(format!("HTTP status {}", head.status.as_u16()));
+    }
+    let mut message = Vec::new();
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(|e| format!("response failed: {e}"))?;
+        let _ = recv.flow_control().release_capacity(data.len());
+        message.extend_from_slice(&data);
+        if message.len() > 1024 {
+            return Err("health answer too large".into());
+        }
+    }
+    let trailers = recv
+        .trailers()
+        .await
+        .map_err(|e| format!("response failed: {e}"))?;
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| head.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if status != "0" {
+        return Err(format!("grpc-status {status}"));
+    }
+    match serving_status(&message) {
+        Some(1) => Ok("SERVING".to_owned()),
+        Some(2) => Err("NOT_SERVING".to_owned()),
+        Some(3) => Err("SERVICE_UNKNOWN".to_owned()),
+        Some(n) => Err(format!("health status {n}")),
+        None => Err("malformed health answer".to_owned()),
+    }
+}
+
+/// A `HealthCheckRequest { service }` in its gRPC frame (uncompressed, length-prefixed).
+fn health_request(service: &str) -> Bytes {
+    let mut message = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        let mut n = service.len();
+        while n >= 0x80 {
+            message.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        message.push(n as u8);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(&message);
+    Bytes::from(frame)
+}
+
+/// The `status` of a framed `HealthCheckResponse` (field 1, a varint; absent is 0).
+fn serving_status(framed: &[u8]) -> Option<u64> {
+    let (&flag, rest) = framed.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let (len, mut message) = rest.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if message.len() != len {
+        return None;
+    }
+    let mut status = 0;
+    while let Some((&tag, rest)) = message.split_first() {
+        let (value, rest) = varint(rest)?;
+        match tag {
+            0x08 => status = value,
+            // Another varint field: skipped.
+            t if t & 7 == 0 => {}
+            _ => return None,
+        }
+        message = rest;
+    }
+    Some(status)
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_messages_encode_and_decode() {
+        assert_eq!(&health_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &health_request("ab")[..],
+            &[0, 0, 0, 0, 4, 0x0a, 2, b'a', b'b']
+        );
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08]), None);
+        assert_eq!(serving_status(&[1, 0, 0, 0, 0]), None);
+    }
 
     #[test]
     fn jitter_stays_within_a_tenth() {

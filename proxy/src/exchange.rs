@@ -6,17 +6,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use balancer::{Outcome, Picked};
+use balancer::{InFlight, Outcome, Picked};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use httpkit::{LogIds, text_response};
+use http_body::SizeHint;
+use httpkit::{BoxError, LogIds, text_response};
 
 use crate::ClientAddr;
 use crate::forward::{Inner, RequestBody};
+use crate::h2::{Failed, H2Conn, Reserved};
 use crate::headers::{Forwarding, rewrite_request_headers};
 use crate::metrics::{Attempt, Retry};
-use crate::outgoing::{BodyProgress, Outgoing, Progress};
-use crate::pool::ConnectError;
+use crate::outgoing::{BodyProgress, Outgoing, Progress, Recording};
+use crate::pool::{Carrier, Conn, ConnectError};
 use crate::response::ProxyBody;
 use crate::retry::RetryPolicy;
 use crate::tap::BodyTap;
@@ -44,7 +46,17 @@ pub(crate) struct Exchange<B> {
     /// The last answer with a status the policy retries, kept while the next target is
     /// tried: the answer if none is left.
     pub(crate) held: Option<Response<ProxyBody<B>>>,
+    /// A gRPC call's deadline, from its `grpc-timeout`.
+    deadline: Option<tokio::time::Instant>,
 }
+
+/// How long a refused stream's pipe may take to hand the rest of the body back (it does as
+/// soon as it sees the reset, which comes with the refusal).
+const GIVE_BACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The largest request body kept to send again on HTTP/2 when the upstream refuses a stream
+/// unprocessed (a gRPC message is usually far smaller; Envoy keeps up to 1 MiB per request).
+const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// The policy of requests that come without one.
 static DEFAULT_POLICY: std::sync::LazyLock<RetryPolicy> =
@@ -77,6 +89,10 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
             "http"
         },
     };
+    let deadline = httpkit::grpc::is_grpc(&parts.headers)
+        .then(|| httpkit::grpc::timeout(&parts.headers))
+        .flatten()
+        .map(|t| tokio::time::Instant::now() + t);
     let declared_length = parts.headers.contains_key(CONTENT_LENGTH);
     let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);
     if found.te_trailers {
@@ -135,6 +151,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         route_policy,
         made: 0,
         held: None,
+        deadline,
     })
 }
 
@@ -143,40 +160,69 @@ enum Failure {
     /// No connection could be made (nothing was sent).
     Connect(ConnectError),
     /// A new connection closed before the request could be written (nothing was sent).
-    NotSent(hyper::Error),
+    NotSent(BoxError),
     /// The exchange broke before a response head: reset, closed, malformed or oversized head.
-    Broken(hyper::Error),
+    Broken(BoxError),
     /// A pooled connection broke before a response head (most likely the upstream closed it
-    /// while idle), and the request could not be sent again.
-    StaleNotRetried(hyper::Error),
+    /// while idle), or an HTTP/2 upstream refused the stream, and the request could not be
+    /// sent again.
+    StaleNotRetried(BoxError),
     /// No response head within the response timeout.
     Timeout,
 }
 
-/// A copy of a bodiless request's head, to send it again after the upstream broke the
-/// exchange before answering.
+/// A copy of a request's head, to send it again after the upstream broke the exchange (or
+/// refused it) before answering, and of its body when it had one and it was kept.
 struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Option<(Arc<Recording>, SizeHint)>,
 }
 
 impl Replay {
+    /// A bodiless request's (HTTP/1.1 sends again only those).
     fn of<B>(req: &Request<Outgoing<B>>) -> Option<Replay> {
-        req.body().is_empty().then(|| Replay {
+        req.body().is_empty().then(|| Replay::head(req, None))
+    }
+
+    /// Any request's, its body copied as it is sent, up to [`REPLAY_LIMIT`].
+    fn keeping<B>(req: &mut Request<Outgoing<B>>) -> Replay {
+        let body = (!req.body().is_empty()).then(|| {
+            let hint = req.body().hint();
+            (req.body_mut().record(REPLAY_LIMIT), hint)
+        });
+        Replay::head(req, body)
+    }
+
+    fn head<B>(req: &Request<Outgoing<B>>, body: Option<(Arc<Recording>, SizeHint)>) -> Replay {
+        Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
-        })
+            body,
+        }
     }
 
-    fn into_request<B>(self) -> Request<Outgoing<B>> {
-        let mut req = Request::new(Outgoing::empty());
+    /// The request again; `None` when its body was not kept whole.
+    fn into_request<B>(self) -> Option<Request<Outgoing<B>>> {
+        self.resumed(None)
+    }
+
+    /// The request again, its body what was kept and then `rest` (what was not read yet);
+    /// `None` when that does not make the body whole.
+    fn resumed<B>(self, rest: Option<Outgoing<B>>) -> Option<Request<Outgoing<B>>> {
+        let body = match (&self.body, rest) {
+            (None, _) => Outgoing::empty(),
+            (Some((recording, hint)), None) => recording.replay(*hint)?,
+            (Some((recording, hint)), Some(rest)) => recording.resume(rest, *hint)?,
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = self.headers;
-        req
+        Some(req)
     }
 }
 
@@ -189,6 +235,11 @@ enum Next<B> {
 }
 
 impl<B> Exchange<B> {
+    /// A gRPC call's deadline, if it has one.
+    pub(crate) fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
     /// The retry policy in force.
     fn policy(&self) -> &RetryPolicy {
         self.route_policy.as_deref().unwrap_or(&DEFAULT_POLICY)
@@ -202,22 +253,66 @@ impl<B: RequestBody> Exchange<B> {
         inner: &Inner<B>,
         picked: Picked<TargetAddr>,
     ) -> Option<Response<ProxyBody<B>>> {
-        let upstream = &inner.upstream;
-        let settings = upstream.settings();
         // In flight from the pick on: connecting is part of the load a target carries, and
         // least-request must see it.
         let in_flight = picked.state().start();
         let started = Instant::now();
         self.made += 1;
-        let mut conn = match inner.pool.get(picked.value()).await {
-            Ok(conn) => conn,
-            Err(e) => return self.failed(upstream, &picked, Failure::Connect(e)),
-        };
+        match inner
+            .pool
+            .carrier(picked.value(), self.upgrade.is_some())
+            .await
+        {
+            Ok(Carrier::H1(conn)) => {
+                self.attempt_h1(inner, picked, conn, in_flight, started)
+                    .await
+            }
+            Ok(Carrier::H2 {
+                conn,
+                stream,
+                reused,
+            }) => {
+                let on = H2Attempt {
+                    conn,
+                    stream: Some(stream),
+                    reused,
+                    in_flight,
+                    started,
+                };
+                self.attempt_h2(inner, picked, on).await
+            }
+            Err(e) => self.failed(&inner.upstream, &picked, Failure::Connect(e)),
+        }
+    }
+
+    /// How long to wait for a response head: the response timeout, or less when a gRPC
+    /// call's deadline comes first.
+    fn head_timeout(&self, settings: &crate::Settings) -> std::time::Duration {
+        match self.deadline {
+            Some(d) => settings
+                .response_timeout
+                .min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => settings.response_timeout,
+        }
+    }
+
+    /// The attempt on an HTTP/1.1 connection of its own; a pooled one the upstream had
+    /// closed is replaced once.
+    async fn attempt_h1(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        mut conn: Conn<Outgoing<B>>,
+        in_flight: InFlight,
+        started: Instant,
+    ) -> Option<Response<ProxyBody<B>>> {
+        let upstream = &inner.upstream;
+        let settings = upstream.settings();
         let mut req = self.outbound_to(picked.value(), settings.preserve_host)?;
         loop {
             let replay = Replay::of(&req).filter(|_| self.policy().resends(req.method()));
             let sent = tokio::time::timeout(
-                settings.response_timeout,
+                self.head_timeout(settings),
                 conn.link.sender.try_send_request(req),
             )
             .await;
@@ -239,7 +334,7 @@ impl<B: RequestBody> Exchange<B> {
                             retry = true,
                             "upstream answered with a status the route retries"
                         );
-                        self.request = replay.map(Replay::into_request);
+                        self.request = replay.and_then(Replay::into_request);
                         self.held = Some(self.relay(inner, picked, conn, in_flight, res));
                         return None;
                     }
@@ -253,7 +348,7 @@ impl<B: RequestBody> Exchange<B> {
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     if self.policy().retries_timeout() {
-                        self.request = replay.map(Replay::into_request);
+                        self.request = replay.and_then(Replay::into_request);
                     }
                     return self.timed_out(upstream, &picked);
                 }
@@ -296,6 +391,23 @@ impl<B: RequestBody> Exchange<B> {
         upstream: &Upstream,
         picked: &Picked<TargetAddr>,
     ) -> Option<Response<ProxyBody<B>>> {
+        if self
+            .deadline
+            .is_some_and(|d| d <= tokio::time::Instant::now())
+        {
+            // The client's own deadline: not the target's failure, and no time to try another.
+            tracing::info!(
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                "the gRPC call's deadline passed before the upstream answered"
+            );
+            let mut res = text_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n");
+            res.extensions_mut()
+                .insert(httpkit::grpc::Code::DeadlineExceeded);
+            return Some(res);
+        }
         if !self.waiting_for_client() {
             return self.failed(upstream, picked, Failure::Timeout);
         }
@@ -333,24 +445,24 @@ impl<B: RequestBody> Exchange<B> {
             // Sent and broken on a fresh connection: the target's failure; sent again only
             // when the policy retries resets.
             let replay = replay.filter(|_| self.policy().retries_reset());
-            let again = never_sent.or_else(|| replay.map(Replay::into_request));
+            let again = never_sent.or_else(|| replay.and_then(Replay::into_request));
             self.request = again;
             let failure = if was_sent {
-                Failure::Broken(hyper_error)
+                Failure::Broken(hyper_error.into())
             } else {
-                Failure::NotSent(hyper_error)
+                Failure::NotSent(hyper_error.into())
             };
             return Next::Answer(self.failed(upstream, picked, failure));
         }
         // A pooled connection the upstream had closed (or closed as we wrote): not the
         // target's fault, and the upstream never answered. Once more on a new connection to
         // the same target, when the request can go again.
-        let again = never_sent.or_else(|| replay.map(Replay::into_request));
+        let again = never_sent.or_else(|| replay.and_then(Replay::into_request));
         let Some(back) = again else {
             return Next::Answer(self.failed(
                 upstream,
                 picked,
-                Failure::StaleNotRetried(hyper_error),
+                Failure::StaleNotRetried(hyper_error.into()),
             ));
         };
         tracing::debug!(
@@ -377,7 +489,7 @@ impl<B: RequestBody> Exchange<B> {
         &self,
         upstream: &Upstream,
         target: &TargetAddr,
-        error: &hyper::Error,
+        error: &dyn std::error::Error,
     ) -> Option<Response<ProxyBody<B>>> {
         let (status, text) = match self.progress.as_ref().map(|p| p.get()) {
             Some(Progress::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
@@ -409,14 +521,14 @@ impl<B: RequestBody> Exchange<B> {
             Failure::Connect(e) => (true, e.to_string(), "upstream connect failed"),
             Failure::NotSent(e) => (
                 true,
-                crate::error_chain(e),
+                crate::error_chain(&**e),
                 "upstream connection closed before the request was sent",
             ),
-            Failure::Broken(e) => (true, crate::error_chain(e), "upstream request failed"),
+            Failure::Broken(e) => (true, crate::error_chain(&**e), "upstream request failed"),
             // The upstream closed an idle connection: not a sign of a sick target.
             Failure::StaleNotRetried(e) => (
                 false,
-                crate::error_chain(e),
+                crate::error_chain(&**e),
                 "pooled upstream connection closed; the request cannot be sent again",
             ),
             Failure::Timeout => (
@@ -458,5 +570,158 @@ impl<B: RequestBody> Exchange<B> {
             Failure::Timeout => text_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),
             _ => text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
         })
+    }
+}
+
+/// What an attempt on an HTTP/2 connection starts with.
+pub(crate) struct H2Attempt {
+    conn: H2Conn,
+    /// The stream reserved on it for the next send.
+    stream: Option<Reserved>,
+    reused: bool,
+    in_flight: InFlight,
+    started: Instant,
+}
+
+impl<B: RequestBody> Exchange<B> {
+    /// The attempt on a stream of an HTTP/2 connection. A stream the upstream refused
+    /// unprocessed (or that could not be opened: the connection was going away) goes again on
+    /// another connection, twice at most, when its body was kept whole.
+    async fn attempt_h2(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        mut on: H2Attempt,
+    ) -> Option<Response<ProxyBody<B>>> {
+        let upstream = &inner.upstream;
+        let settings = upstream.settings();
+        let mut req = self.outbound_to(picked.value(), settings.preserve_host)?;
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let replay = Replay::keeping(&mut req);
+            let stream = on.stream.take()?;
+            let sent = tokio::time::timeout(
+                self.head_timeout(settings),
+                crate::h2::send(&on.conn, stream, picked.value(), req),
+            )
+            .await;
+            let error = match sent {
+                Ok(Ok(sent)) => {
+                    let metrics = picked.value().metrics();
+                    metrics.head_after(on.started.elapsed());
+                    let status = sent.response.status();
+                    let resends = self.policy().resends(&replay.method);
+                    if self.policy().retries_status(status)
+                        && resends
+                        && self.policy().may_retry(self.made)
+                    {
+                        metrics.attempt(Attempt::ServerError);
+                        tracing::warn!(
+                            request_id = %self.ids.request(),
+                            trace_id = %self.ids.trace(),
+                            upstream = %upstream.name(),
+                            target = %picked.value(),
+                            status = status.as_u16(),
+                            retry = true,
+                            "upstream answered with a status the route retries"
+                        );
+                        let held = self.relay_h2(inner, picked, on.in_flight, sent);
+                        self.request = replay.into_request();
+                        self.held = Some(held);
+                        return None;
+                    }
+                    metrics.attempt(if status.is_server_error() {
+                        Attempt::ServerError
+                    } else {
+                        Attempt::Ok
+                    });
+                    return Some(self.relay_h2(inner, picked, on.in_flight, sent));
+                }
+                Ok(Err(failed)) => failed,
+                Err(_elapsed) => {
+                    if self.policy().retries_timeout() && self.policy().resends(&replay.method) {
+                        self.request = replay.into_request();
+                    }
+                    return self.timed_out(upstream, &picked);
+                }
+            };
+            let Failed { error, rest } = error;
+            if let Some(res) = self.client_fault(upstream, picked.value(), error.error()) {
+                return Some(res);
+            }
+            let unprocessed = matches!(
+                error,
+                crate::h2::SendError::NotSent(_) | crate::h2::SendError::Refused(_)
+            );
+            if !unprocessed {
+                if self.policy().retries_reset() && self.policy().resends(&replay.method) {
+                    self.request = replay.into_request();
+                }
+                let e = into_box(error);
+                return self.failed(upstream, &picked, Failure::Broken(e));
+            }
+            // Not processed by the upstream: safe to send again, whatever the method, with
+            // the body as far as it was read and the rest of it as the pipe left it.
+            if matches!(error, crate::h2::SendError::NotSent(_)) {
+                on.conn.close();
+            }
+            let rest = match rest {
+                Some(rest) => tokio::time::timeout(GIVE_BACK_WAIT, rest)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            let again = replay.resumed(rest);
+            let Some(back) = again.filter(|_| sends < 3) else {
+                let e = into_box(error);
+                let failure = if on.reused {
+                    Failure::StaleNotRetried(e)
+                } else {
+                    Failure::NotSent(e)
+                };
+                return self.failed(upstream, &picked, failure);
+            };
+            tracing::debug!(
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                error = %crate::error_chain(error.error()),
+                "HTTP/2 stream refused unprocessed; sending again on another connection"
+            );
+            upstream.metrics().retried(Retry::Refused);
+            req = back;
+            match inner.pool.carrier(picked.value(), false).await {
+                Ok(Carrier::H2 {
+                    conn,
+                    stream,
+                    reused,
+                }) => {
+                    on.conn = conn;
+                    on.stream = Some(stream);
+                    on.reused = reused;
+                }
+                Ok(Carrier::H1(conn)) => {
+                    self.request = Some(req);
+                    return self
+                        .attempt_h1(inner, picked, conn, on.in_flight, on.started)
+                        .await;
+                }
+                Err(e) => {
+                    self.request = Some(req);
+                    return self.failed(upstream, &picked, Failure::Connect(e));
+                }
+            }
+        }
+    }
+}
+
+fn into_box(error: crate::h2::SendError) -> BoxError {
+    match error {
+        crate::h2::SendError::NotSent(e)
+        | crate::h2::SendError::Refused(e)
+        | crate::h2::SendError::Broken(e) => Box::new(e),
     }
 }

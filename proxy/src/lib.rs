@@ -1,6 +1,6 @@
 //! Reverse-proxy forwarding to balanced upstreams, as a tower `Service`.
 //!
-//! An [`Upstream`] is a named set of `http://host:port` targets behind a [`balancer`]
+//! An [`Upstream`] is a named set of `http://` or `https://` targets behind a [`balancer`]
 //! algorithm, with [`Settings`]. A [`Proxy`] forwards each request to a target the balancer
 //! picks: the path and query are the request's own (a router may have rewritten them), `Host`
 //! is the target's, and the [`headers`] are rewritten (hop-by-hop stripping,
@@ -11,6 +11,16 @@
 //! response hands its connection back when its body ends, however it is framed, and an idle
 //! one is closed after `pool_idle_timeout` or sooner when the upstream announced a shorter
 //! `Keep-Alive: timeout`.
+//!
+//! With [`Protocol::H2`] (or [`Protocol::Auto`] over TLS when the server picks `h2`),
+//! requests go as streams of shared HTTP/2 connections, as many per connection as the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` allows, another connection made when all are full (by one
+//! request, the others waiting for it). A stream the server refused unprocessed (GOAWAY,
+//! `REFUSED_STREAM`) goes again on another connection whatever its method, its body too (the
+//! part already sent is kept, up to 64 KiB, and the rest is taken back from the pipe). PINGs
+//! find a connection that went silent. gRPC calls (`content-type: application/grpc`) get
+//! their `grpc-timeout` as a deadline: no response head by then is a `504` that is not the
+//! target's fault, and a response still streaming then ends with `grpc-status: 4` trailers.
 //!
 //! Failures, and what the client and passive health see:
 //! - A refused or timed-out connect: the next target (nothing reached the upstream); counted.
@@ -44,8 +54,6 @@
 //! `resolve_interval` ([`dns`]), and [`ActiveCheck`]s probe every target. Both change what
 //! picks read through atomic swaps and atomics; a request never waits for them.
 //!
-//! Not yet: HTTPS targets.
-//!
 //! ```
 //! use balancer::{Algorithm, HealthPolicy};
 //! use proxy::{Proxy, Settings, Upstream};
@@ -71,6 +79,7 @@ mod checks;
 pub mod dns;
 mod exchange;
 mod forward;
+mod h2;
 pub mod headers;
 mod metrics;
 mod outgoing;
@@ -93,7 +102,7 @@ pub use tap::{BodyTap, TapReceiver};
 pub use target::{TargetAddr, TargetError};
 pub use tls::UpstreamTls;
 pub use tunnel::TunnelGuard;
-pub use upstream::{ActiveCheck, Probe, Settings, Upstream, UpstreamError};
+pub use upstream::{ActiveCheck, Probe, Protocol, Settings, Upstream, UpstreamError};
 
 pub use httpkit::BoxError;
 

@@ -126,17 +126,21 @@ pub enum Retry {
     /// A pooled connection turned out closed by the upstream; the request went again on a
     /// new one to the same target.
     StaleConnection,
+    /// An HTTP/2 upstream refused the stream without processing it (GOAWAY, `REFUSED_STREAM`);
+    /// the request went again on another connection to the same target.
+    Refused,
 }
 
 impl Retry {
     /// Every reason, in label order.
-    pub const ALL: [Retry; 2] = [Retry::NextTarget, Retry::StaleConnection];
+    pub const ALL: [Retry; 3] = [Retry::NextTarget, Retry::StaleConnection, Retry::Refused];
 
     /// The `reason` label.
     pub fn label(self) -> &'static str {
         match self {
             Retry::NextTarget => "next_target",
             Retry::StaleConnection => "stale_connection",
+            Retry::Refused => "refused_stream",
         }
     }
 }
@@ -144,7 +148,7 @@ impl Retry {
 /// One upstream's series.
 #[derive(Debug, Default)]
 pub struct UpstreamMetrics {
-    retries: [Counter; 2],
+    retries: [Counter; 3],
     unavailable: Counter,
     exhausted: Counter,
 }

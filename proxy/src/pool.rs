@@ -1,5 +1,7 @@
 //! The upstream connection pool: HTTP/1.1 connections per target, made with hyper's
-//! connection API and kept idle, most recently used first.
+//! connection API and kept idle, most recently used first; and HTTP/2 connections per
+//! target, shared by the requests in flight ([`crate::h2`]), a new one made (by one request
+//! at a time, the others waiting for it) only when every open one is full.
 //!
 //! It replaces hyper-util's general-purpose client, which per request builds and boxes a large
 //! future, hashes a pool key, and spawns a task to return the connection once it is ready
@@ -19,7 +21,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use tokio::sync::watch;
+
+use crate::h2::conn::Pings;
+use crate::h2::{H2Conn, Reserved};
 use crate::target::TargetAddr;
+use crate::tls::Alpn;
+use crate::upstream::Protocol;
 
 /// How many open idle connections a checkout looks at for a ready one.
 const SCAN: usize = 8;
@@ -32,6 +40,18 @@ const READY_WAIT: Duration = Duration::from_millis(50);
 /// A target's idle connections, oldest first.
 type IdleList<B> = (Arc<str>, Vec<Idle<B>>);
 
+/// A target's HTTP/2 connections.
+struct H2Target {
+    key: Arc<str>,
+    conns: Vec<H2Conn>,
+    /// A request is making a connection; others wait for it.
+    connecting: bool,
+    /// Bumped (and sent) whenever a connect ends.
+    generation: watch::Sender<u64>,
+    /// Why the last connect failed, for those that waited for it.
+    failure: Option<Arc<str>>,
+}
+
 /// Idle connections by target.
 struct Shared<B> {
     idle: Mutex<Vec<IdleList<B>>>,
@@ -42,6 +62,9 @@ struct Shared<B> {
     tls: Option<Arc<crate::UpstreamTls>>,
     max_head_bytes: usize,
     reaper: AtomicBool,
+    protocol: Protocol,
+    pings: Option<Pings>,
+    h2: Mutex<Vec<H2Target>>,
 }
 
 struct Idle<B> {
@@ -82,6 +105,19 @@ impl<B> Clone for Pool<B> {
     }
 }
 
+/// What one request goes on: an HTTP/1.1 connection of its own, or a stream of a shared
+/// HTTP/2 connection.
+pub(crate) enum Carrier<B> {
+    H1(Conn<B>),
+    H2 {
+        conn: H2Conn,
+        /// The stream's place on it, taken.
+        stream: Reserved,
+        /// It carried requests before: the upstream may have sent a GOAWAY meanwhile.
+        reused: bool,
+    },
+}
+
 /// A connection taken from the pool (or just made) for one request.
 pub(crate) struct Conn<B> {
     pub(crate) link: Link<B>,
@@ -113,6 +149,12 @@ pub(crate) enum ConnectError {
     Handshake(hyper::Error),
     /// The TLS handshake failed (unknown CA, wrong name, expired certificate, ...).
     Tls(std::io::Error),
+    /// The HTTP/2 handshake failed.
+    H2(h2::Error),
+    /// The server did not agree on HTTP/2 in the TLS handshake (ALPN).
+    NoH2,
+    /// The connect another request made, which this one waited for, failed.
+    Shared(Arc<str>),
 }
 
 impl fmt::Display for ConnectError {
@@ -122,6 +164,9 @@ impl fmt::Display for ConnectError {
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            ConnectError::H2(e) => write!(f, "HTTP/2 handshake failed: {e}"),
+            ConnectError::NoH2 => f.write_str("the server did not agree on h2 (ALPN)"),
+            ConnectError::Shared(e) => write!(f, "{e} (a connect this request waited for)"),
         }
     }
 }
@@ -142,7 +187,140 @@ where
             // hyper's read buffer cannot be smaller than 8 KiB.
             max_head_bytes: settings.max_response_header_bytes.max(8192),
             reaper: AtomicBool::new(false),
+            protocol: settings.protocol,
+            pings: (!settings.h2_ping_interval.is_zero()).then_some(Pings {
+                interval: settings.h2_ping_interval,
+                timeout: settings.h2_ping_timeout,
+            }),
+            h2: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// What a request to `target` goes on: an HTTP/2 stream when the upstream speaks HTTP/2
+    /// (never for an upgrade), else an HTTP/1.1 connection.
+    pub(crate) async fn carrier(
+        &self,
+        target: &TargetAddr,
+        upgrade: bool,
+    ) -> Result<Carrier<B>, ConnectError> {
+        let alpn = match self.0.protocol {
+            _ if upgrade => None,
+            Protocol::Http1 => None,
+            Protocol::H2 => Some(Alpn::H2),
+            Protocol::Auto if target.is_tls() => Some(Alpn::Both),
+            Protocol::Auto => None,
+        };
+        let Some(alpn) = alpn else {
+            return self.get(target).await.map(Carrier::H1);
+        };
+        if alpn == Alpn::Both && !self.speaks_h2(target) {
+            // Not known to speak HTTP/2 (yet): an idle HTTP/1.1 connection, else a new
+            // connection of whichever protocol the server chooses.
+            if let Some(mut conn) = self.checkout(target) {
+                if conn.wait_ready().await {
+                    return Ok(Carrier::H1(conn));
+                }
+            }
+            let made = self.connect_with(target, alpn).await?;
+            if let Carrier::H2 { conn, .. } = &made {
+                self.h2_entry_with(target, |e| e.conns.push(conn.clone()));
+                self.start_reaper_any();
+            }
+            return Ok(made);
+        }
+        self.h2_stream(target, alpn).await
+    }
+
+    /// Whether `target` has an HTTP/2 connection (it chose `h2` before).
+    fn speaks_h2(&self, target: &TargetAddr) -> bool {
+        let lists = self.0.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        lists
+            .iter()
+            .any(|e| same(&e.key, target.key()) && !e.conns.is_empty())
+    }
+
+    /// Runs `f` on `target`'s HTTP/2 entry (made if missing).
+    fn h2_entry_with<T>(&self, target: &TargetAddr, f: impl FnOnce(&mut H2Target) -> T) -> T {
+        let mut lists = self.0.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = match lists.iter().position(|e| same(&e.key, target.key())) {
+            Some(at) => at,
+            None => {
+                lists.push(H2Target {
+                    key: Arc::clone(target.key()),
+                    conns: Vec::new(),
+                    connecting: false,
+                    generation: watch::Sender::new(0),
+                    failure: None,
+                });
+                lists.len() - 1
+            }
+        };
+        f(&mut lists[at])
+    }
+
+    /// A stream on an HTTP/2 connection to `target` with room, or on a new one: made by this
+    /// request, or by another that this one waits for (and whose failure it shares).
+    async fn h2_stream(&self, target: &TargetAddr, alpn: Alpn) -> Result<Carrier<B>, ConnectError> {
+        enum Turn {
+            Use(H2Conn, Reserved),
+            Wait(watch::Receiver<u64>, u64),
+            Connect,
+        }
+        for _ in 0..3 {
+            let turn = self.h2_entry_with(target, |entry| {
+                entry.conns.retain(|c| !c.is_closed());
+                if let Some((conn, stream)) =
+                    entry.conns.iter().find_map(|c| c.reserve().map(|r| (c, r)))
+                {
+                    return Turn::Use(conn.clone(), stream);
+                }
+                if entry.connecting {
+                    let rx = entry.generation.subscribe();
+                    let seen = *rx.borrow();
+                    return Turn::Wait(rx, seen);
+                }
+                entry.connecting = true;
+                Turn::Connect
+            });
+            match turn {
+                Turn::Use(conn, stream) => {
+                    return Ok(Carrier::H2 {
+                        conn,
+                        stream,
+                        reused: true,
+                    });
+                }
+                Turn::Wait(mut rx, seen) => {
+                    let _ = tokio::time::timeout(self.0.connect_timeout, rx.changed()).await;
+                    let failed = self.h2_entry_with(target, |e| {
+                        (*e.generation.borrow() != seen)
+                            .then(|| e.failure.clone())
+                            .flatten()
+                    });
+                    if let Some(why) = failed {
+                        return Err(ConnectError::Shared(why));
+                    }
+                }
+                Turn::Connect => {
+                    let mut turn = ConnectTurn {
+                        pool: self,
+                        target,
+                        failure: None,
+                        made: None,
+                    };
+                    let made = self.connect_with(target, alpn).await;
+                    match &made {
+                        Ok(Carrier::H2 { conn, .. }) => turn.made = Some(conn.clone()),
+                        Ok(Carrier::H1(_)) => {}
+                        Err(e) => turn.failure = Some(e.to_string().into()),
+                    }
+                    drop(turn);
+                    return made;
+                }
+            }
+        }
+        // Waited in vain three times: a connection of its own.
+        self.connect_with(target, alpn).await
     }
 
     /// An idle connection to `target`: the most recently used one that is ready, else the
@@ -193,8 +371,22 @@ where
         self.connect(target).await
     }
 
-    /// A new connection to `target`; its connection task runs on its own.
+    /// A new HTTP/1.1 connection to `target`; its connection task runs on its own.
     pub(crate) async fn connect(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
+        match self.connect_with(target, Alpn::Http1).await? {
+            Carrier::H1(conn) => Ok(conn),
+            // Only ever asked for by ALPN, and not offered.
+            Carrier::H2 { .. } => Err(ConnectError::NoH2),
+        }
+    }
+
+    /// A new connection to `target`: HTTP/2 when `alpn` asks only for it (prior knowledge
+    /// on `http://` targets) or TLS agrees on it, else HTTP/1.1.
+    async fn connect_with(
+        &self,
+        target: &TargetAddr,
+        alpn: Alpn,
+    ) -> Result<Carrier<B>, ConnectError> {
         let timeout = self.0.connect_timeout;
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(target.authority().as_str()))
@@ -207,6 +399,9 @@ where
         let _ = stream.set_nodelay(true);
         tracing::debug!(target = %target, "new upstream connection");
         if !target.is_tls() {
+            if alpn == Alpn::H2 {
+                return self.h2_handshake(stream, target).await;
+            }
             return self.handshake(TokioIo::new(stream), target).await;
         }
         let Some(tls) = self.0.tls.clone().or_else(crate::tls::default_upstream_tls) else {
@@ -215,16 +410,39 @@ where
             )));
         };
         // The TLS handshake is part of connecting: under the same timeout.
-        let stream = match tokio::time::timeout(timeout, tls.connect(target, stream)).await {
+        let stream = match tokio::time::timeout(timeout, tls.connect(target, stream, alpn)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(ConnectError::Tls(e)),
             Err(_) => return Err(ConnectError::Timeout(timeout)),
         };
+        if crate::tls::agreed_h2(&stream) {
+            return self.h2_handshake(stream, target).await;
+        }
+        if alpn == Alpn::H2 {
+            return Err(ConnectError::NoH2);
+        }
         self.handshake(TokioIo::new(stream), target).await
     }
 
+    /// The HTTP/2 handshake on a connected stream, under the connect timeout.
+    async fn h2_handshake<I>(&self, io: I, target: &TargetAddr) -> Result<Carrier<B>, ConnectError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = H2Conn::handshake(io, target, self.0.max_head_bytes, self.0.pings);
+        match tokio::time::timeout(self.0.connect_timeout, handshake).await {
+            Ok(Ok(conn)) => Ok(Carrier::H2 {
+                stream: conn.open(),
+                conn,
+                reused: false,
+            }),
+            Ok(Err(e)) => Err(ConnectError::H2(e)),
+            Err(_) => Err(ConnectError::Timeout(self.0.connect_timeout)),
+        }
+    }
+
     /// The HTTP/1.1 handshake on a connected stream; its connection task runs on its own.
-    async fn handshake<I>(&self, io: I, target: &TargetAddr) -> Result<Conn<B>, ConnectError>
+    async fn handshake<I>(&self, io: I, target: &TargetAddr) -> Result<Carrier<B>, ConnectError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -242,18 +460,49 @@ where
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        Ok(Conn {
+        Ok(Carrier::H1(Conn {
             link: Link {
                 sender,
                 task: Some(task.abort_handle()),
             },
             reused: false,
-        })
+        }))
+    }
+}
+
+/// The request making a target's HTTP/2 connection: when it is done (or dropped, its request
+/// gone), the others waiting are told, and get the connection or the failure.
+struct ConnectTurn<'a, B: Send + 'static> {
+    pool: &'a Pool<B>,
+    target: &'a TargetAddr,
+    made: Option<H2Conn>,
+    failure: Option<Arc<str>>,
+}
+
+impl<B: Send + 'static> Drop for ConnectTurn<'_, B> {
+    fn drop(&mut self) {
+        let mut lists = self
+            .pool
+            .0
+            .h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = lists.iter_mut().find(|e| same(&e.key, self.target.key())) else {
+            return;
+        };
+        entry.connecting = false;
+        entry.failure = self.failure.take();
+        if let Some(conn) = self.made.take() {
+            entry.conns.push(conn);
+        }
+        entry.generation.send_modify(|g| *g += 1);
+        drop(lists);
+        self.pool.start_reaper_any();
     }
 }
 
 /// Counts a connection as open to its target until its task ends (or is aborted).
-struct OpenConnection(TargetAddr);
+pub(crate) struct OpenConnection(pub(crate) TargetAddr);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -262,6 +511,13 @@ impl Drop for OpenConnection {
 }
 
 impl<B: Send + 'static> Pool<B> {
+    /// Starts the task that closes idle connections, once.
+    fn start_reaper_any(&self) {
+        if !self.0.reaper.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(&self.0)));
+        }
+    }
+
     /// Puts a connection whose exchange is over back, unless it is closed or the target has
     /// enough idle ones; `keep_for` is how long the upstream said it keeps it open idle.
     pub(crate) fn checkin(&self, target: &TargetAddr, link: Link<B>, keep_for: Option<Duration>) {
@@ -288,9 +544,7 @@ impl<B: Send + 'static> Pool<B> {
             expires: Instant::now() + keep,
         });
         drop(idle);
-        if !self.0.reaper.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(&self.0)));
-        }
+        self.start_reaper_any();
     }
 }
 
@@ -300,14 +554,30 @@ impl<B> Pool<B> {
     pub(crate) fn retain_targets(&self, keep: impl Fn(&str) -> bool) {
         let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|(key, _)| keep(key));
+        drop(idle);
+        let mut h2 = self.0.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        h2.retain(|e| keep(&e.key));
     }
 
-    /// Idle connections kept now, per target (by [`TargetAddr`]'s display).
+    /// Connections kept now, per target (by [`TargetAddr`]'s display): idle HTTP/1.1 ones,
+    /// and open HTTP/2 ones (which may be carrying streams).
     pub(crate) fn idle_by_target(&self) -> Vec<(Arc<str>, usize)> {
         let idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.iter()
+        let mut kept: Vec<(Arc<str>, usize)> = idle
+            .iter()
             .map(|(key, list)| (Arc::clone(key), list.len()))
-            .collect()
+            .collect();
+        drop(idle);
+        let h2 = self.0.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in h2.iter() {
+            let open = entry.conns.iter().filter(|c| !c.is_closed()).count();
+            match kept.iter_mut().find(|(key, _)| same(key, &entry.key)) {
+                Some((_, n)) => *n += open,
+                None if open > 0 => kept.push((Arc::clone(&entry.key), open)),
+                None => {}
+            }
+        }
+        kept
     }
 }
 
@@ -351,6 +621,13 @@ async fn reap<B>(pool: Weak<Shared<B>>) {
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in idle.iter_mut() {
             list.retain(|e| !e.link.sender.is_closed() && now < e.expires);
+        }
+        drop(idle);
+        let mut h2 = pool.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in h2.iter_mut() {
+            entry
+                .conns
+                .retain(|c| !c.is_closed() && !c.idle_longer_than(pool.idle_timeout));
         }
     }
 }

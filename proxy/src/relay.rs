@@ -1,4 +1,5 @@
-//! The upstream answered: its response goes to the client, or a tunnel starts.
+//! The upstream answered (on HTTP/1.1 or an HTTP/2 stream): its response goes to the client,
+//! or a tunnel starts.
 
 use std::sync::Arc;
 
@@ -10,10 +11,12 @@ use httpkit::{TextOr, text_response};
 use crate::UpstreamTarget;
 use crate::exchange::Exchange;
 use crate::forward::{Inner, RequestBody};
+use crate::h2::H2Body;
+use crate::h2::send::Sent;
 use crate::headers::rewrite_response_headers;
 use crate::outgoing::Outgoing;
 use crate::pool::{Conn, announced_keep_alive};
-use crate::response::{Back, ProxyBody, UpstreamBody};
+use crate::response::{Back, ProxyBody, Received, UpstreamBody};
 use crate::target::TargetAddr;
 use crate::tunnel;
 
@@ -29,11 +32,14 @@ impl<B: RequestBody> Exchange<B> {
     ) -> Response<ProxyBody<B>> {
         let upstream = &inner.upstream;
         upstream.balancer().report(&picked, Outcome::Success);
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return self.relay_h1_body(inner, picked, conn, in_flight, res);
+        }
         let origin = UpstreamTarget {
             upstream: Arc::clone(upstream.name_arc()),
             target: picked.value().clone(),
         };
-        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        {
             let Some((client_side, guard)) = self.upgrade.take() else {
                 tracing::warn!(
                     request_id = %self.ids.request(),
@@ -56,8 +62,20 @@ impl<B: RequestBody> Exchange<B> {
             let (mut head, _) = res.into_parts();
             rewrite_response_headers(&mut head.headers, true);
             head.extensions.insert(origin);
-            return Response::from_parts(head, TextOr::Text { text: None });
+            Response::from_parts(head, TextOr::Text { text: None })
         }
+    }
+
+    /// An HTTP/1.1 response with a body (or none) to stream.
+    fn relay_h1_body(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        conn: Conn<Outgoing<B>>,
+        in_flight: InFlight,
+        res: Response<hyper::body::Incoming>,
+    ) -> Response<ProxyBody<B>> {
+        let upstream = &inner.upstream;
         let (mut head, body) = res.into_parts();
         let keep_for = announced_keep_alive(&head.headers);
         // Both framings (RFC 9112 6.3): the body was read as chunked; the length goes, and a
@@ -75,8 +93,6 @@ impl<B: RequestBody> Exchange<B> {
                 "upstream response with both Content-Length and Transfer-Encoding; length dropped, connection not reused"
             );
         }
-        rewrite_response_headers(&mut head.headers, false);
-        head.extensions.insert(origin);
         // The connection stays with the body either way: its task reads the body.
         let back = Back {
             pool: inner.pool.clone(),
@@ -84,6 +100,52 @@ impl<B: RequestBody> Exchange<B> {
             keep_for,
             reusable,
         };
+        self.deliver(
+            inner,
+            picked,
+            in_flight,
+            head,
+            Received::H1(body),
+            Some(back),
+        )
+    }
+
+    /// The upstream answered on an HTTP/2 stream.
+    pub(crate) fn relay_h2(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        in_flight: InFlight,
+        sent: Sent,
+    ) -> Response<ProxyBody<B>> {
+        inner.upstream.balancer().report(&picked, Outcome::Success);
+        let (head, recv) = sent.response.into_parts();
+        let length = head
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let body = Received::H2(H2Body::new(recv, length, sent.slot));
+        self.deliver(inner, picked, in_flight, head, body, None)
+    }
+
+    /// The response for the client: the head rewritten, the body streamed (back to the pool
+    /// at its end when `back` says so), cut at a gRPC call's deadline.
+    fn deliver(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        in_flight: InFlight,
+        mut head: http::response::Parts,
+        body: Received,
+        back: Option<Back<B>>,
+    ) -> Response<ProxyBody<B>> {
+        let upstream = &inner.upstream;
+        rewrite_response_headers(&mut head.headers, false);
+        head.version = http::Version::HTTP_11;
+        head.extensions.insert(UpstreamTarget {
+            upstream: Arc::clone(upstream.name_arc()),
+            target: picked.value().clone(),
+        });
         // An event stream's events go out as they come; other bodies may be coalesced.
         let coalesce = !head
             .headers
@@ -91,7 +153,10 @@ impl<B: RequestBody> Exchange<B> {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let health = (Arc::clone(upstream), picked);
         let ids = std::mem::take(&mut self.ids);
-        let body = UpstreamBody::new(body, in_flight, health, back, ids, coalesce);
+        let mut body = UpstreamBody::new(body, in_flight, health, back, ids, coalesce);
+        if let Some(deadline) = self.deadline() {
+            body = body.with_deadline(deadline);
+        }
         Response::from_parts(head, TextOr::inner(body))
     }
 }

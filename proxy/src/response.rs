@@ -29,7 +29,7 @@ pub type ProxyBody<B> = TextOr<UpstreamBody<B>>;
 /// pool once it ends, a failure is logged and counted against the target, and an upstream
 /// silent for the response timeout mid-body cuts it.
 pub struct UpstreamBody<B> {
-    body: Incoming,
+    body: Received,
     _in_flight: InFlight,
     /// Taken when the body fails or ends, so it is reported at most once.
     health: Option<(Arc<Upstream>, Picked<TargetAddr>)>,
@@ -47,6 +47,49 @@ pub struct UpstreamBody<B> {
     /// See [`Coalesce`]; `None` when the body is not coalesced. Boxed: most bodies have a
     /// length and do without, and the response moves around by value.
     coalesce: Option<Box<Coalesce>>,
+    /// A gRPC call's deadline (`grpc-timeout`): when it passes, the upstream's stream is
+    /// dropped and the body ends with `grpc-status: 4` (`DEADLINE_EXCEEDED`).
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+/// The body as it arrives: on an HTTP/1.1 connection, on an HTTP/2 stream, or no longer
+/// (cut at a gRPC deadline).
+pub(crate) enum Received {
+    H1(Incoming),
+    H2(crate::h2::H2Body),
+    Cut,
+}
+
+impl http_body::Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Received::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::Cut => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::H1(b) => b.is_end_stream(),
+            Received::H2(b) => b.is_end_stream(),
+            Received::Cut => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::H1(b) => b.size_hint(),
+            Received::H2(b) => b.size_hint(),
+            Received::Cut => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// Small data frames of a body without a length are held back for a moment, so that the
@@ -88,13 +131,13 @@ pub(crate) struct Back<B> {
 pub struct BodyStalled(pub u64);
 
 impl<B: Send + 'static> UpstreamBody<B> {
-    /// The upstream's body, arriving on `back`'s connection, which goes back to the pool when
-    /// the body ends (if reusable).
+    /// The upstream's body, arriving on `back`'s connection (HTTP/1.1), which goes back to
+    /// the pool when the body ends (if reusable), or on an HTTP/2 stream (`back` is `None`).
     pub(crate) fn new(
-        body: Incoming,
+        body: Received,
         in_flight: InFlight,
         health: (Arc<Upstream>, Picked<TargetAddr>),
-        back: Back<B>,
+        back: Option<Back<B>>,
         ids: LogIds,
         coalesce: bool,
     ) -> Self {
@@ -103,13 +146,14 @@ impl<B: Send + 'static> UpstreamBody<B> {
             body,
             _in_flight: in_flight,
             health: Some(health),
-            back: Some(back),
+            back,
             ids,
             timeout,
             timer: None,
             frames: 0,
             frames_at_arm: 0,
             coalesce: None,
+            deadline: None,
         };
         if coalesce && http_body::Body::size_hint(&streamed.body).exact().is_none() {
             streamed.coalesce = Some(Box::default());
@@ -119,6 +163,36 @@ impl<B: Send + 'static> UpstreamBody<B> {
             streamed.ended();
         }
         streamed
+    }
+
+    /// Ends the body at `deadline` (a gRPC call's), with `grpc-status: 4` as trailers.
+    pub(crate) fn with_deadline(mut self, deadline: tokio::time::Instant) -> Self {
+        if self.health.is_some() {
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+        self
+    }
+
+    /// The gRPC deadline passed mid-body: the upstream's stream goes, and the client gets
+    /// `DEADLINE_EXCEEDED` in the trailers. Not the target's failure.
+    fn cut_at_deadline(&mut self) -> Frame<Bytes> {
+        self.deadline = None;
+        self.body = Received::Cut;
+        self.back = None;
+        self.timer = None;
+        if let Some((upstream, picked)) = self.health.take() {
+            tracing::info!(
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                "the gRPC call's deadline passed mid-response; stream cancelled"
+            );
+        }
+        Frame::trailers(httpkit::grpc::error_trailers(
+            httpkit::grpc::Code::DeadlineExceeded,
+            "deadline exceeded (grpc-timeout)",
+        ))
     }
 
     /// Takes the first frame of a body without a length before its head goes to the client,
@@ -167,6 +241,7 @@ impl<B: Send + 'static> UpstreamBody<B> {
             back.pool.checkin(picked.value(), back.link, back.keep_for);
         }
         self.timer = None;
+        self.deadline = None;
     }
 
     /// The body broke off: logged and counted, the connection dropped.
@@ -192,6 +267,11 @@ impl<B: Send + 'static> UpstreamBody<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(deadline) = &mut self.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Ok(self.cut_at_deadline())));
+            }
+        }
         match http_body::Body::poll_frame(Pin::new(&mut self.body), cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.frames += 1;
@@ -207,8 +287,8 @@ impl<B: Send + 'static> UpstreamBody<B> {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
-                self.failed(&error);
-                Poll::Ready(Some(Err(error.into())))
+                self.failed(&*error);
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Pending => {
                 if self.health.is_some() && self.stalled(cx) {

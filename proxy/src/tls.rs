@@ -1,7 +1,7 @@
 //! [`UpstreamTls`]: how an upstream's `https://` targets are reached: rustls (ring provider),
 //! certificates verified against the Mozilla roots (`webpki-roots`, the same everywhere) or a
 //! CA bundle of the operator's, the target's host name as SNI and as the name verified
-//! (unless overridden), ALPN `http/1.1`.
+//! (unless overridden), ALPN `http/1.1`, `h2` or both, as the upstream's `protocol` says.
 
 use std::sync::Arc;
 
@@ -25,7 +25,8 @@ use crate::target::TargetAddr;
 /// ```
 #[derive(Clone)]
 pub struct UpstreamTls {
-    connector: TlsConnector,
+    /// By the ALPN protocols offered: [`Alpn`] as index.
+    connectors: Arc<[TlsConnector; 3]>,
     server_name: Option<ServerName<'static>>,
     insecure: bool,
 }
@@ -53,7 +54,7 @@ impl UpstreamTls {
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let mut config = if insecure_skip_verify {
+        let config = if insecure_skip_verify {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
@@ -77,7 +78,16 @@ impl UpstreamTls {
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let with_alpn = |protocols: &[&[u8]]| {
+            let mut config = config.clone();
+            config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        };
+        let connectors = [
+            with_alpn(&[b"http/1.1"]),
+            with_alpn(&[b"h2"]),
+            with_alpn(&[b"h2", b"http/1.1"]),
+        ];
         let server_name = server_name
             .map(|n| {
                 ServerName::try_from(n.to_owned())
@@ -85,7 +95,7 @@ impl UpstreamTls {
             })
             .transpose()?;
         Ok(UpstreamTls {
-            connector: TlsConnector::from(Arc::new(config)),
+            connectors: Arc::new(connectors),
             server_name,
             insecure: insecure_skip_verify,
         })
@@ -101,6 +111,7 @@ impl UpstreamTls {
         &self,
         target: &TargetAddr,
         tcp: TcpStream,
+        alpn: Alpn,
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let name = match &self.server_name {
             Some(n) => n.clone(),
@@ -111,12 +122,28 @@ impl UpstreamTls {
                 )
             })?,
         };
-        self.connector.connect(name, tcp).await
+        self.connectors[alpn as usize].connect(name, tcp).await
     }
 }
 
 /// Accepts any certificate (`insecure_skip_verify`); signatures are still checked, so the
 /// peer holds the key of the certificate it showed.
+/// The application protocols offered in the TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    /// `http/1.1` alone.
+    Http1 = 0,
+    /// `h2` alone.
+    H2 = 1,
+    /// `h2`, then `http/1.1`: the upstream chooses.
+    Both = 2,
+}
+
+/// Whether the upstream agreed on `h2`.
+pub(crate) fn agreed_h2(stream: &TlsStream<TcpStream>) -> bool {
+    stream.get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
 #[derive(Debug)]
 struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
 

@@ -13,7 +13,8 @@ use crate::target::{TargetAddr, TargetError};
 /// Forwarding settings of one upstream. Defaults: connect timeout 5 s, response timeout 60 s,
 /// idle pooled connections kept 90 s (or less when the upstream announces a shorter
 /// keep-alive), at most 64 idle per target, response heads up to 64 KiB, `Host` set to the
-/// target, nobody trusted to set `X-Forwarded-*`.
+/// target, nobody trusted to set `X-Forwarded-*`, HTTP/1.1 (HTTP/2 connections pinged every
+/// 30 s, dead after 10 s without an answer).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How long a TCP connect may take before the target counts as failed and the next is tried.
@@ -40,6 +41,27 @@ pub struct Settings {
     /// How `https://` targets are reached (`None`: verified against the Mozilla roots, the
     /// target's name as SNI).
     pub tls: Option<Arc<crate::UpstreamTls>>,
+    /// HTTP/1.1, HTTP/2, or whichever TLS agrees on.
+    pub protocol: Protocol,
+    /// How often an HTTP/2 connection is pinged (zero: never).
+    pub h2_ping_interval: Duration,
+    /// How long a ping's answer may take before the connection counts as dead and is closed.
+    pub h2_ping_timeout: Duration,
+}
+
+/// The protocol spoken to an upstream's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1: a connection per request in flight, kept alive in the pool.
+    #[default]
+    Http1,
+    /// HTTP/2: on `http://` targets with prior knowledge (h2c), on `https://` targets by ALPN
+    /// `h2` (a server that does not agree fails the connect). Requests share connections,
+    /// up to the server's stream limit each. WebSocket upgrades still go over HTTP/1.1.
+    H2,
+    /// Over TLS, ALPN offers `h2` and `http/1.1` and the server chooses; on `http://`
+    /// targets, HTTP/1.1.
+    Auto,
 }
 
 /// Active health checks: every `interval` (with 10 % jitter, so that many gateways do not
@@ -74,6 +96,12 @@ pub enum Probe {
         /// Statuses that pass (default `200..=399`).
         expect: std::ops::RangeInclusive<u16>,
     },
+    /// The standard gRPC health check, `grpc.health.v1.Health/Check` over HTTP/2 on a new
+    /// connection: passes when the answer is `SERVING`.
+    Grpc {
+        /// The service asked about (empty: the server as a whole).
+        service: String,
+    },
 }
 
 impl Default for Settings {
@@ -89,6 +117,9 @@ impl Default for Settings {
             resolve_interval: Duration::from_secs(10),
             health_check: None,
             tls: None,
+            protocol: Protocol::Http1,
+            h2_ping_interval: Duration::from_secs(30),
+            h2_ping_timeout: Duration::from_secs(10),
         }
     }
 }
