@@ -1,7 +1,7 @@
 //! The `pre` stack: what runs for every request before routing, 404s and 405s included.
 //! Declared in the order a request meets it: metrics (outermost, so they count and time what
 //! the client gets), request id, trace context, access log, framing checks (their `400`
-//! logged), panic recovery (inside the access log, so the log sees the `500` it makes),
+//! logged), gRPC errors (a gRPC call's error answers as `grpc-status`), panic recovery (inside the access log, so the log sees the `500` it makes),
 //! declared-length body limit.
 
 use std::convert::Infallible;
@@ -11,7 +11,8 @@ use http::{Request, Response, StatusCode};
 use std::sync::Arc;
 
 use middleware::{
-    AccessLogLayer, FramingLayer, MetricsLayer, RecoverLayer, RequestIdLayer, TraceContextLayer,
+    AccessLogLayer, FramingLayer, GrpcErrorLayer, MetricsLayer, RecoverLayer, RequestIdLayer,
+    TraceContextLayer,
 };
 use proxy::UpstreamTarget;
 use router::{Body, Mux};
@@ -45,6 +46,9 @@ pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config, stats: 
                 .then(|| AccessLogLayer::new().upstream::<UpstreamTarget>()),
         ))
         .layer(FramingLayer::new())
+        // Inside the access log and metrics: they see what the gRPC client gets (200 and a
+        // grpc-status).
+        .layer(GrpcErrorLayer::new())
         .layer(Optional::<_, B>::new(on.recover.then(|| {
             RecoverLayer::new().count_panics(Arc::clone(&stats.panics))
         })))

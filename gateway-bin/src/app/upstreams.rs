@@ -7,11 +7,12 @@ use balancer::HealthPolicy;
 use http::HeaderValue;
 use http::uri::PathAndQuery;
 use proxy::headers::TrustedProxies;
-use proxy::{ActiveCheck, Probe, Proxy, Settings, TargetAddr, Upstream, UpstreamTls};
+use proxy::{ActiveCheck, Probe, Protocol, Proxy, Settings, TargetAddr, Upstream, UpstreamTls};
 
 use super::GatewayBody;
 use crate::config::{
-    CheckKind, Config, ConfigError, HealthCheckConfig, Source, TargetConfig, UpstreamConfig,
+    CheckKind, Config, ConfigError, HealthCheckConfig, ProtocolConfig, Source, TargetConfig,
+    UpstreamConfig,
 };
 
 /// Every upstream of `config`, by name.
@@ -83,6 +84,13 @@ pub(super) fn one<B: GatewayBody>(
         max_response_header_bytes: up.max_response_header_bytes,
         preserve_host: up.preserve_host,
         trusted_proxies: trusted,
+        protocol: match up.protocol {
+            ProtocolConfig::Http1 => Protocol::Http1,
+            ProtocolConfig::H2 => Protocol::H2,
+            ProtocolConfig::Auto => Protocol::Auto,
+        },
+        h2_ping_interval: Duration::from_millis(up.h2_ping_interval_ms),
+        h2_ping_timeout: Duration::from_millis(up.h2_ping_timeout_ms),
     };
     let upstream = Upstream::new(name, up.strategy, targets, health, settings)
         .map_err(|e| source.error(span, Some("targets"), e.to_string()))?;
@@ -137,6 +145,9 @@ fn upstream_tls(
 fn active_check(c: &HealthCheckConfig, source: &Source) -> Result<ActiveCheck, ConfigError> {
     let probe = match c.kind {
         CheckKind::Tcp => Probe::Tcp,
+        CheckKind::Grpc => Probe::Grpc {
+            service: c.grpc_service.clone(),
+        },
         CheckKind::Http => {
             let path_text = c.path.get_ref();
             let path = path_text

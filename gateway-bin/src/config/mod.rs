@@ -26,7 +26,7 @@ pub use policies::{CompressConfig, CorsConfig, MirrorConfig, RateLimitConfig, Re
 pub use route::{AuthConfig, RouteConfig};
 pub use source::{ConfigError, Source};
 pub use tls::{CertificateConfig, Tls};
-pub use upstream::{CheckKind, HealthCheckConfig, TargetConfig, UpstreamConfig};
+pub use upstream::{CheckKind, HealthCheckConfig, ProtocolConfig, TargetConfig, UpstreamConfig};
 
 /// The embedded default configuration: the demo topology.
 pub const DEFAULT: &str = include_str!("default.toml");
@@ -202,6 +202,12 @@ pub(crate) mod defaults {
         1
     }
     pub fn fail_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn h2_ping_interval_ms() -> u64 {
+        30_000
+    }
+    pub fn h2_ping_timeout_ms() -> u64 {
         10_000
     }
     pub fn resolve_interval_ms() -> u64 {

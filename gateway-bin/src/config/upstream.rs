@@ -112,6 +112,38 @@ pub struct UpstreamConfig {
     /// change the traffic; a warning says so at start-up and in `--check`.
     #[serde(default)]
     pub tls_insecure_skip_verify: bool,
+    /// `http1` (default), `h2` (HTTP/2: prior knowledge on `http://` targets, ALPN `h2` on
+    /// `https://` ones; gRPC needs it) or `auto` (over TLS the server chooses by ALPN; plain
+    /// targets get HTTP/1.1).
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+    /// How often an HTTP/2 connection is pinged, to find one that went silent (default
+    /// 30 000 ms; 0: never).
+    #[serde(
+        default = "defaults::h2_ping_interval_ms",
+        deserialize_with = "values::duration_ms"
+    )]
+    pub h2_ping_interval_ms: u64,
+    /// How long the answer to a ping may take before the connection is closed as dead
+    /// (default 10 000 ms).
+    #[serde(
+        default = "defaults::h2_ping_timeout_ms",
+        deserialize_with = "values::timeout_ms"
+    )]
+    pub h2_ping_timeout_ms: u64,
+}
+
+/// `protocol`: what the gateway speaks to the upstream's targets.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtocolConfig {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2.
+    H2,
+    /// Whichever TLS agrees on; HTTP/1.1 on plain targets.
+    Auto,
 }
 
 /// `[upstreams.NAME.health_check]`: probe every target every `interval_ms`; `fall` failures
@@ -120,9 +152,13 @@ pub struct UpstreamConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// `http` (default): `GET path`, passing on a status in `expect_status`; `tcp`: a connect.
+    /// `http` (default): `GET path`, passing on a status in `expect_status`; `tcp`: a connect;
+    /// `grpc`: the standard `grpc.health.v1.Health/Check` over HTTP/2, passing on `SERVING`.
     #[serde(default)]
     pub kind: CheckKind,
+    /// For `kind = "grpc"`: the service asked about (default `""`: the server as a whole).
+    #[serde(default)]
+    pub grpc_service: String,
     /// The path (and query) to ask for (default `/`).
     #[serde(default = "defaults::check_path")]
     pub path: Spanned<String>,
@@ -161,4 +197,6 @@ pub enum CheckKind {
     Http,
     /// A TCP connect.
     Tcp,
+    /// `grpc.health.v1.Health/Check`.
+    Grpc,
 }
