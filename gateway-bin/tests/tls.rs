@@ -882,3 +882,124 @@ certificates = [{{ cert = "{}", key = "{}" }}]
     }
     ws.close(None).await.unwrap();
 }
+
+/// An HTTPS upstream that speaks only HTTP/2 (ALPN `h2`): answers `h2 <path> <connection>`.
+async fn https_h2_upstream(cert: &Path, key: &Path) -> SocketAddr {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let accepted = Arc::clone(&accepted);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let n = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let text = format!("h2 {} {n}", req.uri().path());
+                    let res = http::Response::builder().body(()).unwrap();
+                    if let Ok(mut send) = respond.send_response(res, false) {
+                        let _ = send.send_data(Bytes::from(text), true);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstreams_speak_http2_when_alpn_agrees() {
+    let pki = Pki::new("tls-h2-upstreams");
+    let ca = pki.ca_file();
+    let ca = ca.display();
+    let (cert, key, _) = pki.leaf("up", &["127.0.0.1"]);
+    let h2_only = https_h2_upstream(&cert, &key).await;
+    let h1_only = https_upstream(&cert, &key).await;
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[upstreams.h2_auto]
+targets = ["https://{h2_only}"]
+tls_ca_file = "{ca}"
+protocol = "auto"
+
+[upstreams.h2_forced]
+targets = ["https://{h2_only}"]
+tls_ca_file = "{ca}"
+protocol = "h2"
+
+[upstreams.h1_auto]
+targets = ["https://{h1_only}"]
+tls_ca_file = "{ca}"
+protocol = "auto"
+
+[upstreams.h1_forced]
+targets = ["https://{h1_only}"]
+tls_ca_file = "{ca}"
+protocol = "h2"
+
+[[routes]]
+path = "/h2_auto/*rest"
+upstream = "h2_auto"
+
+[[routes]]
+path = "/h2_forced/*rest"
+upstream = "h2_forced"
+
+[[routes]]
+path = "/h1_auto/*rest"
+upstream = "h1_auto"
+
+[[routes]]
+path = "/h1_forced/*rest"
+upstream = "h1_forced"
+"#
+    );
+    let gw = start_gateway(text).await;
+    // HTTP/2 by ALPN, both ways of asking for it; every request of an upstream on its one
+    // connection (the server numbers its connections).
+    for route in ["h2_auto", "h2_forced"] {
+        let mut connections = std::collections::BTreeSet::new();
+        for i in 0..3 {
+            let r = testkit::client::fetch(gw.addr, &format!("/{route}/x{i}")).await;
+            assert_eq!(r.status, 200, "{route}: {r:?}");
+            let text = r.text();
+            let conn = text
+                .strip_prefix(&format!("h2 /x{i} "))
+                .unwrap_or_else(|| panic!("{route}: {text}"));
+            connections.insert(conn.to_owned());
+        }
+        assert_eq!(connections.len(), 1, "{route}: {connections:?}");
+    }
+    // `auto` falls back to HTTP/1.1 when the server does not offer h2; `h2` refuses it.
+    let r = testkit::client::fetch(gw.addr, "/h1_auto/y").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "/y".to_owned()));
+    let r = testkit::client::fetch(gw.addr, "/h1_forced/y").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let h1 = gw.health("h1_forced");
+    assert_eq!(h1[0].failures, 1, "{h1:?}");
+}
