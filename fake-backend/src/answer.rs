@@ -23,6 +23,9 @@ pub(crate) async fn handle(
     connections: u64,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if crate::grpc::is_grpc(&req) {
+        return Ok(crate::grpc::handle(req).await);
+    }
     let faults = match Faults::parse(req.uri().query()) {
         Ok(f) => f,
         Err(message) => {

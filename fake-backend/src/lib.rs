@@ -13,6 +13,10 @@
 //! - Every response carries `x-connections: N`, the connections this backend has accepted so
 //!   far (this one included): how a test or a benchmark sees a proxy's connection reuse.
 //! - `Upgrade: websocket` gets a WebSocket echo.
+//! - gRPC calls (`content-type: application/grpc`, over HTTP/2) reach a gRPC echo service,
+//!   `echo.v1.Echo` (`Unary`, `ServerStream`, `ClientStream`, `Bidi`; `fake-backend/proto/echo.proto`),
+//!   and `grpc.health.v1.Health/Check`; metadata `x-grpc-status`, `x-delay-ms` and `x-reset`
+//!   make it fail.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -36,6 +40,7 @@ use tokio::task::JoinHandle;
 mod answer;
 mod bodies;
 mod faults;
+mod grpc;
 mod websocket;
 
 use answer::handle;

@@ -858,3 +858,107 @@ fall = 1
     )
     .await;
 }
+
+/// `echo.v1.EchoMessage` of the fake backend's gRPC echo.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoMessage {
+    #[prost(string, tag = "1")]
+    message: String,
+    #[prost(uint32, tag = "2")]
+    count: u32,
+    #[prost(uint32, tag = "3")]
+    interval_ms: u32,
+}
+
+#[tokio::test]
+async fn the_fake_backends_grpc_echo_through_the_gateway() {
+    let backend = fake_backend::spawn("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let text = config(&[backend.addr()], "").replace(
+        "path = \"/echo.Echo/*method\"",
+        "path = \"/echo.v1.Echo/*method\"",
+    );
+    let gw = start_gateway(text).await;
+    let mut c = client(gw.addr).await;
+    let codec = || ProstCodec::<EchoMessage, EchoMessage>::default();
+    let echo = |message: &str, count| EchoMessage {
+        message: message.to_owned(),
+        count,
+        interval_ms: 0,
+    };
+    c.ready().await.unwrap();
+    let one = c
+        .unary(
+            Request::new(echo("hi", 0)),
+            PathAndQuery::from_static("/echo.v1.Echo/Unary"),
+            codec(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one, echo("hi", 0));
+
+    c.ready().await.unwrap();
+    let mut stream = c
+        .server_streaming(
+            Request::new(echo("s", 3)),
+            PathAndQuery::from_static("/echo.v1.Echo/ServerStream"),
+            codec(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        assert_eq!(m.message, "s");
+        n += 1;
+    }
+    assert_eq!(n, 3);
+
+    c.ready().await.unwrap();
+    let joined = c
+        .client_streaming(
+            Request::new(tokio_stream::iter([echo("a", 0), echo("b", 0)])),
+            PathAndQuery::from_static("/echo.v1.Echo/ClientStream"),
+            codec(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((joined.message.as_str(), joined.count), ("ab", 2));
+
+    c.ready().await.unwrap();
+    let mut replies = c
+        .streaming(
+            Request::new(tokio_stream::iter([echo("x", 0), echo("y", 0)])),
+            PathAndQuery::from_static("/echo.v1.Echo/Bidi"),
+            codec(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = replies.message().await.unwrap() {
+        got.push(m.message);
+    }
+    assert_eq!(got, ["x", "y"]);
+
+    // Its fault knob: the status goes through as the backend set it.
+    let mut req = Request::new(echo("no", 0));
+    req.metadata_mut()
+        .insert("x-grpc-status", "9".parse().unwrap());
+    req.metadata_mut()
+        .insert("x-grpc-message", "not now".parse().unwrap());
+    c.ready().await.unwrap();
+    let err = c
+        .unary(
+            req,
+            PathAndQuery::from_static("/echo.v1.Echo/Unary"),
+            codec(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.message(), "not now");
+}

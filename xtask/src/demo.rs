@@ -107,6 +107,12 @@ The demo is up: fake backends on 127.0.0.1:9001 and :9002, the gateway on http:/
   curl http://localhost:8080/                                             # routes and upstream health
   curl 'http://localhost:8080/api/slow?delay_ms=500'                      # faults: see fake-backend docs
 
+  gRPC (echo.v1.Echo on both backends, HTTP/2 upstreams): the frame of \"hello\" back, and grpc-status 0
+  printf '\\0\\0\\0\\0\\7\\n\\5hello' | curl -s --http2-prior-knowledge -H 'content-type: application/grpc' \\
+      -H 'te: trailers' --data-binary @- -D - http://localhost:8080/echo.v1.Echo/Unary | od -c
+  grpcurl -plaintext -import-path fake-backend/proto -proto echo.proto -d '{{\"message\":\"hi\"}}' \\
+      localhost:8080 echo.v1.Echo/Unary                                  # if you have grpcurl
+
   Live dashboard:  http://127.0.0.1:9901/           (open it in a browser)
   Metrics:         http://127.0.0.1:9901/metrics    (Prometheus text; OpenMetrics on request)
   Health:          http://127.0.0.1:9901/healthz    http://127.0.0.1:9901/readyz
