@@ -962,3 +962,36 @@ async fn the_fake_backends_grpc_echo_through_the_gateway() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(err.message(), "not now");
 }
+
+#[tokio::test]
+async fn the_readme_grpc_example_builds_and_serves() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let example = readme
+        .split("### gRPC and HTTP/2 upstreams")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("README's gRPC section has a TOML example");
+    // The example's targets, made real: one of them a tonic server with the service's name.
+    let (addr, _server) = serve(Echo::default()).await;
+    let text = format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{example}")
+        .replace("http://10.0.0.5:50051", &format!("http://{addr}"))
+        .replace(", \"http://10.0.0.6:50051\"", "");
+    assert!(!text.contains("10.0.0"), "{text}");
+    let gw = start_gateway(text).await;
+    let mut c = client(gw.addr).await;
+    c.ready().await.unwrap();
+    let answer = c
+        .unary(
+            Request::new(msg("order", 1)),
+            PathAndQuery::from_static("/shop.orders.v1.Orders/Unary"),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer, msg("order", 1));
+}
