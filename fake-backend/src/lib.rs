@@ -119,6 +119,9 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, counter: Arc<AtomicU64
                 continue;
             }
         };
+        // As servers in production do: an HTTP/2 answer is several small writes (HEADERS, DATA,
+        // trailers), and Nagle would hold each one back for the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let name = Arc::clone(&name);
         let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
         conns.spawn(async move {

@@ -1,12 +1,16 @@
 //! `cargo xtask bench`: the gateway next to nginx, HAProxy and Caddy as reverse proxies, in
 //! the same run, over the same upstreams, under the same wrk load, in interleaved rounds.
 //!
-//! Four scenarios: `fixed` (two nginx upstreams answering with a length), `chunked` (a
+//! Seven scenarios: `fixed` (two nginx upstreams answering with a length), `chunked` (a
 //! fake backend answering without one, as most dynamic applications do), `h2c` (the
 //! fixed upstreams, the clients speaking cleartext HTTP/2 to the proxy: h2load, 16
 //! connections of 16 streams each, for every contender that speaks h2c), and `routes` (the
 //! gateway only: the fixed upstreams through a route with a virtual host, two header
-//! matchers, a prefix rewrite and a rate limit, next to the plain route of `fixed`). For every run it
+//! matchers, a prefix rewrite and a rate limit, next to the plain route of `fixed`), `grpc`
+//! (unary gRPC calls, h2load as for `h2c`, to the fake backend's gRPC echo over h2c, through
+//! the gateway, nginx's `grpc_pass` and HAProxy's `proto h2` servers), and `upstream-h1` /
+//! `upstream-h2c` (the gateway only: HTTP/1.1 clients, the fake backend's JSON over an
+//! HTTP/1.1 upstream and over an h2c one). For every run it
 //! records req/s, latency percentiles, the contender's CPU time per request, and how many
 //! upstream connections the contender opened: a proxy that does not pool chunked responses
 //! shows up there. Everything listens on 127.0.0.1; every process started here is stopped
@@ -38,8 +42,15 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', default_values_t = [64, 256])]
     pub conns: Vec<u32>,
     /// Scenarios, comma-separated: fixed (upstreams answer with a length), chunked, h2c
-    /// (skipped without h2load), routes (the gateway's rich route next to its plain one).
-    #[arg(long, value_delimiter = ',', default_values = ["fixed", "chunked", "h2c", "routes"])]
+    /// (skipped without h2load), routes (the gateway's rich route next to its plain one),
+    /// grpc (unary calls over h2c to the fake backend's gRPC echo, through the gateway, nginx
+    /// grpc_pass and HAProxy; skipped without h2load), upstream-h1 and upstream-h2c (the
+    /// gateway to the fake backend over HTTP/1.1 and over h2c, HTTP/1.1 clients).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = ["fixed", "chunked", "h2c", "routes", "grpc", "upstream-h1", "upstream-h2c"]
+    )]
     pub scenarios: Vec<Scenario>,
     /// Add the HTTPS scenarios (tls: keep-alive; tls-handshake: a new connection, so a full
     /// handshake, per request), for the gateway, nginx and HAProxy on one ECDSA P-256
@@ -80,6 +91,14 @@ pub enum Scenario {
     Tls,
     /// The fixed answers over HTTPS with `Connection: close`: a full handshake per request.
     TlsHandshake,
+    /// gRPC unary calls (h2load, 16 connections x 16 streams, h2c to the proxy) to the fake
+    /// backend's echo over h2c: the gateway, nginx (`grpc_pass`) and HAProxy (`proto h2`).
+    Grpc,
+    /// The fake backend's JSON (with a length) through the gateway over HTTP/1.1.
+    UpstreamH1,
+    /// The same through the gateway over h2c (`protocol = "h2"`): HTTP/1.1 clients, one
+    /// multiplexed upstream connection.
+    UpstreamH2c,
 }
 
 /// h2load's shape: connections, and concurrent streams on each.
@@ -95,13 +114,16 @@ impl Scenario {
             Scenario::Routes => "fixed, rich route",
             Scenario::Tls => "fixed, https",
             Scenario::TlsHandshake => "fixed, https, new connection each",
+            Scenario::Grpc => "grpc unary, h2c 16x16",
+            Scenario::UpstreamH1 => "fake backend, HTTP/1.1 upstream",
+            Scenario::UpstreamH2c => "fake backend, h2c upstream",
         }
     }
 
     /// The connection counts a scenario runs at.
     fn conns(self, opts: &Options) -> Vec<u32> {
         match self {
-            Scenario::H2c => vec![H2_CLIENTS],
+            Scenario::H2c | Scenario::Grpc => vec![H2_CLIENTS],
             _ => opts.conns.clone(),
         }
     }
@@ -172,7 +194,10 @@ impl Upstreams {
                 | Scenario::TlsHandshake,
                 None,
             ) => Some(fake_connections(self.u1)? + fake_connections(self.u2)?),
-            (Scenario::Chunked, _) => fake_connections(self.fake),
+            (
+                Scenario::Chunked | Scenario::Grpc | Scenario::UpstreamH1 | Scenario::UpstreamH2c,
+                _,
+            ) => fake_connections(self.fake),
         }
     }
 }
@@ -258,9 +283,18 @@ fn wrk(
     Ok((sample, requests))
 }
 
-/// One h2load run (cleartext HTTP/2 with prior knowledge): req/s and the number of requests.
-/// h2load reports no percentiles: they stay empty.
-fn h2load(url: &str, seconds: u32, pin: bool) -> Result<(Sample, u64), String> {
+/// The gRPC scenario's call: `echo.v1.EchoMessage { message: "hello" }` in its frame.
+const GRPC_CALL: &[u8] = b"\0\0\0\0\x07\x0a\x05hello";
+
+/// One h2load run (cleartext HTTP/2 with prior knowledge; a gRPC call with `grpc` given its
+/// body file): req/s and the number of requests. h2load reports no percentiles: they stay
+/// empty.
+fn h2load(
+    url: &str,
+    seconds: u32,
+    pin: bool,
+    grpc: Option<&Path>,
+) -> Result<(Sample, u64), String> {
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
         c.args(["-c", "1", "h2load"]);
@@ -275,6 +309,14 @@ fn h2load(url: &str, seconds: u32, pin: bool) -> Result<(Sample, u64), String> {
             &format!("-D{seconds}"),
             "--warm-up-time=1",
         ])
+        .args(grpc.map_or_else(Vec::new, |body| {
+            vec![
+                "-d".into(),
+                body.display().to_string(),
+                "-Hcontent-type: application/grpc".into(),
+                "-Hte: trailers".into(),
+            ]
+        }))
         .arg(url)
         .output()
         .map_err(|e| format!("could not run h2load: {e}"))?;
@@ -408,6 +450,7 @@ fn prepare(root: &Path, opts: &Options) -> Result<Rig, String> {
     let work = root.join("target").join("bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     std::fs::write(work.join("percentiles.lua"), WRK_SCRIPT).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("grpc-call.bin"), GRPC_CALL).map_err(|e| e.to_string())?;
     memory::raise_fd_limit();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(Rig {
@@ -486,9 +529,13 @@ fn rounds<'c>(
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
         for scenario in opts.all_scenarios() {
-            if scenario == Scenario::H2c && which("h2load").is_none() {
+            let h2 = matches!(scenario, Scenario::H2c | Scenario::Grpc);
+            if h2 && which("h2load").is_none() {
                 if round == 1 {
-                    eprintln!("skipped h2c: `apt-get install nghttp2-client` for h2load");
+                    eprintln!(
+                        "skipped {}: `apt-get install nghttp2-client` for h2load",
+                        scenario.name()
+                    );
                 }
                 continue;
             }
@@ -500,8 +547,10 @@ fn rounds<'c>(
                     };
                     let accepted_before = upstreams.accepted(scenario);
                     let cpu_before = c.pid.and_then(cpu_ticks_with_children);
-                    let (mut s, requests) = if scenario == Scenario::H2c {
-                        h2load(&url, opts.seconds, rig.pin)?
+                    let grpc_call = rig.work.join("grpc-call.bin");
+                    let (mut s, requests) = if h2 {
+                        let body = (scenario == Scenario::Grpc).then_some(grpc_call.as_path());
+                        h2load(&url, opts.seconds, rig.pin, body)?
                     } else {
                         let header = match scenario {
                             Scenario::Routes => Some(format!("Host: {RICH_HOST}")),
@@ -554,7 +603,19 @@ fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<Strin
         ("gateway (ours)" | peers::GATEWAY_1000_HOSTS, Scenario::Routes) => {
             format!("http://127.0.0.1:{}/rich/ping", c.port)
         }
-        (_, Scenario::Routes) | (peers::GATEWAY_1000_HOSTS, _) => return None,
+        ("gateway (ours)", Scenario::UpstreamH1) => {
+            format!("http://127.0.0.1:{}/chunked/ping", c.port)
+        }
+        ("gateway (ours)", Scenario::UpstreamH2c) => {
+            format!("http://127.0.0.1:{}/h2up/ping", c.port)
+        }
+        (_, Scenario::Routes | Scenario::UpstreamH1 | Scenario::UpstreamH2c)
+        | (peers::GATEWAY_1000_HOSTS, _) => return None,
+        ("direct", Scenario::Grpc) => {
+            format!("http://127.0.0.1:{}/echo.v1.Echo/Unary", upstreams.fake)
+        }
+        (name, Scenario::Grpc) if name.starts_with("Caddy") => return None,
+        (_, Scenario::Grpc) => format!("http://127.0.0.1:{}/echo.v1.Echo/Unary", c.h2_port?),
         ("direct", Scenario::Fixed) => format!("http://127.0.0.1:{}/ping", upstreams.u1),
         ("direct", Scenario::Chunked) => {
             format!("http://127.0.0.1:{}/ping?chunked=1", upstreams.fake)

@@ -39,16 +39,18 @@ pub(super) fn table(
                     .collect()
             };
             let ours = median(of("gateway (ours)").iter().map(|s| s.rps).collect());
-            // The rich route's rows compare with the same gateway's plain route (`fixed`).
-            let plain = |name: &str| {
+            // The rich route's rows compare with the same gateway's plain route (`fixed`), the
+            // h2c upstream's with the HTTP/1.1 upstream's.
+            let of_scenario = |scenario: Scenario, name: &str| {
                 median(
                     samples
                         .iter()
-                        .filter(|(s, n, c, _)| *s == Scenario::Fixed && *n == name && *c == conns)
+                        .filter(|(s, n, c, _)| *s == scenario && *n == name && *c == conns)
                         .map(|(_, _, _, s)| s.rps)
                         .collect(),
                 )
             };
+            let plain = |name: &str| of_scenario(Scenario::Fixed, name);
             for c in contenders {
                 let v = of(c.name);
                 if v.is_empty() {
@@ -84,6 +86,8 @@ pub(super) fn table(
                     if scenario == Scenario::Routes {
                         // Both rich-route gateways against the shipped one's plain route.
                         m / plain("gateway (ours)")
+                    } else if scenario == Scenario::UpstreamH2c {
+                        m / of_scenario(Scenario::UpstreamH1, "gateway (ours)")
                     } else {
                         ours / m
                     },
@@ -132,7 +136,7 @@ pub(super) fn header(
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!(
-        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. HTTPS rows (`--tls`): wrk's OpenSSL client to each proxy's TLS port (one ECDSA P-256 certificate for all, TLS 1.3 negotiated), plain HTTP to the upstreams; the `new connection each` rows send `Connection: close`, so every request is a new TCP connection and a full handshake. Rich route rows: the gateway through a route with a virtual host, two header matchers, a prefix rewrite and a rate limit; their last column is their req/s over the shipped gateway's plain route (`fixed`, same connections); `1,000 hosts` is the same gateway with 998 more host names on that route. Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
+        "Run of `cargo xtask bench --duration {} --rounds {}`: {cores} cores ({cpu}){}, wrk -t1 with a percentile script (h2c rows: h2load, 16 connections x 16 concurrent streams of cleartext HTTP/2 to the proxy, HTTP/1.1 upstreams; h2load reports no percentiles); fixed upstreams: {upstream_kind}; chunked upstream: the fake backend (`?chunked=1`). CPU µs/req: the contender's user + system time (with its worker processes) over the requests the load tool completed. Upstream conns/run: connections the contender opened to the upstream during the run. HTTPS rows (`--tls`): wrk's OpenSSL client to each proxy's TLS port (one ECDSA P-256 certificate for all, TLS 1.3 negotiated), plain HTTP to the upstreams; the `new connection each` rows send `Connection: close`, so every request is a new TCP connection and a full handshake. Rich route rows: the gateway through a route with a virtual host, two header matchers, a prefix rewrite and a rate limit; their last column is their req/s over the shipped gateway's plain route (`fixed`, same connections); `1,000 hosts` is the same gateway with 998 more host names on that route. gRPC rows: h2load as for h2c, each request a unary call (`echo.v1.Echo/Unary`, an 11-byte framed message) to the fake backend's gRPC echo over h2c (nginx `grpc_pass`, HAProxy `proto h2`); `direct` calls the fake backend itself. Upstream-protocol rows: the gateway only, wrk with HTTP/1.1 to the fake backend's JSON over an HTTP/1.1 upstream and over an h2c one (its last column: h2c over HTTP/1.1). Versions: {}; {}; {}.\n\nGateway memory: peak RSS over the load runs {} KiB. {memory}\n",
         opts.seconds,
         opts.rounds,
         if pin {
