@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod reload;
 pub mod serve;
 pub mod stats;
 pub mod tls;

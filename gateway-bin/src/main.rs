@@ -13,6 +13,7 @@ use clap::Parser;
 use gateway_bin::admin::{self, Admin};
 use gateway_bin::app::{self, App, RouteRow};
 use gateway_bin::config::{Config, DEFAULT, Source};
+use gateway_bin::reload::{self, Reloader};
 use gateway_bin::serve::{self, Limits, ServedBody};
 
 /// An HTTP gateway: routes, middleware, load balancing and forwarding, from a TOML file.
@@ -37,6 +38,11 @@ struct Args {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Reload the configuration when the file's content changes (checked every second; a
+    /// rename over the file and a swapped symlink, as Kubernetes does for a ConfigMap, both
+    /// count). SIGHUP and `POST /reload` on the admin listener reload too.
+    #[arg(long, requires = "config")]
+    watch: bool,
 }
 
 /// Requests were cut because the shutdown grace ran out.
@@ -213,15 +219,29 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         limits = limits.with_tls(c, t, https_port);
     }
     admin.set_ready();
-    let _background = app.start();
-    let clean = serve::serve(
-        app.service,
-        listeners,
-        limits,
-        Arc::clone(&app.stats.connections),
-        shutdown_signal(),
-    )
-    .await;
+    let connections = Arc::clone(&app.stats.connections);
+    // The service follows reloads: SIGHUP, POST /reload, and --watch.
+    let (reloader, service) = Reloader::start(
+        args.config.clone(),
+        &source,
+        &config,
+        app,
+        Arc::clone(&admin),
+        Arc::new(proxy::dns::SystemResolver),
+    );
+    let hook = Arc::downgrade(&reloader);
+    admin.on_reload(Box::new(move || match hook.upgrade() {
+        Some(r) => r.reload(),
+        None => Err("shutting down".to_owned()),
+    }));
+    let _on_hangup = AbortOnDrop(tokio::spawn(reload::on_hangup(Arc::clone(&reloader))));
+    let _watch = args.watch.then(|| {
+        AbortOnDrop(tokio::spawn(reload::watch(
+            Arc::clone(&reloader),
+            std::time::Duration::from_secs(1),
+        )))
+    });
+    let clean = serve::serve(service, listeners, limits, connections, shutdown_signal()).await;
     for task in admin_tasks {
         task.abort();
     }

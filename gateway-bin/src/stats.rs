@@ -38,6 +38,8 @@ pub struct Stats {
     pub body_too_large: Arc<Counter>,
     /// When the process started.
     pub started: SystemTime,
+    /// The configuration's generation, and how its reloads went.
+    pub reload: Arc<crate::reload::ReloadStatus>,
 }
 
 impl Default for Stats {
@@ -53,11 +55,36 @@ impl Default for Stats {
             mirror: Arc::default(),
             body_too_large: Arc::default(),
             started: SystemTime::now(),
+            reload: Arc::default(),
         }
     }
 }
 
 impl Stats {
+    /// The series of a configuration reloaded after `previous`'s: the same counters (they
+    /// keep counting across the reload), and the same series for the routes that stay;
+    /// [`retain_routes`](Self::retain_routes) drops those of the routes that went.
+    pub fn continuing(previous: &Stats) -> Stats {
+        Stats {
+            unmatched: Arc::clone(&previous.unmatched),
+            routes: previous.routes.clone(),
+            connections: Arc::clone(&previous.connections),
+            auth_denied: Arc::clone(&previous.auth_denied),
+            panics: Arc::clone(&previous.panics),
+            deadlines: Arc::clone(&previous.deadlines),
+            rate_limited: Arc::clone(&previous.rate_limited),
+            mirror: Arc::clone(&previous.mirror),
+            body_too_large: Arc::clone(&previous.body_too_large),
+            started: previous.started,
+            reload: Arc::clone(&previous.reload),
+        }
+    }
+
+    /// Keeps only the route series `keep` says yes to (the routes of the configuration).
+    pub fn retain_routes(&mut self, keep: impl Fn(&str) -> bool) {
+        self.routes.retain(|name, _| keep(name));
+    }
+
     /// The series of the route with `pattern`, made on first use.
     pub fn route(&mut self, pattern: &str) -> Arc<RequestMetrics> {
         Arc::clone(

@@ -77,6 +77,11 @@ impl<B> Proxy<B> {
         &self.inner.upstream
     }
 
+    /// Whether both are the same proxy (one pool, one balancer), not merely alike.
+    pub fn ptr_eq(&self, other: &Proxy<B>) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Idle upstream connections in the pool now, per target (named as the target displays).
     pub fn idle_connections_by_target(&self) -> Vec<(Arc<str>, usize)> {
         self.inner.pool.idle_by_target()

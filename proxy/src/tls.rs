@@ -29,6 +29,9 @@ pub struct UpstreamTls {
     connectors: Arc<[TlsConnector; 3]>,
     server_name: Option<ServerName<'static>>,
     insecure: bool,
+    /// A hash of the CA bundle (zero: the Mozilla roots), so that two configurations with
+    /// different bundles at the same path compare different.
+    roots: u64,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for UpstreamTls {
         f.debug_struct("UpstreamTls")
             .field("server_name", &self.server_name)
             .field("insecure", &self.insecure)
+            .field("roots", &self.roots)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +102,12 @@ impl UpstreamTls {
             connectors: Arc::new(connectors),
             server_name,
             insecure: insecure_skip_verify,
+            roots: ca_pem.map_or(0, |pem| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                pem.hash(&mut h);
+                h.finish() | 1
+            }),
         })
     }
 

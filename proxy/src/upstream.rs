@@ -142,6 +142,7 @@ impl Default for Settings {
 /// ```
 pub struct Upstream {
     name: Arc<str>,
+    algorithm: Algorithm,
     balancer: Balancer<TargetAddr>,
     settings: Settings,
     /// The targets as configured, before any name was resolved.
@@ -215,11 +216,24 @@ impl Upstream {
             })?;
         Ok(Upstream {
             name: name.into(),
+            algorithm,
             balancer,
             settings,
             configured: targets,
             metrics: UpstreamMetrics::default(),
         })
+    }
+
+    /// Whether `other` is defined the same way: name, targets and weights as configured,
+    /// algorithm, health policy and forwarding settings (a CA bundle by its content). A
+    /// configuration reload keeps an upstream that is (its pool, health and balancer
+    /// position), and starts a changed one afresh.
+    pub fn same_definition(&self, other: &Upstream) -> bool {
+        self.name == other.name
+            && self.configured == other.configured
+            && self.algorithm == other.algorithm
+            && format!("{:?}", self.balancer.policy()) == format!("{:?}", other.balancer.policy())
+            && format!("{:?}", self.settings) == format!("{:?}", other.settings)
     }
 
     /// The upstream's name, as logs show it.

@@ -58,6 +58,14 @@ pub struct Window {
 }
 
 impl History {
+    /// Forgets every sample (the series changed: a reloaded configuration).
+    pub fn clear(&self) {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// Adds a sample, dropping the oldest beyond [`KEPT`].
     pub fn push(&self, sample: Sample) {
         let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);

@@ -2,6 +2,7 @@
 //! Prometheus conventions (base units, `_total`, `_seconds`, `_bytes`); labels are the route
 //! pattern, the upstream and the target, never anything a client chose.
 
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use proxy::{Attempt, Retry};
@@ -25,7 +26,8 @@ impl<B> Admin<B> {
     fn process(&self, out: &mut Exposition) {
         out.family("gateway_build", "The gateway's version.", Kind::Info);
         out.info(&[("version", env!("CARGO_PKG_VERSION"))]);
-        let start = self
+        let view = self.view();
+        let start = view
             .stats
             .started
             .duration_since(UNIX_EPOCH)
@@ -36,6 +38,26 @@ impl<B> Admin<B> {
             Kind::Gauge,
         );
         out.gauge(&[], start.floor());
+        let reload = &view.stats.reload;
+        out.family(
+            "gateway_config_generation",
+            "The configuration's generation: 1 at start, one more per reload that took effect.",
+            Kind::Gauge,
+        );
+        out.gauge(&[], reload.generation() as f64);
+        out.family(
+            "gateway_config_loaded_timestamp_seconds",
+            "When the configuration serving now was loaded, since the Unix epoch, in seconds.",
+            Kind::Gauge,
+        );
+        out.gauge(&[], (reload.loaded_at_ms() / 1000) as f64);
+        out.family(
+            "gateway_config_reloads",
+            "Configuration reloads, by result: ok (took effect) or failed (the file did not read, parse or build; the running configuration stayed).",
+            Kind::Counter,
+        );
+        out.counter(&[("result", "ok")], reload.succeeded.get());
+        out.counter(&[("result", "failed")], reload.failed.get());
         if let Some(p) = process::read() {
             out.family(
                 "process_cpu_seconds",
@@ -84,7 +106,8 @@ impl<B> Admin<B> {
     }
 
     fn connections(&self, out: &mut Exposition) {
-        let c = &self.stats.connections;
+        let view = self.view();
+        let c = &view.stats.connections;
         out.family(
             "gateway_client_connections_accepted",
             "Client connections accepted.",
@@ -120,7 +143,8 @@ impl<B> Admin<B> {
     }
 
     fn refusals(&self, out: &mut Exposition) {
-        let s = &self.stats;
+        let view = self.view();
+        let s = &view.stats;
         out.family(
             "gateway_requests_rejected",
             "Requests refused by a limit: head over max_header_bytes (431), head not complete within header_read_timeout_ms, declared body over max_body_bytes (413); and TLS connections closed before their handshake completed: plain HTTP on the HTTPS port (400), no handshake within header_read_timeout_ms, a handshake error.",
@@ -283,7 +307,7 @@ impl<B> Admin<B> {
             "Requests sent again: to the next target after a failed attempt, or on a new connection after a pooled one turned out closed.",
             Kind::Counter,
         );
-        for (name, proxy) in &self.upstreams {
+        for (name, proxy) in &self.view().upstreams {
             for r in Retry::ALL {
                 out.counter(
                     &[("upstream", name), ("reason", r.label())],
@@ -296,7 +320,7 @@ impl<B> Admin<B> {
             "Requests answered 503 because no target of the upstream was available.",
             Kind::Counter,
         );
-        for (name, proxy) in &self.upstreams {
+        for (name, proxy) in &self.view().upstreams {
             out.counter(
                 &[("upstream", name)],
                 proxy.upstream().metrics().unavailable(),
@@ -307,7 +331,7 @@ impl<B> Admin<B> {
             "Requests answered 502 or 504 after every attempt failed.",
             Kind::Counter,
         );
-        for (name, proxy) in &self.upstreams {
+        for (name, proxy) in &self.view().upstreams {
             out.counter(
                 &[("upstream", name)],
                 proxy.upstream().metrics().exhausted(),
@@ -316,14 +340,15 @@ impl<B> Admin<B> {
     }
 
     /// Every request series with its route label, the unmatched one last.
-    pub(super) fn request_series(&self) -> Vec<(&str, &middleware::RequestMetrics)> {
-        let mut all: Vec<(&str, &middleware::RequestMetrics)> = self
+    pub(super) fn request_series(&self) -> Vec<(String, Arc<middleware::RequestMetrics>)> {
+        let view = self.view();
+        let mut all: Vec<(String, Arc<middleware::RequestMetrics>)> = view
             .stats
             .routes
             .iter()
-            .map(|(route, m)| (route.as_str(), &**m))
+            .map(|(route, m)| (route.clone(), Arc::clone(m)))
             .collect();
-        all.push((UNMATCHED, &self.stats.unmatched));
+        all.push((UNMATCHED.to_owned(), Arc::clone(&view.stats.unmatched)));
         all
     }
 }
@@ -351,7 +376,7 @@ impl<B> Admin<B> {
     /// Every target of every upstream, now.
     pub(super) fn target_views(&self) -> Vec<TargetView> {
         let mut views = Vec::new();
-        for (name, proxy) in &self.upstreams {
+        for (name, proxy) in &self.view().upstreams {
             let balancer = proxy.upstream().balancer();
             let policy = balancer.policy();
             let idle = proxy.idle_connections_by_target();

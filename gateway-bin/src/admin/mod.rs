@@ -9,10 +9,11 @@
 //!   the last minute's figures from the [`history`] sampler.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -42,23 +43,64 @@ const MAX_CONNECTIONS: usize = 64;
 
 /// What the admin listener serves from.
 pub struct Admin<B> {
-    upstreams: Vec<(String, Proxy<B>)>,
-    routes: Vec<RouteRow>,
-    stats: Arc<Stats>,
+    /// What the configuration serving now has: swapped by a reload.
+    view: ArcSwap<View<B>>,
     ready: AtomicBool,
     history: History,
+    /// What `POST /reload` runs (set when the gateway can reload).
+    reload: OnceLock<ReloadHook>,
+}
+
+/// What `POST /reload` runs: the new generation, or why nothing changed.
+pub type ReloadHook = Box<dyn Fn() -> Result<u64, String> + Send + Sync>;
+
+/// The upstreams, routes and counters of the configuration serving now.
+pub(crate) struct View<B> {
+    pub(crate) upstreams: Vec<(String, Proxy<B>)>,
+    pub(crate) routes: Vec<RouteRow>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl<B> View<B> {
+    fn of(app: &crate::app::App<B>) -> Self {
+        View {
+            upstreams: app.upstreams.clone(),
+            routes: app.routes.clone(),
+            stats: Arc::clone(&app.stats),
+        }
+    }
 }
 
 impl<B> Admin<B> {
     /// The admin view of a built gateway.
     pub fn new(app: &crate::app::App<B>) -> Self {
         Admin {
-            upstreams: app.upstreams.clone(),
-            routes: app.routes.clone(),
-            stats: Arc::clone(&app.stats),
+            view: ArcSwap::from_pointee(View::of(app)),
             ready: AtomicBool::new(false),
             history: History::default(),
+            reload: OnceLock::new(),
         }
+    }
+
+    /// From now on, shows `app` (a reloaded configuration); the dashboard's history starts
+    /// again, its series having changed.
+    pub fn replace(&self, app: &crate::app::App<B>) {
+        self.view.store(Arc::new(View::of(app)));
+        self.history.clear();
+    }
+
+    /// What `POST /reload` runs (once; later calls are ignored).
+    pub fn on_reload(&self, hook: ReloadHook) {
+        let _ = self.reload.set(hook);
+    }
+
+    /// The counters of the configuration serving now (they carry over reloads).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.view.load().stats)
+    }
+
+    pub(crate) fn view(&self) -> Arc<View<B>> {
+        self.view.load_full()
     }
 
     /// Says the traffic listeners are bound (until then `/readyz` answers `503`).
@@ -72,7 +114,7 @@ impl<B> Admin<B> {
         if !self.ready.load(Ordering::Relaxed) {
             why.push("the traffic listeners are not bound yet".to_owned());
         }
-        for (name, proxy) in &self.upstreams {
+        for (name, proxy) in &self.view().upstreams {
             let balancer = proxy.upstream().balancer();
             let policy = balancer.policy();
             let targets = balancer.targets();
@@ -114,7 +156,8 @@ impl<B> Admin<B> {
                 )
             })
             .collect();
-        let c = &self.stats.connections;
+        let view = self.view();
+        let c = &view.stats.connections;
         Sample {
             at: Instant::now(),
             routes,
@@ -130,6 +173,7 @@ impl<B> Admin<B> {
 
     /// `GET /stats.json`: the dashboard's data.
     pub fn stats_json(&self) -> Value {
+        let view = self.view();
         let now = self.sample();
         let windows = self.history.windows(&now);
         let ms = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
@@ -140,7 +184,7 @@ impl<B> Admin<B> {
             .zip(&now.routes)
             .map(|(((route, _), w), point)| {
                 let rows: Vec<&RouteRow> =
-                    self.routes.iter().filter(|r| r.series == *route).collect();
+                    view.routes.iter().filter(|r| r.series == *route).collect();
                 json!({
                     "route": route,
                     "methods": rows.iter().map(|r| r.methods.as_str()).collect::<Vec<_>>().join(" "),
@@ -185,14 +229,20 @@ impl<B> Admin<B> {
             .collect();
         let total_rps: f64 = windows.routes.iter().map(|w| w.rate).sum();
         let total_errors: f64 = windows.routes.iter().map(|w| w.rate * w.error_rate).sum();
-        let c = &self.stats.connections;
+        let c = &view.stats.connections;
         let open: i64 = crate::stats::Protocol::ALL.iter().map(|p| c.open(*p)).sum();
         let uptime = SystemTime::now()
-            .duration_since(self.stats.started)
+            .duration_since(view.stats.started)
             .unwrap_or_default();
+        let reload = &view.stats.reload;
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": uptime.as_secs(),
+            "config": {
+                "generation": reload.generation(),
+                "loaded_at": crate::reload::utc(reload.loaded_at_ms()),
+                "last_error": reload.last_error(),
+            },
             "not_ready": self.not_ready(),
             "totals": {
                 "rps": total_rps,
@@ -201,16 +251,20 @@ impl<B> Admin<B> {
                 "connections_accepted": c.accepted.get(),
                 "received_bytes_per_s": windows.bytes.0,
                 "sent_bytes_per_s": windows.bytes.1,
-                "auth_denied": self.stats.auth_denied.get(),
-                "panics": self.stats.panics.get(),
+                "auth_denied": view.stats.auth_denied.get(),
+                "panics": view.stats.panics.get(),
             },
             "routes": routes,
             "targets": targets,
         })
     }
 
-    /// Answers one admin request.
-    pub fn answer<T>(&self, req: &Request<T>) -> Response<Full<Bytes>> {
+    /// Answers one admin request; `from_loopback` says whether the peer is on this machine
+    /// (`POST /reload` is refused otherwise: the admin port may be reachable for scraping).
+    pub fn answer<T>(&self, req: &Request<T>, from_loopback: bool) -> Response<Full<Bytes>> {
+        if req.method() == Method::POST && req.uri().path() == "/reload" {
+            return self.reload_now(from_loopback);
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut res = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -241,6 +295,34 @@ impl<B> Admin<B> {
             "/stats.json" => with_type(self.stats_json().to_string(), "application/json"),
             "/" => with_type(DASHBOARD.to_owned(), "text/html; charset=utf-8"),
             _ => text(StatusCode::NOT_FOUND, "Not Found\n".into()),
+        }
+    }
+}
+
+impl<B> Admin<B> {
+    /// `POST /reload`: `200` with the new generation, `422` with why nothing changed.
+    fn reload_now(&self, from_loopback: bool) -> Response<Full<Bytes>> {
+        if !from_loopback {
+            return text(
+                StatusCode::FORBIDDEN,
+                "reload is allowed from this machine only\n".into(),
+            );
+        }
+        let Some(hook) = self.reload.get() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this gateway cannot reload its configuration\n".into(),
+            );
+        };
+        match hook() {
+            Ok(generation) => text(
+                StatusCode::OK,
+                format!("reloaded: configuration generation {generation}\n"),
+            ),
+            Err(why) => text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not reloaded; the running configuration stays: {why}\n"),
+            ),
         }
     }
 }
@@ -277,8 +359,8 @@ pub async fn serve<B: Send + Sync + 'static>(listener: TcpListener, admin: Arc<A
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, from_loopback) = match listener.accept().await {
+            Ok((stream, peer)) => (stream, peer.ip().is_loopback()),
             Err(error) => {
                 tracing::warn!(%error, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -288,7 +370,7 @@ pub async fn serve<B: Send + Sync + 'static>(listener: TcpListener, admin: Arc<A
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let res = admin.answer(&req);
+                let res = admin.answer(&req, from_loopback);
                 async move { Ok::<_, Infallible>(res) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();

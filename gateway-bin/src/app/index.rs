@@ -76,6 +76,8 @@ pub fn target_rows<B>(upstreams: &[(String, Proxy<B>)]) -> Vec<TargetRow> {
 pub(super) struct IndexPage<B> {
     pub(super) routes: Vec<RouteRow>,
     pub(super) upstreams: Vec<(String, Proxy<B>)>,
+    /// The configuration's generation and the last reload's error.
+    pub(super) reload: Arc<crate::reload::ReloadStatus>,
 }
 
 impl<B: GatewayBody> IndexPage<B> {
@@ -96,8 +98,21 @@ impl<B: GatewayBody> IndexPage<B> {
         res
     }
 
+    /// `configuration generation N, loaded at T` and the last reload's error, if any.
+    fn generation_line(&self) -> String {
+        let mut line = format!(
+            "configuration generation {}, loaded {}",
+            self.reload.generation(),
+            crate::reload::utc(self.reload.loaded_at_ms())
+        );
+        if let Some(e) = self.reload.last_error() {
+            line.push_str(&format!("; the last reload failed: {e}"));
+        }
+        line
+    }
+
     fn text(&self) -> String {
-        let mut out = String::from("gateway\n\nroutes\n");
+        let mut out = format!("gateway\n\n{}\n\nroutes\n", self.generation_line());
         for r in &self.routes {
             let notes = if r.notes.is_empty() {
                 String::new()
@@ -142,8 +157,10 @@ impl<B: GatewayBody> IndexPage<B> {
                 .replace('>', "&gt;")
         };
         let mut out = String::from(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>gateway</title><style>body{font-family:system-ui,sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}code,pre{background:#f4f4f4}</style></head><body><h1>gateway</h1><h2>Routes</h2><table><tr><th>hosts</th><th>methods</th><th>path</th><th>target</th><th>notes</th></tr>",
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>gateway</title><style>body{font-family:system-ui,sans-serif;margin:2em}td,th{padding:.2em 1em;text-align:left}code,pre{background:#f4f4f4}</style></head><body><h1>gateway</h1>",
         );
+        let _ = write!(out, "<p>{}</p>", esc(&self.generation_line()));
+        out.push_str("<h2>Routes</h2><table><tr><th>hosts</th><th>methods</th><th>path</th><th>target</th><th>notes</th></tr>");
         for r in &self.routes {
             let _ = write!(
                 out,

@@ -72,12 +72,35 @@ impl<B: GatewayBody> App<B> {
     }
 }
 
+/// What a reload builds on: the running upstreams (an unchanged one is kept as it is) and
+/// the running counters (they keep counting).
+pub struct Previous<'a, B> {
+    /// The running upstreams.
+    pub upstreams: &'a [(String, Proxy<B>)],
+    /// The running counters.
+    pub stats: &'a Stats,
+}
+
 /// Builds the gateway from `config` (positions in errors refer to `source`).
 pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>, ConfigError> {
-    let proxies = upstreams::build(config, source)?;
+    build_from(config, source, None)
+}
+
+/// [`build`], keeping what `previous` has running where the configuration did not change it.
+pub fn build_from<B: GatewayBody>(
+    config: &Config,
+    source: &Source,
+    previous: Option<Previous<'_, B>>,
+) -> Result<App<B>, ConfigError> {
+    let proxies = upstreams::build(
+        config,
+        source,
+        previous.as_ref().map_or(&[], |p| p.upstreams),
+    )?;
     let mut mux: Mux<B> = Mux::new();
-    let mut stats = Stats::default();
+    let mut stats = previous.map_or_else(Stats::default, |p| Stats::continuing(p.stats));
     let rows = routes::build(config, &proxies, &mut mux, &mut stats, source)?;
+    stats.retain_routes(|name| rows.iter().any(|r| r.series == name));
     let mut warnings = warnings::gate_bypasses(&rows, &proxies);
     warnings.extend(warnings::insecure_upstreams(config));
     let upstreams: Vec<(String, Proxy<B>)> = proxies.into_iter().collect();
@@ -93,6 +116,7 @@ pub fn build<B: GatewayBody>(config: &Config, source: &Source) -> Result<App<B>,
                 let page = Arc::new(index::IndexPage {
                     routes: rows.clone(),
                     upstreams: upstreams.clone(),
+                    reload: Arc::clone(&stats.reload),
                 });
                 let service = tower::service_fn(move |req: Request<B>| {
                     let page = Arc::clone(&page);

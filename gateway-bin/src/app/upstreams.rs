@@ -15,14 +15,22 @@ use crate::config::{
     UpstreamConfig,
 };
 
-/// Every upstream of `config`, by name.
+/// Every upstream of `config`, by name; one defined as in `previous` (a reload) is the same
+/// running upstream, its pool, health and balancer position kept.
 pub(super) fn build<B: GatewayBody>(
     config: &Config,
     source: &Source,
+    previous: &[(String, Proxy<B>)],
 ) -> Result<BTreeMap<String, Proxy<B>>, ConfigError> {
     let mut proxies = BTreeMap::new();
     for (name, up) in &config.upstreams {
-        let proxy = one(name, up, source)?;
+        let mut proxy = one(name, up, source)?;
+        if let Some((_, running)) = previous
+            .iter()
+            .find(|(n, p)| n == name && p.upstream().same_definition(proxy.upstream()))
+        {
+            proxy = running.clone();
+        }
         proxies.insert(name.clone(), proxy);
     }
     Ok(proxies)

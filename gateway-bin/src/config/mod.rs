@@ -253,8 +253,8 @@ mod tests {
     #[test]
     fn the_default_parses() {
         let c = src(DEFAULT).parse().unwrap();
-        assert_eq!(c.routes.len(), 3);
-        assert_eq!(c.upstreams.len(), 3);
+        assert_eq!(c.routes.len(), 4);
+        assert_eq!(c.upstreams.len(), 4);
         assert_eq!(c.server.listen[0].to_string(), "127.0.0.1:8080");
         assert_eq!(c.server.max_connections, 10_000);
         assert!(c.pre.request_id && c.pre.recover && c.pre.access_log);

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::reload::LiveService;
 use http::Request;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy::{ClientAddr, ClientTls, TunnelGuard};
-use router::MuxService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -34,7 +34,7 @@ pub(super) fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    service: MuxService<ServedBody>,
+    service: LiveService<ServedBody>,
     limits: &Limits,
     slot: Slot,
     stop: watch::Receiver<bool>,
@@ -398,7 +398,7 @@ fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
     tls: Option<TlsInfo>,
-    service: MuxService<ServedBody>,
+    service: LiveService<ServedBody>,
     limits: &Limits,
     tunnel_guard: TunnelGuard,
     state: &Arc<ConnState>,

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::reload::LiveService;
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use router::MuxService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -106,7 +106,7 @@ impl From<&Server> for Limits {
 /// every connection to finish (HTTP/1.1: after its current response; HTTP/2: `GOAWAY`), and
 /// waits up to the grace period for them. Returns whether they all finished in time.
 pub async fn serve(
-    service: MuxService<ServedBody>,
+    service: LiveService<ServedBody>,
     listeners: Vec<Listener>,
     limits: Limits,
     stats: Arc<ConnStats>,
@@ -152,7 +152,7 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: Listener,
-    service: MuxService<ServedBody>,
+    service: LiveService<ServedBody>,
     limits: Limits,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,

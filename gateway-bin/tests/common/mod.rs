@@ -209,7 +209,7 @@ pub async fn start_gateway_with(
     admin.set_ready();
     let background = app.start_with(resolver);
     let done = tokio::spawn(serve::serve(
-        app.service,
+        gateway_bin::reload::LiveService::new(app.service),
         listeners,
         limits,
         std::sync::Arc::clone(&app.stats.connections),
