@@ -265,10 +265,10 @@ fn grpc_response(body: Body) -> Response<Body> {
 fn status_trailers(code: u8, message: &str) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    if let Ok(v) = HeaderValue::from_str(message) {
-        if !message.is_empty() {
-            trailers.insert("grpc-message", v);
-        }
+    if let Ok(v) = HeaderValue::from_str(message)
+        && !message.is_empty()
+    {
+        trailers.insert("grpc-message", v);
     }
     trailers
 }

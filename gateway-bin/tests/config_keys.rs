@@ -87,11 +87,11 @@ fn in_code() -> BTreeSet<String> {
             };
         } else if line == "}" {
             current = None;
-        } else if let (Some(section), Some(field)) = (current, line.strip_prefix("pub ")) {
-            if let Some((name, _)) = field.split_once(':') {
-                for section in section.split('|') {
-                    keys.insert(format!("{section}.{name}"));
-                }
+        } else if let (Some(section), Some(field)) = (current, line.strip_prefix("pub "))
+            && let Some((name, _)) = field.split_once(':')
+        {
+            for section in section.split('|') {
+                keys.insert(format!("{section}.{name}"));
             }
         }
     }

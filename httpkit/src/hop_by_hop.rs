@@ -100,10 +100,10 @@ pub fn consume_connection_options(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(CONNECTION);
-    if !keep.is_empty() {
-        if let Ok(v) = HeaderValue::from_bytes(&keep.join(&b", "[..])) {
-            headers.insert(CONNECTION, v);
-        }
+    if !keep.is_empty()
+        && let Ok(v) = HeaderValue::from_bytes(&keep.join(&b", "[..]))
+    {
+        headers.insert(CONNECTION, v);
     }
 }
 

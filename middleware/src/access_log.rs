@@ -276,10 +276,10 @@ where
                     r.upstream = res.extensions().get::<U>().map(ToString::to_string);
                 }
                 // A server does not poll a body it knows is empty: log that one now.
-                if res.body().is_end_stream() {
-                    if let Some(r) = record.take() {
-                        r.emit(Ended::Complete);
-                    }
+                if res.body().is_end_stream()
+                    && let Some(r) = record.take()
+                {
+                    r.emit(Ended::Complete);
                 }
                 Poll::Ready(Ok(res.map(|inner| LoggedBody { inner, record })))
             }
@@ -328,10 +328,10 @@ impl<B: http_body::Body> http_body::Body for LoggedBody<B> {
                     r.bytes += data.remaining() as u64;
                 }
                 // The last frame of a body of known length: servers stop polling here.
-                if inner.is_end_stream() {
-                    if let Some(record) = this.record.take() {
-                        record.emit(Ended::Complete);
-                    }
+                if inner.is_end_stream()
+                    && let Some(record) = this.record.take()
+                {
+                    record.emit(Ended::Complete);
                 }
             }
             Poll::Ready(None) => {

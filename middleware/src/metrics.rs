@@ -271,11 +271,11 @@ where
             take_route();
         }
         let polled = this.inner.poll(cx);
-        if let Some(p) = this.pending.as_mut().filter(|_| looking) {
-            if let Some(route) = take_route() {
-                p.series = route;
-                p.named = true;
-            }
+        if let Some(p) = this.pending.as_mut().filter(|_| looking)
+            && let Some(route) = take_route()
+        {
+            p.series = route;
+            p.named = true;
         }
         let res = match polled {
             Poll::Pending => return Poll::Pending,

@@ -126,11 +126,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(inner) = this.inner.as_mut().as_pin_mut() {
-            if let Poll::Ready(out) = inner.poll(cx) {
-                this.inner.set(None);
-                return Poll::Ready(out.map(|res| res.map(TextOr::inner)));
-            }
+        if let Some(inner) = this.inner.as_mut().as_pin_mut()
+            && let Poll::Ready(out) = inner.poll(cx)
+        {
+            this.inner.set(None);
+            return Poll::Ready(out.map(|res| res.map(TextOr::inner)));
         }
         if this.sleep.poll(cx).is_pending() {
             return Poll::Pending;

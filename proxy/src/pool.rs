@@ -216,10 +216,10 @@ where
         if alpn == Alpn::Both && !self.speaks_h2(target) {
             // Not known to speak HTTP/2 (yet): an idle HTTP/1.1 connection, else a new
             // connection of whichever protocol the server chooses.
-            if let Some(mut conn) = self.checkout(target) {
-                if conn.wait_ready().await {
-                    return Ok(Carrier::H1(conn));
-                }
+            if let Some(mut conn) = self.checkout(target)
+                && conn.wait_ready().await
+            {
+                return Ok(Carrier::H1(conn));
             }
             let made = self.connect_with(target, alpn).await?;
             if let Carrier::H2 { conn, .. } = &made {
@@ -363,10 +363,10 @@ where
     /// A connection to `target` for one request: a pooled one that is ready (or becomes
     /// ready within a moment), else a new one.
     pub(crate) async fn get(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
-        if let Some(mut conn) = self.checkout(target) {
-            if conn.wait_ready().await {
-                return Ok(conn);
-            }
+        if let Some(mut conn) = self.checkout(target)
+            && conn.wait_ready().await
+        {
+            return Ok(conn);
         }
         self.connect(target).await
     }

@@ -267,10 +267,10 @@ impl<B: Send + 'static> UpstreamBody<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(deadline) = &mut self.deadline {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Ok(self.cut_at_deadline())));
-            }
+        if let Some(deadline) = &mut self.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Ok(self.cut_at_deadline())));
         }
         match http_body::Body::poll_frame(Pin::new(&mut self.body), cx) {
             Poll::Ready(Some(Ok(frame))) => {

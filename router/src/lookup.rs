@@ -196,10 +196,10 @@ impl Lookup {
                 (node, pos) = next?;
                 continue;
             }
-            if let Some((child, at)) = next {
-                if let Some(found) = self.find_from(child, path, at) {
-                    return Some(found);
-                }
+            if let Some((child, at)) = next
+                && let Some(found) = self.find_from(child, path, at)
+            {
+                return Some(found);
             }
             if has_param {
                 let rest = &path[pos..];

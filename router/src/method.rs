@@ -129,15 +129,15 @@ impl<T> MethodRouter<T> {
         method: &Method,
         path: &'p str,
     ) -> Result<Match<'r, 'p, &'r T>, MatchError> {
-        if let Some(tree) = self.tree(method) {
-            if let Ok(m) = tree.at(path) {
-                return Ok(m);
-            }
+        if let Some(tree) = self.tree(method)
+            && let Ok(m) = tree.at(path)
+        {
+            return Ok(m);
         }
-        if *method == Method::HEAD {
-            if let Ok(m) = self.standard[0].at(path) {
-                return Ok(m);
-            }
+        if *method == Method::HEAD
+            && let Ok(m) = self.standard[0].at(path)
+        {
+            return Ok(m);
         }
         self.any.at(path)
     }

@@ -144,7 +144,9 @@ impl TargetState {
                 self.failures.fetch_add(1, Relaxed);
                 self.body_failures.fetch_add(1, Relaxed);
                 let streak = self.body_streak.fetch_add(1, Relaxed) + 1;
-                ejectable && streak % BODY_FAILURES_IN_A_ROW == 0 && self.count_failure(policy)
+                ejectable
+                    && streak.is_multiple_of(BODY_FAILURES_IN_A_ROW)
+                    && self.count_failure(policy)
             }
             Outcome::Failure => {
                 self.failures.fetch_add(1, Relaxed);

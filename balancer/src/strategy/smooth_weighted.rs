@@ -113,12 +113,11 @@ impl<T: Send + Sync> Strategy<T> for SmoothWeighted<T> {
 
     #[inline]
     fn choose(&self) -> Option<Choice> {
-        if self.degraded.load(Relaxed) == 0 {
-            if let Some(choice) = self.cycle.as_ref().and_then(Ring::choice) {
-                if choice.known_up {
-                    return Some(choice);
-                }
-            }
+        if self.degraded.load(Relaxed) == 0
+            && let Some(choice) = self.cycle.as_ref().and_then(Ring::choice)
+            && choice.known_up
+        {
+            return Some(choice);
         }
         self.choose_locked().map(|index| Choice {
             index,

@@ -285,17 +285,18 @@ fn redirect(route: &RouteConfig, c: &RedirectConfig) -> Result<Redirect, String>
             "a redirect needs a target: at least one of `scheme`, `host`, `path`, `prefix`".into(),
         );
     }
-    if let Some(s) = &c.scheme {
-        if s != "http" && s != "https" {
-            return Err(format!("scheme `{s}`: `http` or `https`"));
-        }
+    if let Some(s) = &c.scheme
+        && s != "http"
+        && s != "https"
+    {
+        return Err(format!("scheme `{s}`: `http` or `https`"));
     }
-    if let Some(h) = &c.host {
-        if h.parse::<http::uri::Authority>().is_err() || h.contains('@') || h.is_empty() {
-            return Err(format!(
-                "host `{h}` is not a host name (with an optional port)"
-            ));
-        }
+    if let Some(h) = &c.host
+        && (h.parse::<http::uri::Authority>().is_err() || h.contains('@') || h.is_empty())
+    {
+        return Err(format!(
+            "host `{h}` is not a host name (with an optional port)"
+        ));
     }
     for p in [&c.path, &c.prefix].into_iter().flatten() {
         if !p.starts_with('/')

@@ -218,10 +218,10 @@ fn one<B: GatewayBody>(
     // A CORS preflight is an OPTIONS request: the route takes it so that its CORS layer
     // answers.
     let mut registered_methods = methods.clone();
-    if let (Some(list), Some(_)) = (&mut registered_methods, &cors) {
-        if !list.contains(&Method::OPTIONS) {
-            list.push(Method::OPTIONS);
-        }
+    if let (Some(list), Some(_)) = (&mut registered_methods, &cors)
+        && !list.contains(&Method::OPTIONS)
+    {
+        list.push(Method::OPTIONS);
     }
     register(
         mux,

@@ -99,10 +99,10 @@ pub fn rewrite_request_headers(
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    if !headers.contains_key(X_FORWARDED_HOST) {
-        if let Some(host) = &info.host {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
+    if !headers.contains_key(X_FORWARDED_HOST)
+        && let Some(host) = &info.host
+    {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));

@@ -85,13 +85,13 @@ pub(super) fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>)
         let Some(route) = site.slots[slot].pick(&req) else {
             return not_found(table, req);
         };
-        if info.has_params() {
-            if let Some(path) = req.uri().path_and_query().cloned() {
-                req.extensions_mut().insert(PathParams {
-                    info: Arc::clone(info),
-                    path,
-                });
-            }
+        if info.has_params()
+            && let Some(path) = req.uri().path_and_query().cloned()
+        {
+            req.extensions_mut().insert(PathParams {
+                info: Arc::clone(info),
+                path,
+            });
         }
         return MuxFuture(State::Route(route.call_ref(req)));
     }
@@ -172,18 +172,20 @@ fn miss<B: Send + 'static>(table: &Table<B>, site: &Site<B>, req: Request<B>) ->
     }
     let allow = (!allowed.is_empty()).then(|| allow_header(&allowed));
 
-    if *method == Method::OPTIONS && table.auto_options {
-        if let Some(allow) = &allow {
-            let mut res = Response::new(Body::empty());
-            *res.status_mut() = StatusCode::NO_CONTENT;
-            res.headers_mut().insert(ALLOW, allow.clone());
-            return ready(res);
-        }
+    if *method == Method::OPTIONS
+        && table.auto_options
+        && let Some(allow) = &allow
+    {
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        res.headers_mut().insert(ALLOW, allow.clone());
+        return ready(res);
     }
-    if table.redirect_trailing_slash && *method != Method::CONNECT {
-        if let Some(res) = trailing_slash_redirect(site, &req) {
-            return ready(res);
-        }
+    if table.redirect_trailing_slash
+        && *method != Method::CONNECT
+        && let Some(res) = trailing_slash_redirect(site, &req)
+    {
+        return ready(res);
     }
     if let Some(allow) = allow {
         return match &table.method_not_allowed {
