@@ -19,3 +19,5 @@ pub mod reload;
 pub mod serve;
 pub mod stats;
 pub mod tls;
+#[cfg(target_os = "linux")]
+pub mod upgrade;

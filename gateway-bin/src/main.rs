@@ -117,6 +117,12 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             .with_env_filter(filter)
             .init();
     }
+    // Signals are taken over before anything else: one that comes early is then kept for its
+    // task, not the default action (which ends the process).
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(target_os = "linux")]
+    let usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
     let app: App<ServedBody> = match app::build(&config, &source) {
         Ok(app) => app,
         Err(e) => {
@@ -163,8 +169,19 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             .iter()
             .map(|&at| (at, Some(t.acceptor.clone()), "tls.listen"))
     });
+    // Sockets handed in by the process this one upgrades (or by systemd) are adopted, not
+    // bound again.
+    #[cfg(target_os = "linux")]
+    let mut inherited = gateway_bin::upgrade::Inherited::from_env();
     for (at, acceptor, key) in plain.chain(https) {
-        match tokio::net::TcpListener::bind(at).await {
+        #[cfg(target_os = "linux")]
+        let bound = match inherited.take(at) {
+            Some(adopted) => adopted,
+            None => tokio::net::TcpListener::bind(at).await,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let bound = tokio::net::TcpListener::bind(at).await;
+        match bound {
             Ok(tcp) => listeners.push(serve::Listener { tcp, tls: acceptor }),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 eprintln!(
@@ -184,14 +201,33 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         .map(|t| AbortOnDrop(gateway_bin::tls::watch(Arc::clone(&t.certificates))));
     let admin = Arc::new(Admin::new(&app));
     let mut admin_tasks = Vec::new();
+    #[cfg(target_os = "linux")]
+    let mut handover = gateway_bin::upgrade::Handover::default();
+    #[cfg(target_os = "linux")]
+    for l in &listeners {
+        if let Err(error) = handover.add(&l.tcp) {
+            tracing::warn!(%error, "a listening socket cannot be handed over: upgrades would refuse connections");
+        }
+    }
     if let Some(at) = config.admin.listen {
-        let listener = match tokio::net::TcpListener::bind(at).await {
+        #[cfg(target_os = "linux")]
+        let bound = match inherited.take(at) {
+            Some(adopted) => adopted,
+            None => tokio::net::TcpListener::bind(at).await,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let bound = tokio::net::TcpListener::bind(at).await;
+        let listener = match bound {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("gateway: cannot listen on {at} (`admin.listen`): {e}");
                 return ExitCode::FAILURE;
             }
         };
+        #[cfg(target_os = "linux")]
+        if let Err(error) = handover.add(&listener) {
+            tracing::warn!(%error, "the admin socket cannot be handed over");
+        }
         if let Ok(a) = listener.local_addr() {
             tracing::info!(
                 addr = %a,
@@ -234,14 +270,43 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         Some(r) => r.reload(),
         None => Err("shutting down".to_owned()),
     }));
-    let _on_hangup = AbortOnDrop(tokio::spawn(reload::on_hangup(Arc::clone(&reloader))));
+    #[cfg(unix)]
+    let _on_hangup = AbortOnDrop(tokio::spawn(reload::on_hangup(
+        Arc::clone(&reloader),
+        hangups,
+    )));
     let _watch = args.watch.then(|| {
         AbortOnDrop(tokio::spawn(reload::watch(
             Arc::clone(&reloader),
             std::time::Duration::from_secs(1),
         )))
     });
-    let clean = serve::serve(service, listeners, limits, connections, shutdown_signal()).await;
+    #[cfg(target_os = "linux")]
+    for at in inherited.unused() {
+        tracing::warn!(%at, "an inherited socket is not in the configuration: closed");
+    }
+    #[cfg(target_os = "linux")]
+    drop(inherited);
+    // SIGUSR2: a new binary takes the sockets over; once it serves, this one drains.
+    let (upgraded_tx, upgraded) = tokio::sync::oneshot::channel::<u32>();
+    #[cfg(target_os = "linux")]
+    let _upgrades = AbortOnDrop(tokio::spawn(gateway_bin::upgrade::on_usr2(
+        handover,
+        upgraded_tx,
+        usr2,
+    )));
+    #[cfg(not(target_os = "linux"))]
+    drop(upgraded_tx);
+    let stop = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Ok(_pid) = upgraded => {}
+        }
+    };
+    // The process that started this one (an upgrade) stops accepting once it hears this.
+    #[cfg(target_os = "linux")]
+    gateway_bin::upgrade::announce_ready();
+    let clean = serve::serve(service, listeners, limits, connections, stop).await;
     for task in admin_tasks {
         task.abort();
     }

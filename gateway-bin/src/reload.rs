@@ -333,22 +333,21 @@ fn restart_only(config: &Config) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Reloads on every SIGHUP, for as long as the task runs.
-pub async fn on_hangup<B: GatewayBody>(reloader: Arc<Reloader<B>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: reload with POST /reload or --watch");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the configuration");
-            let _ = reloader.reload();
-        }
+/// Reloads on every signal `hangups` receives (SIGHUP, made at start-up so that none is
+/// missed or kills the process before this task runs), for as long as the task runs.
+#[cfg(unix)]
+pub async fn on_hangup<B: GatewayBody>(
+    reloader: Arc<Reloader<B>>,
+    hangups: Option<tokio::signal::unix::Signal>,
+) {
+    let Some(mut hangups) = hangups else {
+        tracing::warn!("cannot listen for SIGHUP: reload with POST /reload or --watch");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let _ = reloader.reload();
     }
-    #[cfg(not(unix))]
-    std::future::pending::<()>().await
 }
 
 /// How long a changed file must stay the same before it is loaded (an editor or a deploy

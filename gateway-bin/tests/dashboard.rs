@@ -107,7 +107,10 @@ async fn the_dashboard_renders_every_route_and_target_and_moves_with_traffic() {
         );
     }
     assert!(before.contains(">ready<"), "readiness shown");
-    assert!(before.contains("config generation 1, loaded "), "the configuration generation shown");
+    assert!(
+        before.contains("config generation 1, loaded "),
+        "the configuration generation shown"
+    );
     let api_before = total(&before, "data-route=\"/api/*path\"");
     assert_eq!(api_before, 5);
 

@@ -237,6 +237,7 @@ impl<B> Admin<B> {
         let reload = &view.stats.reload;
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "uptime_s": uptime.as_secs(),
             "config": {
                 "generation": reload.generation(),

@@ -148,6 +148,10 @@ impl Drop for Waiting {
 /// The longest a connection asked to finish may stay silent before it is closed hard.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a connection that has not sent a request yet when the server stops is given to
+/// send one.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(250);
+
 /// Runs one connection to its end. After `idle` without a byte read or written, or on
 /// shutdown, it is asked to finish gracefully (HTTP/1.1: after its current response; HTTP/2:
 /// `GOAWAY`). A connection asked to finish that has no request waiting for its response head
@@ -168,24 +172,50 @@ async fn drive<C: Connection>(
     // timer-wheel insert each time.
     let timer = tokio::time::sleep(idle);
     let mut timer = std::pin::pin!(timer);
-    let mut finishing = *stop.borrow_and_update();
-    if finishing {
-        conn.as_mut().finish();
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + close_grace);
+    let mut finishing = false;
+    // Stopping, but this connection has not sent its first request yet: a client that just
+    // connected (the old process of an upgrade accepted it a moment before handing over) is
+    // given FIRST_REQUEST_WAIT to send it, and gets its answer, instead of a closed socket.
+    let mut awaiting_first = false;
+    if *stop.borrow_and_update() {
+        if state.protocol() == Protocol::Pending {
+            awaiting_first = true;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+        } else {
+            finishing = true;
+            conn.as_mut().finish();
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + close_grace);
+        }
     }
     loop {
         tokio::select! {
             biased;
             result = conn.as_mut() => return result.err(),
-            _ = stop.changed(), if !finishing => {
-                finishing = true;
-                conn.as_mut().finish();
+            _ = stop.changed(), if !finishing && !awaiting_first => {
                 seen = state.activity.load(Ordering::Relaxed);
-                timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                if state.protocol() == Protocol::Pending {
+                    awaiting_first = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+                } else {
+                    finishing = true;
+                    conn.as_mut().finish();
+                    timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                }
             }
             _ = timer.as_mut() => {
+                if awaiting_first {
+                    // Its first request (if it came) is answered before the connection closes.
+                    awaiting_first = false;
+                    finishing = true;
+                    conn.as_mut().finish();
+                    seen = state.activity.load(Ordering::Relaxed);
+                    timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                    continue;
+                }
                 let now = state.activity.load(Ordering::Relaxed);
                 let quiet = now == seen;
                 seen = now;
