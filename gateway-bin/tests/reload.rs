@@ -314,9 +314,14 @@ async fn requests_in_flight_finish_on_the_configuration_they_started_with() {
         .unwrap();
     let res = events_conn.send_request(req).await.unwrap();
     assert_eq!(res.status(), 200);
-    // Both are under way at the upstream when the route goes away.
+    // And a WebSocket, open through the route.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/a/ws"), stream)
+        .await
+        .unwrap();
+    // All three are under way at the upstream when the route goes away.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while one.connections() < 2 {
+    while one.connections() < 3 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -337,6 +342,11 @@ async fn requests_in_flight_finish_on_the_configuration_they_started_with() {
         (slow.status.as_u16(), slow.header("x-backend")),
         (200, "one")
     );
+    use futures_util::{SinkExt, StreamExt};
+    let text = tokio_tungstenite::tungstenite::Message::text("after the reload");
+    ws.send(text.clone()).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), text);
+    ws.close(None).await.unwrap();
 }
 
 /// Waits until the gateway serves configuration generation `n`.
@@ -439,6 +449,12 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
     let load = common::Load::start(gw.addr, "/a/x", 4);
     load.until("the load is flowing", |l| l.ok() > 50).await;
     let fds_before = fds();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let tasks_before = tasks();
     for i in 0..100 {
         write(&path, if i % 2 == 0 { &v2 } else { &v1 });
         assert_eq!(gw.reloader.reload(), Ok(i + 2));
@@ -454,14 +470,14 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
         failures.len(),
         &failures[..1]
     );
-    // Nothing grows with the reloads: the replaced upstreams' connections are closed.
+    // Nothing grows with the reloads: the replaced upstreams' connections and tasks end.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while fds() > fds_before + 16 {
+    while fds() > fds_before + 16 || tasks() > tasks_before + 8 {
         assert!(
             Instant::now() < deadline,
-            "descriptors: {} before, {} after",
-            fds_before,
-            fds()
+            "descriptors: {fds_before} before, {} after; tasks: {tasks_before} before, {} after",
+            fds(),
+            tasks()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -62,6 +62,9 @@ struct Shared<B> {
     tls: Option<Arc<crate::UpstreamTls>>,
     max_head_bytes: usize,
     reaper: AtomicBool,
+    /// Wakes the reaper when the pool goes, so that it ends then and not a period later (a
+    /// configuration reload replaces pools).
+    gone: Arc<tokio::sync::Notify>,
     protocol: Protocol,
     pings: Option<Pings>,
     h2: Mutex<Vec<H2Target>>,
@@ -187,6 +190,7 @@ where
             // hyper's read buffer cannot be smaller than 8 KiB.
             max_head_bytes: settings.max_response_header_bytes.max(8192),
             reaper: AtomicBool::new(false),
+            gone: Arc::new(tokio::sync::Notify::new()),
             protocol: settings.protocol,
             pings: (!settings.h2_ping_interval.is_zero()).then_some(Pings {
                 interval: settings.h2_ping_interval,
@@ -514,7 +518,7 @@ impl<B: Send + 'static> Pool<B> {
     /// Starts the task that closes idle connections, once.
     fn start_reaper_any(&self) {
         if !self.0.reaper.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(&self.0)));
+            tokio::spawn(reap(Arc::downgrade(&self.0), Arc::clone(&self.0.gone)));
         }
     }
 
@@ -581,6 +585,13 @@ impl<B> Pool<B> {
     }
 }
 
+impl<B> Drop for Shared<B> {
+    fn drop(&mut self) {
+        // A permit if the reaper is not waiting right now: it ends at its next look.
+        self.gone.notify_one();
+    }
+}
+
 /// How long an upstream keeps an idle connection open, from its `Keep-Alive: timeout=N`
 /// (seconds), less a margin so that the gateway stops using it before the upstream closes it:
 /// half a second, or a quarter of a timeout shorter than two seconds.
@@ -607,13 +618,16 @@ fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
 
 /// Closes idle connections past the idle timeout, every half timeout, for as long as the pool
 /// exists (connections are otherwise only looked at when a request wants one).
-async fn reap<B>(pool: Weak<Shared<B>>) {
+async fn reap<B>(pool: Weak<Shared<B>>, gone: Arc<tokio::sync::Notify>) {
     let period = match pool.upgrade() {
         Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(10)),
         None => return,
     };
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = gone.notified() => return,
+        }
         let Some(pool) = pool.upgrade() else {
             return;
         };
