@@ -221,6 +221,31 @@ impl<T: Clone + PartialEq + Send + Sync> Balancer<T> {
         Ok(())
     }
 
+    /// Takes over what `previous` knows of the targets both have (a configuration reload that
+    /// changed the upstream's strategy, policy or target set): each such target keeps its
+    /// value as `previous` has it and its state (health, active-check results, in-flight
+    /// count, slow start); the others are as built.
+    pub fn adopt(&self, previous: &Balancer<T>) {
+        let old = previous.targets();
+        let current = self.current.load();
+        let set: Vec<Target<T>> = current
+            .get()
+            .targets()
+            .iter()
+            .map(|t| match old.iter().find(|o| o.value() == t.value()) {
+                Some(kept) => {
+                    Target::with_state(kept.value().clone(), t.weight(), Arc::clone(kept.state()))
+                }
+                None => t.clone(),
+            })
+            .collect();
+        self.current.store(Arc::new(AnyStrategy::build(
+            self.kind,
+            set,
+            self.policy.clone(),
+        )));
+    }
+
     /// A snapshot of the targets: value, weight and state.
     pub fn targets(&self) -> Vec<Target<T>> {
         self.current.load().get().targets().to_vec()

@@ -13,9 +13,13 @@
 //! What survives a reload: an upstream whose definition did not change is the same upstream,
 //! with its connection pool, its targets' passive and active health, its balancer position and
 //! its background tasks; the counters and the series of the routes that stay keep counting. A
-//! changed upstream starts afresh; the old one's idle connections close once the requests on
-//! it are done. Settings that need a restart (the listeners, `[server]` limits, the admin
-//! listener) are named in the log and left as they were.
+//! changed upstream (targets, strategy, timeouts...) is built anew and takes over, for the
+//! targets that stay, their state (health, active-check results, in-flight counts, counters)
+//! and, when connections would be made the same way (protocol and TLS unchanged), their
+//! pooled connections; the removed targets' idle connections close, and requests in flight on
+//! them finish. Settings that need a restart (the listeners, `[server]` limits, the admin
+//! listener) are named in the log and left as they were: a binary upgrade (SIGUSR2, see
+//! `upgrade`) applies them without refusing a connection.
 
 use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;

@@ -482,3 +482,64 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_changed_upstream_keeps_what_applies_to_the_targets_that_stay() {
+    let (two, three) = (backend("two").await, backend("three").await);
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempdir("reload-changed");
+    let path = dir.join("gateway.toml");
+    let (a, b, c) = (two.addr(), dead, three.addr());
+    let v1 = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstreams.up]\nstrategy = \"round-robin\"\ntargets = [\"http://{a}\", \"http://{b}\"]\n\n[[routes]]\npath = \"/u/*rest\"\nmethods = [\"GET\"]\nupstream = \"up\"\n"
+    );
+    write(&path, &v1);
+    let gw = start(&path).await;
+    for _ in 0..4 {
+        let r = testkit::client::fetch(gw.addr, "/u/x").await;
+        assert_eq!((r.status.as_u16(), r.header("x-backend")), (200, "two"));
+    }
+    let connections = two.connections();
+    // Another strategy, another timeout, one more target: a changed upstream.
+    let v2 = v1.replace("round-robin", "least-request").replace(
+        &format!("\"http://{b}\"]"),
+        &format!("\"http://{b}\", \"http://{c}\"]\nresponse_timeout_ms = 7000"),
+    );
+    write(&path, &v2);
+    let before = gw.reloader.upstreams()[0].1.clone();
+    assert_eq!(gw.reloader.reload(), Ok(2));
+    let after = gw.reloader.upstreams()[0].1.clone();
+    assert!(!after.ptr_eq(&before), "a new upstream");
+    assert_eq!(
+        after.upstream().settings().response_timeout,
+        Duration::from_secs(7)
+    );
+    // The dead target is still out: its health came along.
+    let targets = after.upstream().balancer().targets();
+    let policy = after.upstream().balancer().policy();
+    let state = |addr: SocketAddr| {
+        targets
+            .iter()
+            .find(|t| t.value().to_string().ends_with(&addr.to_string()))
+            .map(|t| t.state().is_available(policy))
+            .unwrap()
+    };
+    assert!(!state(dead), "the ejected target stays out");
+    assert!(state(a) && state(c));
+    // `two`'s connections came along too: no new one to it, whatever goes to `three`.
+    let mut to_two = 0;
+    for _ in 0..8 {
+        let r = testkit::client::fetch(gw.addr, "/u/x").await;
+        assert_eq!(r.status, 200);
+        to_two += usize::from(r.header("x-backend") == "two");
+    }
+    assert!(to_two > 0);
+    assert_eq!(
+        two.connections(),
+        connections,
+        "the pooled connection was reused"
+    );
+}

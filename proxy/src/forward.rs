@@ -19,6 +19,7 @@ use crate::metrics::Retry;
 use crate::outgoing::Outgoing;
 use crate::pool::Pool;
 use crate::response::ProxyBody;
+use crate::target::TargetAddr;
 use crate::upstream::Upstream;
 
 /// A request body the proxy can forward.
@@ -75,6 +76,33 @@ impl<B> Proxy<B> {
     /// The upstream this proxy forwards to.
     pub fn upstream(&self) -> &Upstream {
         &self.inner.upstream
+    }
+
+    /// Takes over from `previous` (the same upstream before a configuration reload changed
+    /// it) what still applies: the state of every target both have (health, active checks,
+    /// in-flight count, counters), and their pooled connections when the connections would
+    /// be made the same way (protocol and TLS unchanged).
+    pub fn take_over(&self, previous: &Proxy<B>)
+    where
+        B: RequestBody,
+    {
+        let (new, old) = (&self.inner.upstream, &previous.inner.upstream);
+        new.balancer().adopt(old.balancer());
+        let (s, p) = (new.settings(), old.settings());
+        let same_connections = s.protocol == p.protocol
+            && format!("{:?}", s.tls) == format!("{:?}", p.tls)
+            && s.max_response_header_bytes == p.max_response_header_bytes;
+        if same_connections {
+            let kept: Vec<TargetAddr> = new
+                .balancer()
+                .targets()
+                .iter()
+                .map(|t| t.value().clone())
+                .collect();
+            self.inner.pool.adopt(&previous.inner.pool, |key| {
+                kept.iter().any(|t| &**t.key() == key)
+            });
+        }
     }
 
     /// Whether both are the same proxy (one pool, one balancer), not merely alike.

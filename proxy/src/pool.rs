@@ -553,6 +553,49 @@ impl<B: Send + 'static> Pool<B> {
 }
 
 impl<B> Pool<B> {
+    /// Moves `previous`'s idle HTTP/1.1 connections and open HTTP/2 connections of the
+    /// targets `keep` says yes to into this pool (a reload's new upstream takes over the old
+    /// one's); the rest stay with `previous` and close with it.
+    pub(crate) fn adopt(&self, previous: &Pool<B>, keep: impl Fn(&str) -> bool)
+    where
+        B: Send + 'static,
+    {
+        let moved: Vec<IdleList<B>> = {
+            let mut old = previous
+                .0
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let (kept, rest): (Vec<_>, Vec<_>) = old.drain(..).partition(|(key, _)| keep(key));
+            *old = rest;
+            kept
+        };
+        let moved_h2: Vec<H2Target> = {
+            let mut old = previous.0.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            let (kept, rest): (Vec<_>, Vec<_>) = old.drain(..).partition(|e| keep(&e.key));
+            *old = rest;
+            kept
+        };
+        let had = !moved.is_empty() || !moved_h2.is_empty();
+        self.0
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(moved);
+        self.0
+            .h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(moved_h2.into_iter().map(|mut e| {
+                // A connect in progress belonged to the old pool's requests.
+                e.connecting = false;
+                e
+            }));
+        if had {
+            self.start_reaper_any();
+        }
+    }
+
     /// Closes the idle connections of targets for which `keep` says no (targets that left the
     /// set).
     pub(crate) fn retain_targets(&self, keep: impl Fn(&str) -> bool) {

@@ -16,7 +16,8 @@ use crate::config::{
 };
 
 /// Every upstream of `config`, by name; one defined as in `previous` (a reload) is the same
-/// running upstream, its pool, health and balancer position kept.
+/// running upstream, its pool, health and balancer position kept; a changed one takes over
+/// the state and connections of the targets that stay.
 pub(super) fn build<B: GatewayBody>(
     config: &Config,
     source: &Source,
@@ -25,11 +26,13 @@ pub(super) fn build<B: GatewayBody>(
     let mut proxies = BTreeMap::new();
     for (name, up) in &config.upstreams {
         let mut proxy = one(name, up, source)?;
-        if let Some((_, running)) = previous
-            .iter()
-            .find(|(n, p)| n == name && p.upstream().same_definition(proxy.upstream()))
-        {
-            proxy = running.clone();
+        if let Some((_, running)) = previous.iter().find(|(n, _)| n == name) {
+            if running.upstream().same_definition(proxy.upstream()) {
+                proxy = running.clone();
+            } else {
+                // Changed: what still applies to the targets that stay is carried over.
+                proxy.take_over(running);
+            }
         }
         proxies.insert(name.clone(), proxy);
     }
