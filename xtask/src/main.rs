@@ -10,6 +10,7 @@ mod bench;
 mod client;
 mod criterion;
 mod demo;
+mod deploy;
 mod flaky;
 mod procs;
 mod soak;
@@ -33,7 +34,8 @@ enum Task {
         #[arg(long)]
         tls: bool,
     },
-    /// What CI runs: `cargo fmt --check`, clippy with warnings denied, the tests.
+    /// What CI runs: `cargo fmt --check`, clippy with warnings denied, the tests, the
+    /// deployment checks.
     Ci,
     /// The gateway next to nginx, HAProxy and Caddy under wrk, in interleaved rounds, fixed
     /// and chunked upstreams; a table of medians, CPU per request and upstream connections
@@ -45,6 +47,10 @@ enum Task {
     Soak(soak::Options),
     /// The whole test suite, many times, under CPU hogs: reports every test that failed once.
     Flaky(flaky::Options),
+    /// The deployment files (deploy/: Dockerfile, systemd units, Kubernetes manifests) checked
+    /// against each other, the binary and its configuration, and their platforms' validators
+    /// (kubernetes-validate, systemd-analyze); the image built and run where docker answers.
+    DeployCheck,
     /// `cargo bench -p router`, then a table of medians and ratios against matchit.
     BenchRouter {
         /// Passed to criterion.
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Demo { tls } => demo::run(tls),
         Task::Ci => ci(),
+        Task::DeployCheck => deploy::run(&root),
         Task::Bench(o) => bench::run(&root, &o),
         Task::Soak(o) => soak::run(&root, &o),
         Task::Flaky(o) => flaky::run(&o),
@@ -118,5 +125,6 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
-    cargo(&["test", "--workspace"])
+    cargo(&["test", "--workspace"])?;
+    deploy::run(&workspace_root())
 }
