@@ -726,3 +726,27 @@ async fn the_cli_prints_the_default_and_logs_json_with_the_worker_count() {
     assert!(threads <= 2, "{threads} threads with worker_threads = 1");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_example_in_the_reference_builds() {
+    let reference = read("docs/configuration.md");
+    let examples: Vec<&str> = reference
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(
+        examples.len() >= 8,
+        "an example per section: {}",
+        examples.len()
+    );
+    for example in examples {
+        let source = gateway_bin::config::Source {
+            name: "docs/configuration.md".into(),
+            text: example.to_owned(),
+        };
+        let config = source.parse().unwrap_or_else(|e| panic!("{e}\n{example}"));
+        gateway_bin::app::build::<gateway_bin::serve::ServedBody>(&config, &source)
+            .unwrap_or_else(|e| panic!("{e}\n{example}"));
+    }
+}

@@ -543,3 +543,42 @@ async fn a_changed_upstream_keeps_what_applies_to_the_targets_that_stay() {
         "the pooled connection was reused"
     );
 }
+
+/// The real binary: `--watch` loads a changed file, SIGHUP a rewritten one.
+#[tokio::test]
+async fn the_binary_reloads_on_watch_and_on_sighup() {
+    // config: --watch
+    let one = backend("one").await;
+    let dir = tempdir("reload-binary");
+    for (watch, file) in [
+        (true, dir.join("watched.toml")),
+        (false, dir.join("hup.toml")),
+    ] {
+        write(
+            &file,
+            &config(&[("one", &[one.addr()])], &[("/a/*rest", "one")]),
+        );
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.arg("--config").arg(&file);
+        if watch {
+            cmd.arg("--watch");
+        }
+        let mut child = testkit::process::Guarded::spawn(&mut cmd).unwrap();
+        let line = child
+            .wait_line("gateway listening", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{}", child.output()));
+        let addr = testkit::process::address_in(&line).unwrap();
+        assert_eq!(testkit::client::fetch(addr, "/b/x").await.status, 404);
+        write(
+            &file,
+            &config(&[("one", &[one.addr()])], &[("/b/*rest", "one")]),
+        );
+        if !watch {
+            assert!(child.signal("HUP"));
+        }
+        child
+            .wait_line("configuration reloaded", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("watch {watch}: {}", child.output()));
+        assert_eq!(testkit::client::fetch(addr, "/b/x").await.status, 200);
+    }
+}
