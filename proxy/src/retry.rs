@@ -14,7 +14,7 @@ const STATUSES: [StatusCode; 3] = [
     StatusCode::GATEWAY_TIMEOUT,
 ];
 
-/// When a request goes to the next target (see the [module docs](self)).
+/// When a request goes to the next target (see the [crate docs](crate)).
 ///
 /// A request that never reached the upstream (connect failure, a new connection closed
 /// before the request was written) may always go again; a request that did reach it goes

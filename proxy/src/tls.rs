@@ -16,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::target::TargetAddr;
 
-/// TLS to an upstream's `https://` targets (see the [module docs](self)).
+/// TLS to an upstream's `https://` targets (see the [crate docs](crate)).
 ///
 /// ```
 /// let tls = proxy::UpstreamTls::new(None, None, false).unwrap();

@@ -49,7 +49,7 @@ pub enum BadPath {
     HiddenDotSegment,
 }
 
-/// Normalizes a request path (see the [module docs](self)).
+/// Normalizes a request path (see the [crate docs](crate)).
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
     if path == "*" {
         return Ok(Cow::Borrowed(path));

@@ -38,9 +38,9 @@ pub enum Outcome {
     /// `max_fails`.
     Failure,
     /// The response head arrived and its body then broke off (a reset, a short body, a
-    /// stall). Counted in [`TargetState::failures`], but one alone does not take a target
-    /// out: a head arrived, so the target is alive. Only [`BODY_FAILURES_IN_A_ROW`] of them
-    /// with no complete body between (see [`TargetState::body_completed`]) count as one
+    /// stall). Counted in [`TargetState::failures`](crate::TargetState::failures), but one alone does not take a target
+    /// out: a head arrived, so the target is alive. Only [`BODY_FAILURES_IN_A_ROW`](crate::BODY_FAILURES_IN_A_ROW) of them
+    /// with no complete body between (see [`TargetState::body_completed`](crate::TargetState::body_completed)) count as one
     /// failure towards `max_fails`.
     BodyFailure,
 }

@@ -2,7 +2,7 @@
 //! demo), never on the traffic port, and never serving proxied routes:
 //!
 //! - `GET /metrics`: every series in the Prometheus text format, or OpenMetrics when the
-//!   scraper asks for it ([`metrics`]);
+//!   scraper asks for it (`admin/metrics.rs`);
 //! - `GET /healthz`: the process serves; `GET /readyz`: listeners bound and every upstream has
 //!   a usable target (else `503`, naming what is not ready);
 //! - `GET /`: the live dashboard, one self-contained page; `GET /stats.json`: what it shows,

@@ -1,6 +1,6 @@
 //! Wiring: a parsed configuration becomes one `Mux` with its upstreams, routes, middleware and
 //! index page. Everything that can be decided once is decided here, in one file per job:
-//! [`upstreams`] (targets, health, forwarding settings), [`routes`] (the route stacks and the
+//! `upstreams` (targets, health, forwarding settings), [`routes`] (the route stacks and the
 //! route table), `pre` (the stack every request meets first), [`index`] (the page at `GET /`)
 //! and `warnings` (valid but suspicious configurations).
 

@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::dispatch::{Dispatch, dispatch};
 use crate::route::{Route, RouteFuture};
 
-/// The router as a cloneable tower `Service`, made by [`Mux::into_service`].
+/// The router as a cloneable tower `Service`, made by [`Mux::into_service`](crate::Mux::into_service).
 pub struct MuxService<B>(pub(super) Inner<B>);
 
 pub(super) enum Inner<B> {
