@@ -126,6 +126,18 @@ pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Resident memory of a process and its direct children (nginx's workers), in KiB.
+pub fn rss_with_children(pid: u32) -> Option<u64> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let kids: u64 = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter_map(|c| proc_status(c, "VmRSS:"))
+        .sum();
+    Some(proc_status(pid, "VmRSS:")? + kids)
+}
+
 /// User and system CPU time of a process so far, in clock ticks (`/proc/PID/stat`).
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

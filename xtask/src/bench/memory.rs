@@ -106,3 +106,86 @@ pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
         1024.0 / up_s,
     ))
 }
+
+/// Idle HTTPS keep-alive connections held at once by the TLS-memory check.
+const TLS_IDLE: usize = 2_000;
+
+/// A proxy's resident memory per idle HTTPS keep-alive connection: `TLS_IDLE` connections
+/// opened to `port` (a full handshake and one request each, then left open), the RSS of `pid`
+/// and its workers before and with them. The client trusts the certificates in `chain`.
+pub(super) fn tls_idle(
+    pid: u32,
+    port: u16,
+    chain: &std::path::Path,
+) -> Result<(usize, u64), String> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(chain).map_err(|e| e.to_string())? {
+        let cert = cert.map_err(|e| e.to_string())?;
+        // The leaf is refused as an anchor; the CA after it is what verifies.
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let rss = || crate::procs::rss_with_children(pid).unwrap_or(0);
+    let before = rss();
+    let mut held = Vec::with_capacity(TLS_IDLE);
+    for i in 0..TLS_IDLE {
+        let open = || -> Result<_, String> {
+            let tcp =
+                std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let conn = rustls::ClientConnection::new(Arc::clone(&config), name)
+                .map_err(|e| e.to_string())?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            tls.write_all(b"GET /api/idle HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            // The answer: a head, then a body of the length it declares.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = tls.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("closed before the answer ended".into());
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            Ok(tls)
+        };
+        match open() {
+            Ok(tls) => held.push(tls),
+            Err(e) => return Err(format!("TLS connection {i} to port {port}: {e}")),
+        }
+    }
+    let with = rss();
+    let n = held.len();
+    drop(held);
+    Ok((n, with.saturating_sub(before) * 1024 / n.max(1) as u64))
+}

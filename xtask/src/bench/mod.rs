@@ -412,7 +412,36 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
     let ours = &contenders[1];
     let gateway_pid = ours.pid.unwrap_or(0);
     let peak_rss = crate::procs::proc_status(gateway_pid, "VmHWM:");
-    let memory = memory::checks(gateway_pid, ours.port)?;
+    // Idle HTTPS connections first: the plain check's 10,000 connections leave freed memory
+    // behind that later allocations would reuse without the RSS growing.
+    let mut tls_memory = String::new();
+    if opts.tls {
+        // Idle HTTPS connections cost each proxy its TLS state on top of HTTP's.
+        let chain = rig.work.join("bench.pem");
+        let mut each = Vec::new();
+        for c in contenders
+            .iter()
+            .filter(|c| c.tls_port.is_some() && c.pid.is_some())
+        {
+            if c.name != "gateway (ours)"
+                && !c.name.starts_with("nginx")
+                && !c.name.starts_with("HAProxy")
+            {
+                continue;
+            }
+            let (Some(port), Some(pid)) = (c.tls_port, c.pid) else {
+                continue;
+            };
+            let (n, per) = memory::tls_idle(pid, port, &chain)?;
+            eprintln!("{}: {n} idle TLS connections, {per} bytes each", c.name);
+            each.push(format!("{} {per} bytes", c.name));
+        }
+        tls_memory = format!(
+            " Idle HTTPS keep-alive connections (2,000 held after a full handshake and one request each; RSS with workers): {}.",
+            each.join(", ")
+        );
+    }
+    let memory = memory::checks(gateway_pid, ours.port)? + &tls_memory;
     let table = report::table(&samples, &contenders, opts);
     let header = report::header(opts, rig.cores, rig.pin, upstreams.kind, peak_rss, &memory);
     println!("\n{header}\n{table}");
