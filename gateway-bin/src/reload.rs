@@ -334,6 +334,27 @@ fn restart_only(config: &Config) -> Vec<(&'static str, String)> {
             "tls.listen",
             format!("{:?}", config.tls.as_ref().map(|t| &t.listen)),
         ),
+        // The HTTPS listeners' settings are built into their acceptors at start; the
+        // certificate files reload on their own (SIGHUP, or when they change).
+        (
+            "tls",
+            format!(
+                "{:?}",
+                config.tls.as_ref().map(|t| (
+                    t.certificates
+                        .get_ref()
+                        .iter()
+                        .map(|c| (&c.get_ref().cert, &c.get_ref().key))
+                        .collect::<Vec<_>>(),
+                    t.min_version.get_ref(),
+                    t.client_auth.as_ref().map(|v| v.get_ref()),
+                    t.client_ca_file.as_ref().map(|v| v.get_ref()),
+                    t.redirect_http,
+                    t.hsts_max_age_s,
+                    t.client_subject_header.as_ref().map(|v| v.get_ref()),
+                ))
+            ),
+        ),
     ]
 }
 

@@ -582,3 +582,46 @@ async fn the_binary_reloads_on_watch_and_on_sighup() {
         assert_eq!(testkit::client::fetch(addr, "/b/x").await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn settings_only_a_restart_changes_are_named_and_kept() {
+    testkit::logs::capture();
+    let one = backend("one").await;
+    let dir = tempdir("reload-restart-only");
+    let path = dir.join("gateway.toml");
+    let v1 = config(&[("one", &[one.addr()])], &[("/a/*rest", "one")]);
+    write(&path, &v1);
+    let gw = start(&path).await;
+    write(
+        &path,
+        &v1.replace("[index]", "[server.placeholder]").replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 7",
+        ),
+    );
+    // Not a valid file (an unknown table): refused whole.
+    assert!(gw.reloader.reload().is_err());
+    write(
+        &path,
+        &v1.replace(
+            "[server]\nlisten = [\"127.0.0.1:0\"]",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 7",
+        ),
+    );
+    assert_eq!(gw.reloader.reload(), Ok(2));
+    let named = testkit::logs::lines_with("needs a restart");
+    assert!(named.iter().any(|l| l.contains("`server`")), "{named:?}");
+    // The rest of the file took effect; the limit did not (many connections still pass).
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        open.push(testkit::client::h1::<Empty<Bytes>>(gw.addr).await);
+    }
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        testkit::client::fetch(gw.addr, "/a/x"),
+    )
+    .await
+    .expect("an eleventh connection is served: the running limit stays");
+    assert_eq!(r.status, 200);
+    drop(open);
+}
