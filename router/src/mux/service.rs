@@ -47,6 +47,14 @@ impl<B: Send + 'static> Service<Request<B>> for MuxService<B> {
     }
 
     fn call(&mut self, req: Request<B>) -> MuxFuture {
+        self.call_ref(req)
+    }
+}
+
+impl<B: Send + 'static> MuxService<B> {
+    /// [`Service::call`] through a shared reference: a holder of the router behind an `Arc`
+    /// (a swappable configuration) routes without cloning it per request.
+    pub fn call_ref(&self, req: Request<B>) -> MuxFuture {
         match &self.0 {
             Inner::Direct(Dispatch(table)) => dispatch(table, req),
             Inner::Layered(route) => MuxFuture(State::Route(route.call_ref(req))),
