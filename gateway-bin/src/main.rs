@@ -45,6 +45,43 @@ struct Args {
     watch: bool,
 }
 
+#[cfg(target_os = "linux")]
+use gateway_bin::upgrade::Inherited;
+
+/// Off Linux no listening socket is handed in: every listener is bound.
+#[cfg(not(target_os = "linux"))]
+struct Inherited;
+
+#[cfg(not(target_os = "linux"))]
+impl Inherited {
+    fn from_env() -> Inherited {
+        Inherited
+    }
+
+    fn take(
+        &mut self,
+        _: std::net::SocketAddr,
+    ) -> Option<std::io::Result<tokio::net::TcpListener>> {
+        None
+    }
+
+    fn unused(&self) -> Vec<std::net::SocketAddr> {
+        Vec::new()
+    }
+}
+
+/// A listener on `at`: the socket handed in for it (an upgrade's, or systemd's), else a new
+/// one.
+async fn listen(
+    at: std::net::SocketAddr,
+    inherited: &mut Inherited,
+) -> std::io::Result<tokio::net::TcpListener> {
+    match inherited.take(at) {
+        Some(adopted) => adopted,
+        None => tokio::net::TcpListener::bind(at).await,
+    }
+}
+
 /// Requests were cut because the shutdown grace ran out.
 const EXIT_GRACE_EXPIRED: u8 = 3;
 
@@ -171,17 +208,9 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
     });
     // Sockets handed in by the process this one upgrades (or by systemd) are adopted, not
     // bound again.
-    #[cfg(target_os = "linux")]
-    let mut inherited = gateway_bin::upgrade::Inherited::from_env();
+    let mut inherited = Inherited::from_env();
     for (at, acceptor, key) in plain.chain(https) {
-        #[cfg(target_os = "linux")]
-        let bound = match inherited.take(at) {
-            Some(adopted) => adopted,
-            None => tokio::net::TcpListener::bind(at).await,
-        };
-        #[cfg(not(target_os = "linux"))]
-        let bound = tokio::net::TcpListener::bind(at).await;
-        match bound {
+        match listen(at, &mut inherited).await {
             Ok(tcp) => listeners.push(serve::Listener { tcp, tls: acceptor }),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 eprintln!(
@@ -210,14 +239,7 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         }
     }
     if let Some(at) = config.admin.listen {
-        #[cfg(target_os = "linux")]
-        let bound = match inherited.take(at) {
-            Some(adopted) => adopted,
-            None => tokio::net::TcpListener::bind(at).await,
-        };
-        #[cfg(not(target_os = "linux"))]
-        let bound = tokio::net::TcpListener::bind(at).await;
-        let listener = match bound {
+        let listener = match listen(at, &mut inherited).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("gateway: cannot listen on {at} (`admin.listen`): {e}");
@@ -281,11 +303,9 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
             std::time::Duration::from_secs(1),
         )))
     });
-    #[cfg(target_os = "linux")]
     for at in inherited.unused() {
         tracing::warn!(%at, "an inherited socket is not in the configuration: closed");
     }
-    #[cfg(target_os = "linux")]
     drop(inherited);
     // SIGUSR2: a new binary takes the sockets over; once it serves, this one drains.
     let (upgraded_tx, upgraded) = tokio::sync::oneshot::channel::<u32>();
