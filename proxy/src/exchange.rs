@@ -403,10 +403,11 @@ impl<B: RequestBody> Exchange<B> {
                 target = %picked.value(),
                 "the gRPC call's deadline passed before the upstream answered"
             );
-            let mut res = text_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n");
-            res.extensions_mut()
-                .insert(httpkit::grpc::Code::DeadlineExceeded);
-            return Some(res);
+            // A 504 is DEADLINE_EXCEEDED to a gRPC client already (httpkit::grpc::Code).
+            return Some(text_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway Timeout\n",
+            ));
         }
         if !self.waiting_for_client() {
             return self.failed(upstream, picked, Failure::Timeout);
@@ -658,7 +659,7 @@ impl<B: RequestBody> Exchange<B> {
                 if self.policy().retries_reset() && self.policy().resends(&replay.method) {
                     self.request = replay.into_request();
                 }
-                let e = into_box(error);
+                let e: BoxError = Box::new(error.into_error());
                 return self.failed(upstream, &picked, Failure::Broken(e));
             }
             // Not processed by the upstream: safe to send again, whatever the method, with
@@ -675,7 +676,7 @@ impl<B: RequestBody> Exchange<B> {
             };
             let again = replay.resumed(rest);
             let Some(back) = again.filter(|_| sends < 3) else {
-                let e = into_box(error);
+                let e: BoxError = Box::new(error.into_error());
                 let failure = if on.reused {
                     Failure::StaleNotRetried(e)
                 } else {
@@ -715,13 +716,5 @@ impl<B: RequestBody> Exchange<B> {
                 }
             }
         }
-    }
-}
-
-fn into_box(error: crate::h2::SendError) -> BoxError {
-    match error {
-        crate::h2::SendError::NotSent(e)
-        | crate::h2::SendError::Refused(e)
-        | crate::h2::SendError::Broken(e) => Box::new(e),
     }
 }

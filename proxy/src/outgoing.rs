@@ -217,67 +217,51 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let (body, progress) = match &mut this.body {
+        let polled = match &mut this.body {
             None => return Poll::Ready(None),
             Some(Source::Replay(frames)) => {
-                let frame = frames.pop_front().map(Kept::into_frame);
-                if let Some(record) = &this.record {
-                    if let Some(frame) = &frame {
-                        record.keep(frame);
-                    }
-                    if frames.is_empty() {
-                        record.complete();
-                    }
-                }
-                return Poll::Ready(frame.map(Ok));
+                Poll::Ready(frames.pop_front().map(|kept| Ok(kept.into_frame())))
             }
-            Some(Source::Resumed(frames, rest)) => {
-                if let Some(kept) = frames.pop_front() {
-                    let frame = kept.into_frame();
-                    if let Some(record) = &this.record {
-                        record.keep(&frame);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                let polled = Pin::new(&mut **rest).poll_frame(cx);
-                if let Some(record) = &this.record {
+            Some(Source::Resumed(frames, rest)) => match frames.pop_front() {
+                Some(kept) => Poll::Ready(Some(Ok(kept.into_frame()))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
+            Some(Source::Client(body, progress)) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx).map_err(Into::into);
+                if let Some(tap) = &this.tap {
                     match &polled {
+                        Poll::Pending => {}
                         Poll::Ready(Some(Ok(frame))) => {
-                            record.keep(frame);
-                            if rest.is_end_stream() {
-                                record.complete();
+                            if let Some(data) = frame.data_ref() {
+                                tap.data(data);
+                            }
+                            // hyper stops polling a body that says it has ended.
+                            if body.is_end_stream() {
+                                tap.end();
                             }
                         }
-                        Poll::Ready(None) => record.complete(),
-                        _ => {}
+                        Poll::Ready(None) => tap.end(),
+                        Poll::Ready(Some(Err(_))) => tap.abandon(),
                     }
                 }
-                return polled;
+                progress.set(match &polled {
+                    Poll::Pending => Progress::WaitingForClient,
+                    Poll::Ready(Some(Ok(_))) => Progress::Flowing,
+                    Poll::Ready(None) => Progress::Done,
+                    Poll::Ready(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                        Progress::TooLarge
+                    }
+                    Poll::Ready(Some(Err(_))) => Progress::Failed,
+                });
+                polled
             }
-            Some(Source::Client(body, progress)) => (body, progress),
         };
-        let polled = Pin::new(&mut *body).poll_frame(cx).map_err(Into::into);
-        if let Some(tap) = &this.tap {
-            match &polled {
-                Poll::Pending => {}
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        tap.data(data);
-                    }
-                    // hyper stops polling a body that says it has ended.
-                    if body.is_end_stream() {
-                        tap.end();
-                    }
-                }
-                Poll::Ready(None) => tap.end(),
-                Poll::Ready(Some(Err(_))) => tap.abandon(),
-            }
-        }
+        // Whatever the source, a copy for sending again (kept whole only if it ended).
         if let Some(record) = &this.record {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     record.keep(frame);
-                    if body.is_end_stream() {
+                    if this.is_end_stream() {
                         record.complete();
                     }
                 }
@@ -285,15 +269,6 @@ where
                 _ => {}
             }
         }
-        progress.set(match &polled {
-            Poll::Pending => Progress::WaitingForClient,
-            Poll::Ready(Some(Ok(_))) => Progress::Flowing,
-            Poll::Ready(None) => Progress::Done,
-            Poll::Ready(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
-                Progress::TooLarge
-            }
-            Poll::Ready(Some(Err(_))) => Progress::Failed,
-        });
         polled
     }
 

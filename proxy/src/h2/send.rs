@@ -38,6 +38,12 @@ impl SendError {
             SendError::NotSent(e) | SendError::Refused(e) | SendError::Broken(e) => e,
         }
     }
+
+    pub(crate) fn into_error(self) -> h2::Error {
+        match self {
+            SendError::NotSent(e) | SendError::Refused(e) | SendError::Broken(e) => e,
+        }
+    }
 }
 
 /// A response head, the stream it came on, and how long its body says it is.
