@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use httpkit::grpc::{frame, put_varint, varint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
@@ -71,49 +72,20 @@ impl Echo {
 
     /// The message in its gRPC frame.
     fn framed(&self) -> Bytes {
-        let mut message = BytesMut::new();
+        let mut message = Vec::new();
         if !self.message.is_empty() {
-            message.put_u8(0x0a);
+            message.push(0x0a);
             put_varint(&mut message, self.message.len() as u64);
-            message.put_slice(self.message.as_bytes());
+            message.extend_from_slice(self.message.as_bytes());
         }
         for (tag, value) in [(0x10, self.count), (0x18, self.interval_ms)] {
             if value != 0 {
-                message.put_u8(tag);
+                message.push(tag);
                 put_varint(&mut message, u64::from(value));
             }
         }
         frame(&message)
     }
-}
-
-fn frame(message: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(message.len() + 5);
-    out.put_u8(0);
-    out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-    out.put_slice(message);
-    out.freeze()
-}
-
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.first()?;
-        buf.advance(1);
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-fn put_varint(out: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        out.put_u8((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.put_u8(n as u8);
 }
 
 /// Messages as they arrive on a request body.

@@ -1,6 +1,7 @@
 //! gRPC as a gateway sees it: which requests are gRPC calls, their `grpc-timeout`, the status
-//! codes, and the answer a gateway gives a gRPC client when it answers by itself (HTTP `200`,
-//! no body, `grpc-status` and `grpc-message` in the head: a "trailers-only" response).
+//! codes, the answer a gateway gives a gRPC client when it answers by itself (HTTP `200`, no
+//! body, `grpc-status` and `grpc-message` in the head: a "trailers-only" response), and the
+//! wire's framing and varints (for health checks and test services).
 //!
 //! ```
 //! use std::time::Duration;
@@ -180,6 +181,49 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// `message` in gRPC's length-prefixed frame: no compression flag, its length (4 bytes, big
+/// endian), the message.
+pub fn frame(message: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(message.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(message);
+    bytes::Bytes::from(out)
+}
+
+/// The message of `framed` when it is exactly one uncompressed frame.
+pub fn unframe(framed: &[u8]) -> Option<&[u8]> {
+    let (&flag, rest) = framed.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let (len, message) = rest.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    (message.len() == len).then_some(message)
+}
+
+/// Appends `n` as a protobuf varint (7 bits a byte, low first).
+pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads a protobuf varint from the front of `buf`, advancing it; `None` when malformed or cut.
+pub fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *buf = &buf[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +280,23 @@ mod tests {
         let res: Response<()> = error_response(Code::DeadlineExceeded, "late");
         assert_eq!(res.headers()["grpc-status"], "4");
         assert_eq!(res.headers()["content-type"], "application/grpc");
+    }
+
+    #[test]
+    fn frames_and_varints_round_trip() {
+        let framed = frame(b"abc");
+        assert_eq!(&framed[..], &[0, 0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(unframe(&framed), Some(&b"abc"[..]));
+        assert_eq!(unframe(&[1, 0, 0, 0, 0]), None, "compressed");
+        assert_eq!(unframe(&[0, 0, 0, 0, 2, 1]), None, "cut");
+        for n in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, n);
+            let mut read = &out[..];
+            assert_eq!(varint(&mut read), Some(n));
+            assert!(read.is_empty());
+        }
+        assert_eq!(varint(&mut &[0x80u8][..]), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{HOST, USER_AGENT};
 use http::{HeaderValue, Request};
 use http_body_util::Empty;
+use httpkit::grpc;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -279,64 +280,32 @@ async fn grpc_check(
     }
 }
 
-/// A `HealthCheckRequest { service }` in its gRPC frame (uncompressed, length-prefixed).
+/// A `HealthCheckRequest { service }` in its gRPC frame.
 fn health_request(service: &str) -> Bytes {
     let mut message = Vec::with_capacity(service.len() + 8);
     if !service.is_empty() {
         message.push(0x0a); // field 1, length-delimited
-        let mut n = service.len();
-        while n >= 0x80 {
-            message.push((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        message.push(n as u8);
+        grpc::put_varint(&mut message, service.len() as u64);
         message.extend_from_slice(service.as_bytes());
     }
-    let mut frame = Vec::with_capacity(message.len() + 5);
-    frame.push(0);
-    frame.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    frame.extend_from_slice(&message);
-    Bytes::from(frame)
+    grpc::frame(&message)
 }
 
 /// The `status` of a framed `HealthCheckResponse` (field 1, a varint; absent is 0).
 fn serving_status(framed: &[u8]) -> Option<u64> {
-    let (&flag, rest) = framed.split_first()?;
-    if flag != 0 || rest.len() < 4 {
-        return None;
-    }
-    let (len, mut message) = rest.split_at(4);
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if message.len() != len {
-        return None;
-    }
+    let mut message = grpc::unframe(framed)?;
     let mut status = 0;
     while let Some((&tag, rest)) = message.split_first() {
-        let (value, rest) = varint(rest)?;
+        message = rest;
+        let value = grpc::varint(&mut message)?;
         match tag {
             0x08 => status = value,
             // Another varint field: skipped.
             t if t & 7 == 0 => {}
             _ => return None,
         }
-        message = rest;
     }
     Some(status)
-}
-
-fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, &bytes[i + 1..]));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
