@@ -16,7 +16,6 @@ use common::{AbortOnDrop, start_gateway};
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
 use tower::service_fn;
@@ -49,29 +48,26 @@ struct Echo {
     calls: Arc<AtomicUsize>,
 }
 
-impl NamedService for Echo {
-    const NAME: &'static str = "echo.Echo";
-}
+/// What a test server answers a request with.
+type Handler = Arc<dyn Fn(http::Request<tonic::body::Body>) -> BoxFut<GrpcResponse> + Send + Sync>;
+type GrpcResponse = http::Response<tonic::body::Body>;
 
-impl tower::Service<http::Request<tonic::body::Body>> for Echo {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFut<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
+impl Echo {
+    /// The service, for [`serve`].
+    fn handler(&self) -> Handler {
+        let calls = Arc::clone(&self.calls);
+        Arc::new(move |req| Echo::answer(Arc::clone(&calls), req))
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let calls = Arc::clone(&self.calls);
+    fn answer(
+        calls: Arc<AtomicUsize>,
+        req: http::Request<tonic::body::Body>,
+    ) -> BoxFut<GrpcResponse> {
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
             // By method name, whatever the service's name (routes of several names lead here).
             let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-            let res = match method.as_str() {
+            match method.as_str() {
                 "Unary" => {
                     let svc = service_fn(move |r: Request<Msg>| {
                         let calls = Arc::clone(&calls);
@@ -143,26 +139,18 @@ impl tower::Service<http::Request<tonic::body::Body>> for Echo {
                     grpc.streaming(svc, req).await
                 }
                 _ => Status::unimplemented("no such method").into_http(),
-            };
-            Ok(res)
+            }
         })
     }
 }
 
-/// A tonic server for `svc` on a free loopback port, stopped when the guard drops.
-async fn serve<S>(svc: S) -> (SocketAddr, AbortOnDrop)
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+/// A tonic server answering with `handler` on a free loopback port, stopped when the guard
+/// drops.
+async fn serve(handler: Handler) -> (SocketAddr, AbortOnDrop) {
+    let svc = service_fn(move |req| {
+        let answer = handler(req);
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+    });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -229,7 +217,7 @@ strip_prefix = false
 #[tokio::test]
 async fn all_four_kinds_of_rpc_pass_with_their_trailers() {
     // config: upstreams.*.protocol
-    let (upstream, _server) = serve(Echo::default()).await;
+    let (upstream, _server) = serve(Echo::default().handler()).await;
     let gw = start_gateway(config(&[upstream], "")).await;
     let mut c = client(gw.addr).await;
 
@@ -301,7 +289,7 @@ async fn all_four_kinds_of_rpc_pass_with_their_trailers() {
 
 #[tokio::test]
 async fn errors_the_gateway_makes_are_grpc_statuses() {
-    let (upstream, _server) = serve(Echo::default()).await;
+    let (upstream, _server) = serve(Echo::default().handler()).await;
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
@@ -382,7 +370,7 @@ timeout_ms = 100
 #[tokio::test]
 async fn grpc_timeout_is_the_calls_deadline_before_and_during_the_response() {
     let echo = Echo::default();
-    let (upstream, _server) = serve(echo.clone()).await;
+    let (upstream, _server) = serve(echo.handler()).await;
     let gw = start_gateway(config(&[upstream], "")).await;
     let mut c = client(gw.addr).await;
 
@@ -765,17 +753,6 @@ async fn a_connection_that_stops_answering_pings_is_replaced() {
     assert_eq!(answer.unwrap(), msg("second", 2));
 }
 
-/// `grpc.health.v1.Health`: `Check` answers `SERVING` while `serving` holds, else
-/// `NOT_SERVING`.
-#[derive(Clone)]
-struct Health {
-    serving: Arc<AtomicBool>,
-}
-
-impl NamedService for Health {
-    const NAME: &'static str = "grpc.health.v1.Health";
-}
-
 #[derive(Clone, PartialEq, prost::Message)]
 struct HealthCheckRequest {
     #[prost(string, tag = "1")]
@@ -788,20 +765,11 @@ struct HealthCheckResponse {
     status: i32,
 }
 
-impl tower::Service<http::Request<tonic::body::Body>> for Health {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFut<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let serving = Arc::clone(&self.serving);
+/// `grpc.health.v1.Health`: `Check` answers `SERVING` while `serving` holds, else
+/// `NOT_SERVING`.
+fn health(serving: Arc<AtomicBool>) -> Handler {
+    Arc::new(move |req| {
+        let serving = Arc::clone(&serving);
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<
                 HealthCheckResponse,
@@ -811,19 +779,16 @@ impl tower::Service<http::Request<tonic::body::Body>> for Health {
                 let status = if serving.load(Ordering::SeqCst) { 1 } else { 2 };
                 async move { Ok::<_, Status>(Response::new(HealthCheckResponse { status })) }
             });
-            Ok(grpc.unary(svc, req).await)
+            grpc.unary(svc, req).await
         })
-    }
+    })
 }
 
 #[tokio::test]
 async fn grpc_health_checks_follow_the_servers_answer() {
     // config: upstreams.*.health_check.grpc_service
     let serving = Arc::new(AtomicBool::new(true));
-    let (addr, _server) = serve(Health {
-        serving: Arc::clone(&serving),
-    })
-    .await;
+    let (addr, _server) = serve(health(Arc::clone(&serving))).await;
     let extra = r#"
 [upstreams.echo.health_check]
 kind = "grpc"
@@ -976,7 +941,7 @@ async fn the_readme_grpc_example_builds_and_serves() {
         .and_then(|rest| rest.split("```").next())
         .expect("README's gRPC section has a TOML example");
     // The example's targets, made real: one of them a tonic server with the service's name.
-    let (addr, _server) = serve(Echo::default()).await;
+    let (addr, _server) = serve(Echo::default().handler()).await;
     let text = format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{example}")
         .replace("http://10.0.0.5:50051", &format!("http://{addr}"))
         .replace(", \"http://10.0.0.6:50051\"", "");

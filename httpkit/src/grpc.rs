@@ -186,7 +186,11 @@ fn percent_encode(text: &str) -> String {
 pub fn frame(message: &[u8]) -> bytes::Bytes {
     let mut out = Vec::with_capacity(message.len() + 5);
     out.push(0);
-    out.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(message);
     bytes::Bytes::from(out)
 }
