@@ -420,21 +420,8 @@ fn check_names_the_entry_of_a_bad_certificate() {
 /// its body, sent chunked (no length, as most applications answer), and `x-conn: N` (the
 /// connection's number, from 1) in its head.
 async fn https_upstream(cert: &Path, key: &Path) -> SocketAddr {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = upstream_acceptor(cert, key, &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -798,22 +785,29 @@ async fn get_as_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
     .await
 }
 
-/// A WebSocket echo over TLS on `cert`/`key`.
-async fn wss_echo_upstream(cert: &Path, key: &Path) -> SocketAddr {
-    use futures_util::{SinkExt, StreamExt};
+/// The TLS side of a test upstream: the chain and key in `cert`/`key`, offering `alpn` (none:
+/// no ALPN).
+fn upstream_acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
     let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A WebSocket echo over TLS on `cert`/`key`.
+async fn wss_echo_upstream(cert: &Path, key: &Path) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let acceptor = upstream_acceptor(cert, key, &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -885,22 +879,8 @@ certificates = [{{ cert = "{}", key = "{}" }}]
 
 /// An HTTPS upstream that speaks only HTTP/2 (ALPN `h2`): answers `h2 <path> <connection>`.
 async fn https_h2_upstream(cert: &Path, key: &Path) -> SocketAddr {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = upstream_acceptor(cert, key, &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
