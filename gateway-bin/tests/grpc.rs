@@ -960,3 +960,64 @@ async fn the_readme_grpc_example_builds_and_serves() {
         .into_inner();
     assert_eq!(answer, msg("order", 1));
 }
+
+#[tokio::test]
+async fn an_h2_upstream_that_breaks_or_stalls_mid_body_cuts_the_response() {
+    // Stream 0: head and some data, then RST_STREAM (the reset may overtake the head on its
+    // way to the gateway: then it is a 502). Stream 1: head and some data, then silence: the
+    // body is cut after response_timeout_ms and the target charged with a body failure (one
+    // does not eject it). Neither may reach the client as a whole response.
+    let (upstream, _, _server) = raw_h2(h2::server::Builder::new(), |n, _req, mut respond| {
+        Box::pin(async move {
+            let res = http::Response::builder().body(()).unwrap();
+            let Ok(mut send) = respond.send_response(res, false) else {
+                return;
+            };
+            let _ = send.send_data(Bytes::from_static(b"partial "), false);
+            if n == 0 {
+                send.send_reset(h2::Reason::INTERNAL_ERROR);
+            } else {
+                // Silent until the gateway gives up on it (the guard kills the server).
+                std::future::pending::<()>().await;
+            }
+        })
+    })
+    .await;
+    let text = config(&[upstream], "").replace(
+        "protocol = \"h2\"",
+        "protocol = \"h2\"\nresponse_timeout_ms = 300",
+    );
+    let gw = start_gateway(text).await;
+    for stream in 0..2 {
+        let mut conn = testkit::client::h1(gw.addr).await;
+        let req = http::Request::post("/echo.Echo/x")
+            .header("host", "gw")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(5), conn.send_request(req))
+            .await
+            .expect("a head")
+            .unwrap();
+        if stream == 0 && res.status() == 502 {
+            continue;
+        }
+        assert_eq!(res.status(), 200, "stream {stream}");
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_body_util::BodyExt::collect(res.into_body()),
+        )
+        .await
+        .expect("the body ends, one way or the other");
+        assert!(
+            body.is_err(),
+            "stream {stream}: a cut body must not look whole"
+        );
+    }
+    let target = &gw.upstreams[0].1.upstream().balancer().targets()[0];
+    assert!(target.value().metrics().body_failures() >= 1);
+    assert!(
+        target
+            .state()
+            .is_available(gw.upstreams[0].1.upstream().balancer().policy())
+    );
+}
