@@ -25,6 +25,7 @@ use crate::tap::BodyTap;
 use crate::target::TargetAddr;
 use crate::tunnel::TunnelGuard;
 use crate::upstream::Upstream;
+use crate::wire::Wire;
 
 /// One request on its way through the attempts.
 pub(crate) struct Exchange<B> {
@@ -258,14 +259,24 @@ impl<B: RequestBody> Exchange<B> {
         let in_flight = picked.state().start();
         let started = Instant::now();
         self.made += 1;
+        let bodiless = self.request.as_ref().is_some_and(|r| r.body().is_empty());
         match inner
             .pool
-            .carrier(picked.value(), self.upgrade.is_some())
+            .carrier(picked.value(), self.upgrade.is_some(), bodiless)
             .await
         {
             Ok(Carrier::H1(conn)) => {
                 self.attempt_h1(inner, picked, conn, in_flight, started)
                     .await
+            }
+            Ok(Carrier::Wire { wire, reused }) => {
+                let on = WireAttempt {
+                    wire,
+                    reused,
+                    in_flight,
+                    started,
+                };
+                self.attempt_wire(inner, picked, on).await
             }
             Ok(Carrier::H2 {
                 conn,
@@ -574,6 +585,129 @@ impl<B: RequestBody> Exchange<B> {
     }
 }
 
+/// What an attempt on a [`Wire`] starts with.
+struct WireAttempt {
+    wire: Wire,
+    reused: bool,
+    in_flight: InFlight,
+    started: Instant,
+}
+
+impl<B: RequestBody> Exchange<B> {
+    /// The attempt of a request without a body on a [`Wire`], which this task drives: the
+    /// head written, the response head read. A pooled wire the upstream had closed (the head
+    /// could not be written, or no byte of an answer came) is replaced once.
+    async fn attempt_wire(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        mut on: WireAttempt,
+    ) -> Option<Response<ProxyBody<B>>> {
+        let upstream = &inner.upstream;
+        let settings = upstream.settings();
+        let req = self.outbound_to(picked.value(), settings.preserve_host)?;
+        let mut head = Vec::new();
+        crate::wire::head::encode_request(&mut head, req.method(), req.uri(), req.headers());
+        let resends = self.policy().resends(req.method());
+        loop {
+            let exchanged = tokio::time::timeout(
+                self.head_timeout(settings),
+                on.wire
+                    .exchange(&head, req.method(), settings.max_response_header_bytes),
+            )
+            .await;
+            let failed = match exchanged {
+                Ok(Ok(response)) => {
+                    let metrics = picked.value().metrics();
+                    metrics.head_after(on.started.elapsed());
+                    let status = response.parts.status;
+                    if self.policy().retries_status(status)
+                        && resends
+                        && self.policy().may_retry(self.made)
+                    {
+                        metrics.attempt(Attempt::ServerError);
+                        tracing::warn!(
+                            request_id = %self.ids.request(),
+                            trace_id = %self.ids.trace(),
+                            upstream = %upstream.name(),
+                            target = %picked.value(),
+                            status = status.as_u16(),
+                            retry = true,
+                            "upstream answered with a status the route retries"
+                        );
+                        self.request = Some(req);
+                        let held = self.relay_wire(inner, picked, on.wire, on.in_flight, response);
+                        self.held = Some(held);
+                        return None;
+                    }
+                    metrics.attempt(if status.is_server_error() {
+                        Attempt::ServerError
+                    } else {
+                        Attempt::Ok
+                    });
+                    return Some(self.relay_wire(inner, picked, on.wire, on.in_flight, response));
+                }
+                Ok(Err(failed)) => failed,
+                Err(_elapsed) => {
+                    if self.policy().retries_timeout() && resends {
+                        self.request = Some(req);
+                    }
+                    return self.timed_out(upstream, &picked);
+                }
+            };
+            let stale = on.reused
+                && matches!(
+                    failed,
+                    crate::wire::Failed::NotSent(_) | crate::wire::Failed::NoAnswer(_)
+                );
+            if !stale {
+                // On a new connection, or a response that started and broke: the target's
+                // failure. What was never written can go to the next target; the rest when
+                // the policy says so.
+                let not_sent = matches!(failed, crate::wire::Failed::NotSent(_));
+                if not_sent || (self.policy().retries_reset() && resends) {
+                    self.request = Some(req);
+                }
+                let e: BoxError = Box::new(failed.into_error());
+                let failure = if not_sent {
+                    Failure::NotSent(e)
+                } else {
+                    Failure::Broken(e)
+                };
+                return self.failed(upstream, &picked, failure);
+            }
+            // A pooled connection the upstream had closed (or closed as we wrote): not the
+            // target's fault. Once more on a new connection to the same target, when the
+            // request can go again.
+            let never_sent = matches!(failed, crate::wire::Failed::NotSent(_));
+            let error = failed.into_error();
+            if !(never_sent || resends) {
+                return self.failed(upstream, &picked, Failure::StaleNotRetried(Box::new(error)));
+            }
+            tracing::debug!(
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                error = %error,
+                "pooled connection closed by the upstream; sending again on a new one"
+            );
+            upstream.metrics().retried(Retry::StaleConnection);
+            match inner.pool.connect_wire(picked.value()).await {
+                Ok(Carrier::Wire { wire, reused }) => {
+                    on.wire = wire;
+                    on.reused = reused;
+                }
+                Ok(_) => return None,
+                Err(e) => {
+                    self.request = Some(req);
+                    return self.failed(upstream, &picked, Failure::Connect(e));
+                }
+            }
+        }
+    }
+}
+
 /// What an attempt on an HTTP/2 connection starts with.
 pub(crate) struct H2Attempt {
     conn: H2Conn,
@@ -694,7 +828,7 @@ impl<B: RequestBody> Exchange<B> {
             );
             upstream.metrics().retried(Retry::Refused);
             req = back;
-            match inner.pool.carrier(picked.value(), false).await {
+            match inner.pool.carrier(picked.value(), false, false).await {
                 Ok(Carrier::H2 {
                     conn,
                     stream,
@@ -709,6 +843,15 @@ impl<B: RequestBody> Exchange<B> {
                     return self
                         .attempt_h1(inner, picked, conn, on.in_flight, on.started)
                         .await;
+                }
+                // Only for bodiless requests, which this was not asked for.
+                Ok(Carrier::Wire { .. }) => {
+                    self.request = Some(req);
+                    return self.failed(
+                        upstream,
+                        &picked,
+                        Failure::NotSent("no HTTP/2 connection".into()),
+                    );
                 }
                 Err(e) => {
                     self.request = Some(req);

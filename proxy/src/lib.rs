@@ -92,6 +92,7 @@ mod target;
 mod tls;
 mod tunnel;
 mod upstream;
+mod wire;
 
 pub use background::Background;
 pub use forward::{Proxy, RequestBody};

@@ -3,6 +3,12 @@
 //! target, shared by the requests in flight ([`crate::h2`]), a new one made (by one request
 //! at a time, the others waiting for it) only when every open one is full.
 //!
+//! Idle HTTP/1.1 connections are of two kinds ([`Parked`]): hyper's (a task per connection,
+//! made for requests with a body) and [`Wire`]s, which the proxy drives inline for requests
+//! without one (see [`crate::wire`]). A bodiless request takes an idle wire, or makes one; a
+//! request with a body takes an idle hyper connection, or hands an idle wire's socket to
+//! hyper (no round trip: HTTP/1.1 has no handshake of its own), or connects.
+//!
 //! It replaces hyper-util's general-purpose client, which per request builds and boxes a large
 //! future, hashes a pool key, and spawns a task to return the connection once it is ready
 //! again. Here a connection goes back to the pool when its response body ends (the
@@ -28,6 +34,7 @@ use crate::h2::{H2Conn, Reserved};
 use crate::target::TargetAddr;
 use crate::tls::Alpn;
 use crate::upstream::Protocol;
+use crate::wire::{Io, Wire};
 
 /// How many open idle connections a checkout looks at for a ready one.
 const SCAN: usize = 8;
@@ -71,9 +78,25 @@ struct Shared<B> {
 }
 
 struct Idle<B> {
-    link: Link<B>,
+    conn: Parked<B>,
     /// Not to be used from then on.
     expires: Instant,
+}
+
+/// An idle HTTP/1.1 connection: hyper's, or one the proxy drives itself.
+pub(crate) enum Parked<B> {
+    Hyper(Link<B>),
+    Wire(Wire),
+}
+
+impl<B> Parked<B> {
+    /// Whether the upstream may still take a request on it.
+    fn is_open(&mut self) -> bool {
+        match self {
+            Parked::Hyper(link) => !link.sender.is_closed(),
+            Parked::Wire(wire) => wire.is_idle_open(),
+        }
+    }
 }
 
 /// An open upstream connection: the handle requests are sent on, and the task that drives
@@ -112,6 +135,11 @@ impl<B> Clone for Pool<B> {
 /// HTTP/2 connection.
 pub(crate) enum Carrier<B> {
     H1(Conn<B>),
+    /// An HTTP/1.1 connection the request's own task drives (a request without a body).
+    Wire {
+        wire: Wire,
+        reused: bool,
+    },
     H2 {
         conn: H2Conn,
         /// The stream's place on it, taken.
@@ -201,11 +229,13 @@ where
     }
 
     /// What a request to `target` goes on: an HTTP/2 stream when the upstream speaks HTTP/2
-    /// (never for an upgrade), else an HTTP/1.1 connection.
+    /// (never for an upgrade), else an HTTP/1.1 connection: a [`Wire`] when `bodiless` (a
+    /// request without a body, not an upgrade), else hyper's.
     pub(crate) async fn carrier(
         &self,
         target: &TargetAddr,
         upgrade: bool,
+        bodiless: bool,
     ) -> Result<Carrier<B>, ConnectError> {
         let alpn = match self.0.protocol {
             _ if upgrade => None,
@@ -215,14 +245,15 @@ where
             Protocol::Auto => None,
         };
         let Some(alpn) = alpn else {
+            if bodiless && !upgrade {
+                return self.wire(target).await;
+            }
             return self.get(target).await.map(Carrier::H1);
         };
         if alpn == Alpn::Both && !self.speaks_h2(target) {
             // Not known to speak HTTP/2 (yet): an idle HTTP/1.1 connection, else a new
             // connection of whichever protocol the server chooses.
-            if let Some(mut conn) = self.checkout(target)
-                && conn.wait_ready().await
-            {
+            if let Some(conn) = self.idle_hyper(target).await {
                 return Ok(Carrier::H1(conn));
             }
             let made = self.connect_with(target, alpn).await?;
@@ -315,7 +346,7 @@ where
                     let made = self.connect_with(target, alpn).await;
                     match &made {
                         Ok(Carrier::H2 { conn, .. }) => turn.made = Some(conn.clone()),
-                        Ok(Carrier::H1(_)) => {}
+                        Ok(Carrier::H1(_) | Carrier::Wire { .. }) => {}
                         Err(e) => turn.failure = Some(e.to_string().into()),
                     }
                     drop(turn);
@@ -327,60 +358,111 @@ where
         self.connect_with(target, alpn).await
     }
 
-    /// An idle connection to `target`: the most recently used one that is ready, else the
-    /// newest open one, which may not be ready yet (its response just ended and its task has
-    /// not run since): see [`Conn::wait_ready`].
-    pub(crate) fn checkout(&self, target: &TargetAddr) -> Option<Conn<B>> {
+    /// An idle connection to `target`, taken out of the pool. `wire`: the most recently used
+    /// open [`Wire`]. Else: the most recently used hyper connection that is ready, else the
+    /// newest open one (its response just ended and its task has not run since: see
+    /// [`Conn::wait_ready`]), else the newest open wire, for hyper to take over.
+    fn checkout(&self, target: &TargetAddr, wire: bool) -> Option<Parked<B>> {
         let mut idle = self.0.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle
             .iter_mut()
             .find(|(key, _)| same(key, target.key()))
             .map(|(_, list)| list)?;
         let now = Instant::now();
-        // Newest first, closed and expired ones dropped on the way: a ready one among the
-        // newest few, else the newest open one. The reaper clears the rest of the list.
+        // Newest first, closed and expired ones dropped on the way. The reaper clears the
+        // rest of the list.
         let mut i = list.len();
         let mut looked = 0;
-        let mut newest_open = None;
+        let mut pick: Option<usize> = None;
+        let mut fallback: Option<usize> = None;
         while i > 0 && looked < SCAN {
             i -= 1;
-            let entry = &list[i];
-            if entry.link.sender.is_closed() || now >= entry.expires {
+            let entry = &mut list[i];
+            if now >= entry.expires || !entry.conn.is_open() {
                 list.remove(i);
-                newest_open = newest_open.map(|n: usize| n - 1);
+                pick = pick.map(|n| n - 1);
+                fallback = fallback.map(|n| n - 1);
                 continue;
             }
             looked += 1;
-            newest_open = newest_open.or(Some(i));
-            if entry.link.sender.is_ready() {
-                newest_open = Some(i);
-                break;
+            match (&entry.conn, wire) {
+                (Parked::Wire(_), true) => {
+                    pick = Some(i);
+                    break;
+                }
+                (Parked::Hyper(_), true) => {}
+                (Parked::Hyper(link), false) => {
+                    if link.sender.is_ready() {
+                        pick = Some(i);
+                        break;
+                    }
+                    pick = pick.or(Some(i));
+                }
+                (Parked::Wire(_), false) => fallback = fallback.or(Some(i)),
             }
         }
-        let entry = list.remove(newest_open?);
-        Some(Conn {
-            link: entry.link,
-            reused: true,
-        })
+        Some(list.remove(pick.or(fallback)?).conn)
+    }
+
+    /// An idle connection to `target` for hyper's client, ready (or ready within a moment):
+    /// one of its own, or a wire's socket it takes over.
+    async fn idle_hyper(&self, target: &TargetAddr) -> Option<Conn<B>> {
+        match self.checkout(target, false)? {
+            Parked::Hyper(link) => {
+                let mut conn = Conn { link, reused: true };
+                conn.wait_ready().await.then_some(conn)
+            }
+            Parked::Wire(wire) => {
+                let (io, open) = wire.into_io();
+                match self.handshake(io, open).await {
+                    Ok(Carrier::H1(mut conn)) => {
+                        conn.reused = true;
+                        Some(conn)
+                    }
+                    _ => None,
+                }
+            }
+        }
     }
 
     /// A connection to `target` for one request: a pooled one that is ready (or becomes
     /// ready within a moment), else a new one.
     pub(crate) async fn get(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
-        if let Some(mut conn) = self.checkout(target)
-            && conn.wait_ready().await
-        {
+        if let Some(conn) = self.idle_hyper(target).await {
             return Ok(conn);
         }
         self.connect(target).await
+    }
+
+    /// A [`Wire`] to `target`: the most recently used idle one that is still open, else a new
+    /// one.
+    pub(crate) async fn wire(&self, target: &TargetAddr) -> Result<Carrier<B>, ConnectError> {
+        if let Some(Parked::Wire(wire)) = self.checkout(target, true) {
+            return Ok(Carrier::Wire { wire, reused: true });
+        }
+        self.connect_wire(target).await
+    }
+
+    /// A new [`Wire`] to `target` (TLS offering `http/1.1` alone on `https://` targets).
+    pub(crate) async fn connect_wire(
+        &self,
+        target: &TargetAddr,
+    ) -> Result<Carrier<B>, ConnectError> {
+        let io = self.open(target, Alpn::Http1).await?;
+        target.metrics().connection_opened();
+        let wire = Wire::new(io, OpenConnection(target.clone()));
+        Ok(Carrier::Wire {
+            wire,
+            reused: false,
+        })
     }
 
     /// A new HTTP/1.1 connection to `target`; its connection task runs on its own.
     pub(crate) async fn connect(&self, target: &TargetAddr) -> Result<Conn<B>, ConnectError> {
         match self.connect_with(target, Alpn::Http1).await? {
             Carrier::H1(conn) => Ok(conn),
-            // Only ever asked for by ALPN, and not offered.
-            Carrier::H2 { .. } => Err(ConnectError::NoH2),
+            // Only ever asked for by ALPN, and not offered; wires are made by `connect_wire`.
+            Carrier::H2 { .. } | Carrier::Wire { .. } => Err(ConnectError::NoH2),
         }
     }
 
@@ -391,6 +473,27 @@ where
         target: &TargetAddr,
         alpn: Alpn,
     ) -> Result<Carrier<B>, ConnectError> {
+        let io = self.open(target, alpn).await?;
+        let h2 = match &io {
+            Io::Plain(_) => alpn == Alpn::H2,
+            Io::Tls(s) => crate::tls::agreed_h2(s),
+        };
+        if h2 {
+            return match io {
+                Io::Plain(s) => self.h2_handshake(s, target).await,
+                Io::Tls(s) => self.h2_handshake(s, target).await,
+            };
+        }
+        if alpn == Alpn::H2 {
+            return Err(ConnectError::NoH2);
+        }
+        target.metrics().connection_opened();
+        self.handshake(io, OpenConnection(target.clone())).await
+    }
+
+    /// A connected socket to `target`, through the TLS handshake on `https://` targets
+    /// (offering `alpn`), under the connect timeout.
+    async fn open(&self, target: &TargetAddr, alpn: Alpn) -> Result<Io, ConnectError> {
         let timeout = self.0.connect_timeout;
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(target.authority().as_str()))
@@ -403,10 +506,7 @@ where
         let _ = stream.set_nodelay(true);
         tracing::debug!(target = %target, "new upstream connection");
         if !target.is_tls() {
-            if alpn == Alpn::H2 {
-                return self.h2_handshake(stream, target).await;
-            }
-            return self.handshake(TokioIo::new(stream), target).await;
+            return Ok(Io::Plain(stream));
         }
         let Some(tls) = self.0.tls.clone().or_else(crate::tls::default_upstream_tls) else {
             return Err(ConnectError::Tls(std::io::Error::other(
@@ -414,18 +514,11 @@ where
             )));
         };
         // The TLS handshake is part of connecting: under the same timeout.
-        let stream = match tokio::time::timeout(timeout, tls.connect(target, stream, alpn)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(ConnectError::Tls(e)),
-            Err(_) => return Err(ConnectError::Timeout(timeout)),
-        };
-        if crate::tls::agreed_h2(&stream) {
-            return self.h2_handshake(stream, target).await;
+        match tokio::time::timeout(timeout, tls.connect(target, stream, alpn)).await {
+            Ok(Ok(stream)) => Ok(Io::Tls(Box::new(stream))),
+            Ok(Err(e)) => Err(ConnectError::Tls(e)),
+            Err(_) => Err(ConnectError::Timeout(timeout)),
         }
-        if alpn == Alpn::H2 {
-            return Err(ConnectError::NoH2);
-        }
-        self.handshake(TokioIo::new(stream), target).await
     }
 
     /// The HTTP/2 handshake on a connected stream, under the connect timeout.
@@ -445,21 +538,17 @@ where
         }
     }
 
-    /// The HTTP/1.1 handshake on a connected stream; its connection task runs on its own.
-    async fn handshake<I>(&self, io: I, target: &TargetAddr) -> Result<Carrier<B>, ConnectError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
+    /// The HTTP/1.1 handshake on a connected socket (counted open by `open`); its
+    /// connection task runs on its own.
+    async fn handshake(&self, io: Io, open: OpenConnection) -> Result<Carrier<B>, ConnectError> {
         // The read buffer's cap is also the largest response head hyper accepts.
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.0.max_head_bytes)
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(ConnectError::Handshake)?;
-        let counted = target.clone();
-        counted.metrics().connection_opened();
         let task = tokio::spawn(async move {
-            let _open = OpenConnection(counted);
+            let _open = open;
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
@@ -524,8 +613,13 @@ impl<B: Send + 'static> Pool<B> {
 
     /// Puts a connection whose exchange is over back, unless it is closed or the target has
     /// enough idle ones; `keep_for` is how long the upstream said it keeps it open idle.
-    pub(crate) fn checkin(&self, target: &TargetAddr, link: Link<B>, keep_for: Option<Duration>) {
-        if link.sender.is_closed() || self.0.max_idle_per_target == 0 {
+    pub(crate) fn checkin(
+        &self,
+        target: &TargetAddr,
+        mut conn: Parked<B>,
+        keep_for: Option<Duration>,
+    ) {
+        if !conn.is_open() || self.0.max_idle_per_target == 0 {
             tracing::debug!(target = %target, "upstream connection not kept");
             return;
         }
@@ -543,8 +637,11 @@ impl<B: Send + 'static> Pool<B> {
             list.remove(0);
         }
         let keep = keep_for.map_or(self.0.idle_timeout, |k| k.min(self.0.idle_timeout));
+        if let Parked::Wire(wire) = &mut conn {
+            wire.park();
+        }
         list.push(Idle {
-            link,
+            conn,
             expires: Instant::now() + keep,
         });
         drop(idle);
@@ -677,7 +774,7 @@ async fn reap<B>(pool: Weak<Shared<B>>, gone: Arc<tokio::sync::Notify>) {
         let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in idle.iter_mut() {
-            list.retain(|e| !e.link.sender.is_closed() && now < e.expires);
+            list.retain_mut(|e| now < e.expires && e.conn.is_open());
         }
         drop(idle);
         let mut h2 = pool.h2.lock().unwrap_or_else(PoisonError::into_inner);

@@ -19,6 +19,7 @@ use crate::pool::{Conn, announced_keep_alive};
 use crate::response::{Back, ProxyBody, Received, UpstreamBody};
 use crate::target::TargetAddr;
 use crate::tunnel;
+use crate::wire::{self, Wire};
 
 impl<B: RequestBody> Exchange<B> {
     /// The upstream answered: its response for the client (or the start of a tunnel).
@@ -66,6 +67,75 @@ impl<B: RequestBody> Exchange<B> {
         }
     }
 
+    /// The upstream answered on a [`Wire`]: the body is read from it as the client takes it.
+    pub(crate) fn relay_wire(
+        &mut self,
+        inner: &Inner<B>,
+        picked: Picked<TargetAddr>,
+        wire: Wire,
+        in_flight: InFlight,
+        head: wire::Head,
+    ) -> Response<ProxyBody<B>> {
+        let upstream = &inner.upstream;
+        upstream.balancer().report(&picked, Outcome::Success);
+        let wire::Head {
+            mut parts,
+            framing,
+            keep_alive,
+        } = head;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // Wires carry no upgrade requests.
+            tracing::warn!(
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                "upstream switched protocols without being asked"
+            );
+            return text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+        }
+        let keep_for = announced_keep_alive(&parts.headers);
+        let reusable = keep_alive
+            && framing != wire::head::Framing::Eof
+            && !self.both_framings(upstream, &picked, &mut parts.headers);
+        let back = Back {
+            pool: inner.pool.clone(),
+            link: None,
+            keep_for,
+            reusable,
+        };
+        let body = wire::WireBody::new(wire, wire::decode::Decoder::new(framing));
+        self.deliver(
+            inner,
+            picked,
+            in_flight,
+            parts,
+            Received::Wire(body),
+            Some(back),
+        )
+    }
+
+    /// Both framings (RFC 9112 6.3): the body is read as chunked; the length goes, and a
+    /// connection that spoke like this is not trusted with another request. Whether it did.
+    fn both_framings(
+        &self,
+        upstream: &crate::upstream::Upstream,
+        picked: &Picked<TargetAddr>,
+        headers: &mut http::HeaderMap,
+    ) -> bool {
+        if !(headers.contains_key(TRANSFER_ENCODING) && headers.remove(CONTENT_LENGTH).is_some()) {
+            return false;
+        }
+        tracing::warn!(
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
+            upstream = %upstream.name(),
+            target = %picked.value(),
+            "upstream response with both Content-Length and Transfer-Encoding; length dropped, connection not reused"
+        );
+        true
+    }
+
     /// An HTTP/1.1 response with a body (or none) to stream.
     fn relay_h1_body(
         &mut self,
@@ -78,25 +148,11 @@ impl<B: RequestBody> Exchange<B> {
         let upstream = &inner.upstream;
         let (mut head, body) = res.into_parts();
         let keep_for = announced_keep_alive(&head.headers);
-        // Both framings (RFC 9112 6.3): the body was read as chunked; the length goes, and a
-        // connection that spoke like this is not trusted with another request.
-        let mut reusable = true;
-        if head.headers.contains_key(TRANSFER_ENCODING)
-            && head.headers.remove(CONTENT_LENGTH).is_some()
-        {
-            reusable = false;
-            tracing::warn!(
-                request_id = %self.ids.request(),
-                trace_id = %self.ids.trace(),
-                upstream = %upstream.name(),
-                target = %picked.value(),
-                "upstream response with both Content-Length and Transfer-Encoding; length dropped, connection not reused"
-            );
-        }
+        let reusable = !self.both_framings(upstream, &picked, &mut head.headers);
         // The connection stays with the body either way: its task reads the body.
         let back = Back {
             pool: inner.pool.clone(),
-            link: conn.link,
+            link: Some(conn.link),
             keep_for,
             reusable,
         };

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::outgoing::Outgoing;
-use crate::pool::{Link, Pool};
+use crate::pool::{Link, Parked, Pool};
 use crate::target::TargetAddr;
 use crate::upstream::Upstream;
 
@@ -56,6 +56,8 @@ pub struct UpstreamBody<B> {
 /// (cut at a gRPC deadline).
 pub(crate) enum Received {
     H1(Incoming),
+    /// On a connection the request's task reads itself.
+    Wire(crate::wire::WireBody),
     H2(crate::h2::H2Body),
     Cut,
 }
@@ -70,6 +72,7 @@ impl http_body::Body for Received {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Received::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::Wire(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Received::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Received::Cut => Poll::Ready(None),
         }
@@ -78,6 +81,7 @@ impl http_body::Body for Received {
     fn is_end_stream(&self) -> bool {
         match self {
             Received::H1(b) => b.is_end_stream(),
+            Received::Wire(b) => b.is_end_stream(),
             Received::H2(b) => b.is_end_stream(),
             Received::Cut => true,
         }
@@ -86,6 +90,7 @@ impl http_body::Body for Received {
     fn size_hint(&self) -> SizeHint {
         match self {
             Received::H1(b) => b.size_hint(),
+            Received::Wire(b) => b.size_hint(),
             Received::H2(b) => b.size_hint(),
             Received::Cut => SizeHint::with_exact(0),
         }
@@ -120,7 +125,8 @@ const SMALL: usize = 16 * 1024;
 /// said it keeps it idle, and whether it may carry another request at all.
 pub(crate) struct Back<B> {
     pub(crate) pool: Pool<Outgoing<B>>,
-    pub(crate) link: Link<Outgoing<B>>,
+    /// hyper's connection; `None` for a [`Received::Wire`], whose body holds its connection.
+    pub(crate) link: Option<Link<Outgoing<B>>>,
     pub(crate) keep_for: Option<Duration>,
     pub(crate) reusable: bool,
 }
@@ -238,7 +244,14 @@ impl<B: Send + 'static> UpstreamBody<B> {
         // A target that left the set (DNS no longer lists it) keeps no connections.
         let keep = !picked.state().is_retired();
         if let Some(back) = self.back.take().filter(|b| b.reusable && keep) {
-            back.pool.checkin(picked.value(), back.link, back.keep_for);
+            let conn = match (back.link, &mut self.body) {
+                (Some(link), _) => Some(Parked::Hyper(link)),
+                (None, Received::Wire(body)) => body.take_wire().map(Parked::Wire),
+                (None, _) => None,
+            };
+            if let Some(conn) = conn {
+                back.pool.checkin(picked.value(), conn, back.keep_for);
+            }
         }
         self.timer = None;
         self.deadline = None;

@@ -1,0 +1,215 @@
+//! The request head written in one pass, and the response head parsed (with `httparse`) into
+//! `http` types and a body framing, by the rules hyper's client applies, which the
+//! differential tests (`tests/wire_vs_hyper.rs`) hold it to.
+
+use bytes::BytesMut;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+
+use super::WireError;
+
+/// The most header lines a response head may have (hyper's limit).
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// How a response body is delimited (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body: `HEAD`, `1xx`, `204`, `304`.
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding` ending in `chunked`.
+    Chunked,
+    /// Until the upstream closes the connection.
+    Eof,
+}
+
+/// A response head, parsed.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) parts: http::response::Parts,
+    pub(crate) framing: Framing,
+    /// The connection may carry another request once the body has ended.
+    pub(crate) keep_alive: bool,
+}
+
+/// Writes `method uri HTTP/1.1`, the headers as they are, and the blank line: the request head
+/// of a request without a body (`Transfer-Encoding` is left out, as hyper does).
+pub(crate) fn encode_request(dst: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &HeaderMap) {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    dst.reserve(32 + target.len() + headers.len() * 32);
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head from the front of `buf`, reading past interim (`1xx` other than
+/// `101`) responses: `Ok(None)` until a whole head is there. The head's bytes are taken off
+/// `buf`; header values share them.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+    max_head_bytes: usize,
+) -> Result<Option<Head>, WireError> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut slots);
+        let len = match res.parse(buf) {
+            // hyper reads no more than its buffer's cap: a longer head never completes there.
+            Ok(httparse::Status::Complete(len)) if len > max_head_bytes => {
+                return Err(WireError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= max_head_bytes {
+                    return Err(WireError::HeadTooLarge);
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(WireError::Parse(e)),
+        };
+        let code = res.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| WireError::Status)?;
+        let reason = res.reason.unwrap_or("");
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        // Where each name and value lies in the head, to slice the frozen bytes after.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = res.headers.len();
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *span = (n, n + h.name.len(), v, v + h.value.len());
+        }
+        let custom_reason = (Some(reason) != status.canonical_reason())
+            .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
+            .flatten();
+        let head = buf.split_to(len).freeze();
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // An interim response (100 Continue, 103 Early Hints): read past.
+            continue;
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut saw_close = false;
+        for &(n0, n1, v0, v1) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| WireError::HeaderName)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+                .map_err(|_| WireError::HeaderValue)?;
+            if name == CONNECTION {
+                // Once any `Connection` line asks to close, a later `keep-alive` does not undo it.
+                if saw_close || has_token(&value, "close") {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, "keep-alive");
+                }
+            }
+            headers.append(name, value);
+        }
+        let framing = framing(status, method, version, &headers)?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            keep_alive = false;
+        }
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if let Some(reason) = custom_reason {
+            response.extensions_mut().insert(reason);
+        }
+        let (parts, ()) = response.into_parts();
+        return Ok(Some(Head {
+            parts,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body's framing, by RFC 9112 6.3 as hyper's client reads it.
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Framing, WireError> {
+    if matches!(status.as_u16(), 101 | 204 | 304) || method == Method::HEAD {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(WireError::TransferEncodingInHttp10);
+        }
+        let chunked = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Eof
+        });
+    }
+    if !headers.contains_key(CONTENT_LENGTH) {
+        return Ok(Framing::Eof);
+    }
+    match content_length(headers) {
+        Some(n) if n < u64::MAX - 1 => Ok(Framing::Length(n)),
+        _ => Err(WireError::ContentLength),
+    }
+}
+
+/// The one length every `Content-Length` value (and comma-separated item) agrees on.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let n = digits(item.trim().as_bytes())?;
+            if *length.get_or_insert(n) != n {
+                return None;
+            }
+        }
+    }
+    length
+}
+
+/// A decimal number of digits only (no sign, no blank).
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+/// Whether a comma-separated header value lists `token`.
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}

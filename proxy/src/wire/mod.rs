@@ -1,0 +1,274 @@
+//! The HTTP/1.1 client the proxy drives inline, in the task of the request it carries: for a
+//! request without a body and not asking for an upgrade (most of what a gateway forwards),
+//! the head is written in one pass from the outbound request, the response head is parsed
+//! with `httparse` from the connection's own buffer, and the body is decoded as the client's
+//! side reads it. No task per connection, no channel between the request and its connection,
+//! no wake-up of another task per request; an idle connection holds no buffer.
+//!
+//! hyper's client (in [`crate::pool`]) carries everything else: request bodies, upgrades. Its
+//! rules are this client's oracle: `tests/wire_vs_hyper.rs` feeds the same generated and
+//! mutated response bytes to both and requires the same status, headers, body bytes,
+//! trailers, and the same verdict on what is malformed; and the same request head bytes.
+//!
+//! - [`head`]: the request head written, the response head parsed, the body's framing.
+//! - [`decode`]: the body decoded (length, chunked with trailers, until close).
+//! - [`body`]: the body as an `http_body::Body` that reads the connection as it is polled.
+
+pub(crate) mod body;
+pub(crate) mod decode;
+pub(crate) mod head;
+
+#[cfg(test)]
+mod differential;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::Method;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::pool::OpenConnection;
+
+pub(crate) use body::WireBody;
+pub(crate) use head::Head;
+
+/// The read buffer's size while an exchange is on (an idle connection keeps none).
+const READ_BUF: usize = 8 * 1024;
+
+/// An open HTTP/1.1 connection to a target, with no exchange on it or one in progress.
+pub(crate) struct Wire {
+    io: Io,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The upstream has closed its side.
+    closed: bool,
+    /// Counts the connection as open to its target while it lives.
+    _open: OpenConnection,
+}
+
+/// The socket, plain or TLS.
+pub(crate) enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Why an exchange on a wire failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before a response head")]
+    Closed,
+    #[error("invalid response head: {0}")]
+    Parse(httparse::Error),
+    #[error("response head too large")]
+    HeadTooLarge,
+    #[error("invalid response status code")]
+    Status,
+    #[error("invalid response header name")]
+    HeaderName,
+    #[error("invalid response header value")]
+    HeaderValue,
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncodingInHttp10,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("end of file before message length reached")]
+    IncompleteBody,
+    #[error("{0}")]
+    Chunk(&'static str),
+}
+
+/// How a failed exchange ended, for what the proxy may do next.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// The head could not be written: the upstream cannot have acted on it.
+    NotSent(WireError),
+    /// Written, and no response byte came before the connection closed or reset.
+    NoAnswer(WireError),
+    /// A response started and broke, or was malformed.
+    Broken(WireError),
+}
+
+impl Failed {
+    pub(crate) fn into_error(self) -> WireError {
+        match self {
+            Failed::NotSent(e) | Failed::NoAnswer(e) | Failed::Broken(e) => e,
+        }
+    }
+}
+
+impl Wire {
+    pub(crate) fn new(io: Io, open: OpenConnection) -> Wire {
+        Wire {
+            io,
+            buf: BytesMut::new(),
+            closed: false,
+            _open: open,
+        }
+    }
+
+    /// Writes a request head (`head`: the encoded bytes) and reads the response head.
+    pub(crate) async fn exchange(
+        &mut self,
+        head: &[u8],
+        method: &Method,
+        max_head_bytes: usize,
+    ) -> Result<Head, Failed> {
+        if let Err(e) = self.write_all(head).await {
+            return Err(Failed::NotSent(e.into()));
+        }
+        let mut got_any = false;
+        loop {
+            match head::parse_response(&mut self.buf, method, max_head_bytes) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(e) => return Err(Failed::Broken(e)),
+            }
+            if self.closed {
+                return Err(if got_any {
+                    Failed::Broken(WireError::Closed)
+                } else {
+                    Failed::NoAnswer(WireError::Closed)
+                });
+            }
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(_) => got_any |= !self.buf.is_empty(),
+                Err(e) if got_any => return Err(Failed::Broken(e.into())),
+                Err(e) => return Err(Failed::NoAnswer(e.into())),
+            }
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.io {
+            Io::Plain(s) => s.write_all(bytes).await,
+            Io::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    /// Reads more into the buffer: the number of bytes read (0: the upstream closed).
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_BUF);
+        }
+        let n = match &mut self.io {
+            Io::Plain(s) => std::task::ready!(tokio_util::io::poll_read_buf(
+                Pin::new(s),
+                cx,
+                &mut self.buf
+            ))?,
+            Io::Tls(s) => std::task::ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut **s),
+                cx,
+                &mut self.buf
+            ))?,
+        };
+        if n == 0 {
+            self.closed = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Whether the connection can carry the next request: nothing unread, not closed.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.buf.is_empty() && !self.closed
+    }
+
+    /// Called when the connection goes idle: its buffer is released (an idle connection
+    /// costs its socket and this struct, nothing more).
+    pub(crate) fn park(&mut self) {
+        self.buf = BytesMut::new();
+    }
+
+    /// Whether an idle connection is still open with nothing to read: the upstream has not
+    /// closed it or sent anything unasked. No system call unless the reactor saw it readable.
+    pub(crate) fn is_idle_open(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut probe = [0u8; 1];
+        let mut read = ReadBuf::new(&mut probe);
+        let polled = match &mut self.io {
+            Io::Plain(s) => {
+                if s.poll_read_ready(&mut cx).is_pending() {
+                    return true;
+                }
+                Pin::new(s).poll_read(&mut cx, &mut read)
+            }
+            // TLS: records may come unasked (a session ticket) and leave no data.
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(&mut cx, &mut read),
+        };
+        matches!(polled, Poll::Pending)
+    }
+
+    /// The socket, for hyper's client to take over (a request with a body on a connection
+    /// made for bodiless ones). Only clean connections are handed over.
+    pub(crate) fn into_io(self) -> (Io, OpenConnection) {
+        (self.io, self._open)
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
