@@ -36,8 +36,11 @@ use crate::pool::OpenConnection;
 pub(crate) use body::WireBody;
 pub(crate) use head::Head;
 
-/// The read buffer's size while an exchange is on (an idle connection keeps none).
-const READ_BUF: usize = 8 * 1024;
+/// The first read buffer of a connection: most answers a gateway relays (head and body) fit
+/// in it, and an allocation this small comes from the allocator's per-thread cache.
+const READ_FIRST: usize = 1024;
+/// The largest read buffer: a read that fills the buffer doubles the next one up to this.
+const READ_MAX: usize = 64 * 1024;
 
 /// An open HTTP/1.1 connection to a target, with no exchange on it or one in progress.
 pub(crate) struct Wire {
@@ -46,6 +49,9 @@ pub(crate) struct Wire {
     buf: BytesMut,
     /// The upstream has closed its side.
     closed: bool,
+    /// How much room a read gets: doubled after a read that filled it (as hyper's adaptive
+    /// read strategy), kept for the connection's next exchanges.
+    read_size: usize,
     /// Counts the connection as open to its target while it lives.
     _open: OpenConnection,
 }
@@ -108,6 +114,7 @@ impl Wire {
             io,
             buf: BytesMut::new(),
             closed: false,
+            read_size: READ_FIRST,
             _open: open,
         }
     }
@@ -156,9 +163,10 @@ impl Wire {
 
     /// Reads more into the buffer: the number of bytes read (0: the upstream closed).
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_BUF);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
         }
+        let room = self.buf.capacity() - self.buf.len();
         let n = match &mut self.io {
             Io::Plain(s) => std::task::ready!(tokio_util::io::poll_read_buf(
                 Pin::new(s),
@@ -173,6 +181,8 @@ impl Wire {
         };
         if n == 0 {
             self.closed = true;
+        } else if n == room && self.read_size < READ_MAX {
+            self.read_size *= 2;
         }
         Poll::Ready(Ok(n))
     }
