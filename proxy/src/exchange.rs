@@ -45,8 +45,9 @@ pub(crate) struct Exchange<B> {
     /// Attempts made so far.
     made: u32,
     /// The last answer with a status the policy retries, kept while the next target is
-    /// tried: the answer if none is left.
-    pub(crate) held: Option<Response<ProxyBody<B>>>,
+    /// tried: the answer if none is left. Boxed: it is rare, and the exchange lives in every
+    /// request's future.
+    pub(crate) held: Option<Box<Response<ProxyBody<B>>>>,
     /// A gRPC call's deadline, from its `grpc-timeout`.
     deadline: Option<tokio::time::Instant>,
 }
@@ -265,9 +266,10 @@ impl<B: RequestBody> Exchange<B> {
             .carrier(picked.value(), self.upgrade.is_some(), bodiless)
             .await
         {
+            // Boxed, as the HTTP/2 attempt below: their states would otherwise set the size of
+            // every request's future, which is moved into its box whole.
             Ok(Carrier::H1(conn)) => {
-                self.attempt_h1(inner, picked, conn, in_flight, started)
-                    .await
+                Box::pin(self.attempt_h1(inner, picked, conn, in_flight, started)).await
             }
             Ok(Carrier::Wire { wire, reused }) => {
                 let on = WireAttempt {
@@ -290,7 +292,7 @@ impl<B: RequestBody> Exchange<B> {
                     in_flight,
                     started,
                 };
-                self.attempt_h2(inner, picked, on).await
+                Box::pin(self.attempt_h2(inner, picked, on)).await
             }
             Err(e) => self.failed(&inner.upstream, &picked, Failure::Connect(e)),
         }
@@ -346,7 +348,7 @@ impl<B: RequestBody> Exchange<B> {
                             "upstream answered with a status the route retries"
                         );
                         self.request = replay.and_then(Replay::into_request);
-                        self.held = Some(self.relay(inner, picked, conn, in_flight, res));
+                        self.held = Some(Box::new(self.relay(inner, picked, conn, in_flight, res)));
                         return None;
                     }
                     metrics.attempt(if res.status().is_server_error() {
@@ -576,7 +578,7 @@ impl<B: RequestBody> Exchange<B> {
         }
         // An upstream's own answer beats one the gateway makes up.
         if let Some(held) = self.held.take() {
-            return Some(held);
+            return Some(*held);
         }
         Some(match failure {
             Failure::Timeout => text_response(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),
@@ -637,7 +639,7 @@ impl<B: RequestBody> Exchange<B> {
                         );
                         self.request = Some(req);
                         let held = self.relay_wire(inner, picked, on.wire, on.in_flight, response);
-                        self.held = Some(held);
+                        self.held = Some(Box::new(held));
                         return None;
                     }
                     metrics.attempt(if status.is_server_error() {
@@ -693,7 +695,7 @@ impl<B: RequestBody> Exchange<B> {
                 "pooled connection closed by the upstream; sending again on a new one"
             );
             upstream.metrics().retried(Retry::StaleConnection);
-            match inner.pool.connect_wire(picked.value()).await {
+            match Box::pin(inner.pool.connect_wire(picked.value())).await {
                 Ok(Carrier::Wire { wire, reused }) => {
                     on.wire = wire;
                     on.reused = reused;
@@ -763,7 +765,7 @@ impl<B: RequestBody> Exchange<B> {
                         );
                         let held = self.relay_h2(inner, picked, on.in_flight, sent);
                         self.request = replay.into_request();
-                        self.held = Some(held);
+                        self.held = Some(Box::new(held));
                         return None;
                     }
                     metrics.attempt(if status.is_server_error() {

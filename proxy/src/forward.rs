@@ -157,7 +157,7 @@ async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<
     }
     // The last target answered with a status the route retries, and none is left.
     if let Some(held) = exchange.held.take() {
-        return held;
+        return *held;
     }
     let upstream = inner.upstream.name();
     if attempts.is_empty() {

@@ -248,22 +248,23 @@ where
             if bodiless && !upgrade {
                 return self.wire(target).await;
             }
-            return self.get(target).await.map(Carrier::H1);
+            return Box::pin(self.get(target)).await.map(Carrier::H1);
         };
         if alpn == Alpn::Both && !self.speaks_h2(target) {
             // Not known to speak HTTP/2 (yet): an idle HTTP/1.1 connection, else a new
             // connection of whichever protocol the server chooses.
-            if let Some(conn) = self.idle_hyper(target).await {
+            if let Some(conn) = Box::pin(self.idle_hyper(target)).await {
                 return Ok(Carrier::H1(conn));
             }
-            let made = self.connect_with(target, alpn).await?;
+            let made = Box::pin(self.connect_with(target, alpn)).await?;
             if let Carrier::H2 { conn, .. } = &made {
                 self.h2_entry_with(target, |e| e.conns.push(conn.clone()));
                 self.start_reaper_any();
             }
             return Ok(made);
         }
-        self.h2_stream(target, alpn).await
+        // Boxed: its state would otherwise set the size of every request's future.
+        Box::pin(self.h2_stream(target, alpn)).await
     }
 
     /// Whether `target` has an HTTP/2 connection (it chose `h2` before).
@@ -514,7 +515,8 @@ where
             )));
         };
         // The TLS handshake is part of connecting: under the same timeout.
-        match tokio::time::timeout(timeout, tls.connect(target, stream, alpn)).await {
+        // Boxed: a handshake's state is large, and most requests find a pooled connection.
+        match tokio::time::timeout(timeout, Box::pin(tls.connect(target, stream, alpn))).await {
             Ok(Ok(stream)) => Ok(Io::Tls(Box::new(stream))),
             Ok(Err(e)) => Err(ConnectError::Tls(e)),
             Err(_) => Err(ConnectError::Timeout(timeout)),
