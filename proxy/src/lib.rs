@@ -10,7 +10,10 @@
 //! Connections are pooled per target (HTTP/1.1 keep-alive, most recently used first): a
 //! response hands its connection back when its body ends, however it is framed, and an idle
 //! one is closed after `pool_idle_timeout` or sooner when the upstream announced a shorter
-//! `Keep-Alive: timeout`.
+//! `Keep-Alive: timeout`. A request without a body goes on a connection the request's own
+//! task drives (its head written in one pass, the response parsed with `httparse`, the body
+//! read as the client takes it; hyper's client is the oracle a differential test holds it
+//! to); requests with a body and upgrades go through hyper's HTTP/1.1 client.
 //!
 //! With [`Protocol::H2`] (or [`Protocol::Auto`] over TLS when the server picks `h2`),
 //! requests go as streams of shared HTTP/2 connections, as many per connection as the server's
