@@ -108,8 +108,22 @@ impl Conn {
         }
     }
 
+    /// The status line: a reset before any byte of it is a connection the server closed
+    /// without answering (as a close is), not a response cut short.
+    fn status_line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("closed before a response".to_owned()),
+            Ok(_) => Ok(line.trim_end().to_owned()),
+            Err(e) if line.is_empty() && self.reader.buffer().is_empty() => {
+                Err(format!("closed before a response: read: {e}"))
+            }
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+
     fn response(&mut self, slow: bool, head_only: bool) -> Result<Reply, String> {
-        let status_line = self.line()?;
+        let status_line = self.status_line()?;
         let status: u16 = status_line
             .split(' ')
             .nth(1)
