@@ -110,14 +110,21 @@ pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
 /// Idle HTTPS keep-alive connections held at once by the TLS-memory check.
 const TLS_IDLE: usize = 2_000;
 
+/// What the TLS-memory check found for one proxy.
+pub(super) struct TlsIdle {
+    /// Connections held.
+    pub(super) held: usize,
+    /// Resident bytes per connection.
+    pub(super) per: u64,
+    /// The protocol version the proxy chose for a client offering TLS 1.2 and 1.3 (as wrk's
+    /// OpenSSL does): the rows compare like with like only when every proxy says TLS 1.3.
+    pub(super) version: String,
+}
+
 /// A proxy's resident memory per idle HTTPS keep-alive connection: `TLS_IDLE` connections
 /// opened to `port` (a full handshake and one request each, then left open), the RSS of `pid`
 /// and its workers before and with them. The client trusts the certificates in `chain`.
-pub(super) fn tls_idle(
-    pid: u32,
-    port: u16,
-    chain: &std::path::Path,
-) -> Result<(usize, u64), String> {
+pub(super) fn tls_idle(pid: u32, port: u16, chain: &std::path::Path) -> Result<TlsIdle, String> {
     use std::io::{Read, Write};
     use std::sync::Arc;
 
@@ -186,6 +193,14 @@ pub(super) fn tls_idle(
     }
     let with = rss();
     let n = held.len();
+    let version = held
+        .first()
+        .and_then(|t| t.conn.protocol_version())
+        .map_or_else(|| "unknown".to_owned(), |v| format!("{v:?}"));
     drop(held);
-    Ok((n, with.saturating_sub(before) * 1024 / n.max(1) as u64))
+    Ok(TlsIdle {
+        held: n,
+        per: with.saturating_sub(before) * 1024 / n.max(1) as u64,
+        version,
+    })
 }

@@ -419,6 +419,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         // Idle HTTPS connections cost each proxy its TLS state on top of HTTP's.
         let chain = rig.work.join("bench.pem");
         let mut each = Vec::new();
+        let mut versions = Vec::new();
         for c in contenders
             .iter()
             .filter(|c| c.tls_port.is_some() && c.pid.is_some())
@@ -432,13 +433,19 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             let (Some(port), Some(pid)) = (c.tls_port, c.pid) else {
                 continue;
             };
-            let (n, per) = memory::tls_idle(pid, port, &chain)?;
-            eprintln!("{}: {n} idle TLS connections, {per} bytes each", c.name);
-            each.push(format!("{} {per} bytes", c.name));
+            let idle = memory::tls_idle(pid, port, &chain)?;
+            eprintln!(
+                "{}: {} idle TLS connections, {} bytes each, {}",
+                c.name, idle.held, idle.per, idle.version
+            );
+            each.push(format!("{} {} bytes", c.name, idle.per));
+            versions.push(format!("{} {}", c.name, idle.version));
         }
         tls_memory = format!(
-            " Idle HTTPS keep-alive connections (2,000 held after a full handshake and one request each; RSS with workers): {}.",
-            each.join(", ")
+            " Idle HTTPS keep-alive connections (2,000 held after a full handshake and one request each; RSS with workers): {}. \
+             Protocol chosen for a client offering TLS 1.2 and 1.3: {}.",
+            each.join(", "),
+            versions.join(", ")
         );
     }
     let memory = memory::checks(gateway_pid, ours.port)? + &tls_memory;
