@@ -282,3 +282,114 @@ impl AsyncWrite for Io {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use http::Method;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{Failed, Io, Wire};
+    use crate::pool::OpenConnection;
+
+    /// A wire to a loopback peer, and the peer's end.
+    async fn pair() -> (Wire, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        let target = format!("http://{addr}").parse().unwrap();
+        (Wire::new(Io::Plain(client), OpenConnection(target)), peer)
+    }
+
+    /// Polls `check` on every scheduler turn until it holds, for at most five seconds.
+    async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !check() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_idle_wire_is_open_until_its_peer_closes_it() {
+        let (mut wire, peer) = pair().await;
+        assert!(wire.is_idle_open(), "a quiet peer's wire counts as open");
+        drop(peer);
+        assert!(
+            eventually(|| !wire.is_idle_open()).await,
+            "a closed peer's wire still counted as open"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_wire_whose_peer_sent_bytes_unasked_is_not_reused() {
+        let (mut wire, mut peer) = pair().await;
+        peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert!(
+            eventually(|| !wire.is_idle_open()).await,
+            "a wire with unread bytes counted as open"
+        );
+    }
+
+    /// The head the peer reads, and then what it does.
+    async fn exchange_with(script: &'static [u8], close_after: bool) -> Result<u16, Failed> {
+        let (mut wire, mut peer) = pair().await;
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut byte = [0u8; 1];
+            while !seen.ends_with(b"\r\n\r\n") {
+                if peer.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                seen.push(byte[0]);
+            }
+            peer.write_all(script).await.unwrap();
+            if !close_after {
+                // Held open until the test is done with it.
+                let _ = peer.read(&mut byte).await;
+            }
+        });
+        let got = wire
+            .exchange(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", &Method::GET, 8192)
+            .await
+            .map(|head| head.parts.status.as_u16());
+        drop(wire);
+        server.await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn exchanges_tell_no_answer_from_a_broken_one() {
+        assert_eq!(
+            exchange_with(b"HTTP/1.1 204 No Content\r\n\r\n", false)
+                .await
+                .unwrap(),
+            204
+        );
+        assert!(
+            matches!(exchange_with(b"", true).await, Err(Failed::NoAnswer(_))),
+            "a peer that closes without a byte is no answer (a stale connection)"
+        );
+        assert!(
+            matches!(
+                exchange_with(b"HTTP/1.1 200 OK\r\ncontent-le", true).await,
+                Err(Failed::Broken(_))
+            ),
+            "half a head, then a close, is a broken exchange"
+        );
+        assert!(
+            matches!(
+                exchange_with(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false).await,
+                Err(Failed::Broken(_))
+            ),
+            "a malformed head is a broken exchange"
+        );
+    }
+}
