@@ -309,6 +309,40 @@ impl<B: RequestBody> Exchange<B> {
         }
     }
 
+    /// A response head came (on any carrier): its wait and outcome are counted, and whether
+    /// the route retries its status is decided (and logged): `true` when the answer is to be
+    /// held while the next target is tried. `resends`: the request can be sent again.
+    fn retries_answer(
+        &self,
+        upstream: &Upstream,
+        picked: &Picked<TargetAddr>,
+        started: Instant,
+        status: StatusCode,
+        resends: bool,
+    ) -> bool {
+        let metrics = picked.value().metrics();
+        metrics.head_after(started.elapsed());
+        if self.policy().retries_status(status) && resends && self.policy().may_retry(self.made) {
+            metrics.attempt(Attempt::ServerError);
+            tracing::warn!(
+                request_id = %self.ids.request(),
+                trace_id = %self.ids.trace(),
+                upstream = %upstream.name(),
+                target = %picked.value(),
+                status = status.as_u16(),
+                retry = true,
+                "upstream answered with a status the route retries"
+            );
+            return true;
+        }
+        metrics.attempt(if status.is_server_error() {
+            Attempt::ServerError
+        } else {
+            Attempt::Ok
+        });
+        false
+    }
+
     /// The attempt on an HTTP/1.1 connection of its own; a pooled one the upstream had
     /// closed is replaced once.
     async fn attempt_h1(
@@ -331,31 +365,17 @@ impl<B: RequestBody> Exchange<B> {
             .await;
             let error = match sent {
                 Ok(Ok(res)) => {
-                    let metrics = picked.value().metrics();
-                    metrics.head_after(started.elapsed());
-                    if self.policy().retries_status(res.status())
-                        && replay.is_some()
-                        && self.policy().may_retry(self.made)
-                    {
-                        metrics.attempt(Attempt::ServerError);
-                        tracing::warn!(
-                            request_id = %self.ids.request(),
-                            trace_id = %self.ids.trace(),
-                            upstream = %upstream.name(),
-                            target = %picked.value(),
-                            status = res.status().as_u16(),
-                            retry = true,
-                            "upstream answered with a status the route retries"
-                        );
+                    if self.retries_answer(
+                        upstream,
+                        &picked,
+                        started,
+                        res.status(),
+                        replay.is_some(),
+                    ) {
                         self.request = replay.and_then(Replay::into_request);
                         self.held = Some(Box::new(self.relay(inner, picked, conn, in_flight, res)));
                         return None;
                     }
-                    metrics.attempt(if res.status().is_server_error() {
-                        Attempt::ServerError
-                    } else {
-                        Attempt::Ok
-                    });
                     return Some(self.relay(inner, picked, conn, in_flight, res));
                 }
                 Ok(Err(error)) => error,
@@ -620,33 +640,13 @@ impl<B: RequestBody> Exchange<B> {
             .await;
             let failed = match exchanged {
                 Ok(Ok(response)) => {
-                    let metrics = picked.value().metrics();
-                    metrics.head_after(on.started.elapsed());
                     let status = response.parts.status;
-                    if self.policy().retries_status(status)
-                        && resends
-                        && self.policy().may_retry(self.made)
-                    {
-                        metrics.attempt(Attempt::ServerError);
-                        tracing::warn!(
-                            request_id = %self.ids.request(),
-                            trace_id = %self.ids.trace(),
-                            upstream = %upstream.name(),
-                            target = %picked.value(),
-                            status = status.as_u16(),
-                            retry = true,
-                            "upstream answered with a status the route retries"
-                        );
+                    if self.retries_answer(upstream, &picked, on.started, status, resends) {
                         self.request = Some(req);
                         let held = self.relay_wire(inner, picked, on.wire, on.in_flight, response);
                         self.held = Some(Box::new(held));
                         return None;
                     }
-                    metrics.attempt(if status.is_server_error() {
-                        Attempt::ServerError
-                    } else {
-                        Attempt::Ok
-                    });
                     return Some(self.relay_wire(inner, picked, on.wire, on.in_flight, response));
                 }
                 Ok(Err(failed)) => failed,
@@ -745,34 +745,14 @@ impl<B: RequestBody> Exchange<B> {
             .await;
             let error = match sent {
                 Ok(Ok(sent)) => {
-                    let metrics = picked.value().metrics();
-                    metrics.head_after(on.started.elapsed());
                     let status = sent.response.status();
                     let resends = self.policy().resends(&replay.method);
-                    if self.policy().retries_status(status)
-                        && resends
-                        && self.policy().may_retry(self.made)
-                    {
-                        metrics.attempt(Attempt::ServerError);
-                        tracing::warn!(
-                            request_id = %self.ids.request(),
-                            trace_id = %self.ids.trace(),
-                            upstream = %upstream.name(),
-                            target = %picked.value(),
-                            status = status.as_u16(),
-                            retry = true,
-                            "upstream answered with a status the route retries"
-                        );
+                    if self.retries_answer(upstream, &picked, on.started, status, resends) {
                         let held = self.relay_h2(inner, picked, on.in_flight, sent);
                         self.request = replay.into_request();
                         self.held = Some(Box::new(held));
                         return None;
                     }
-                    metrics.attempt(if status.is_server_error() {
-                        Attempt::ServerError
-                    } else {
-                        Attempt::Ok
-                    });
                     return Some(self.relay_h2(inner, picked, on.in_flight, sent));
                 }
                 Ok(Err(failed)) => failed,

@@ -42,14 +42,7 @@ impl<B: RequestBody> Exchange<B> {
         };
         {
             let Some((client_side, guard)) = self.upgrade.take() else {
-                tracing::warn!(
-                    request_id = %self.ids.request(),
-                    trace_id = %self.ids.trace(),
-                    upstream = %upstream.name(),
-                    target = %picked.value(),
-                    "upstream switched protocols without being asked"
-                );
-                return text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+                return self.unasked_switch(upstream, &picked);
             };
             tunnel::spawn(
                 client_side,
@@ -85,14 +78,7 @@ impl<B: RequestBody> Exchange<B> {
         } = head;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // Wires carry no upgrade requests.
-            tracing::warn!(
-                request_id = %self.ids.request(),
-                trace_id = %self.ids.trace(),
-                upstream = %upstream.name(),
-                target = %picked.value(),
-                "upstream switched protocols without being asked"
-            );
-            return text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n");
+            return self.unasked_switch(upstream, &picked);
         }
         let keep_for = announced_keep_alive(&parts.headers);
         let reusable = keep_alive
@@ -113,6 +99,22 @@ impl<B: RequestBody> Exchange<B> {
             Received::Wire(body),
             Some(back),
         )
+    }
+
+    /// A `101` to a request that asked for no upgrade: logged, and a `502`.
+    fn unasked_switch(
+        &self,
+        upstream: &crate::upstream::Upstream,
+        picked: &Picked<TargetAddr>,
+    ) -> Response<ProxyBody<B>> {
+        tracing::warn!(
+            request_id = %self.ids.request(),
+            trace_id = %self.ids.trace(),
+            upstream = %upstream.name(),
+            target = %picked.value(),
+            "upstream switched protocols without being asked"
+        );
+        text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
     }
 
     /// Both framings (RFC 9112 6.3): the body is read as chunked; the length goes, and a

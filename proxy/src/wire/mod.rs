@@ -53,7 +53,7 @@ pub(crate) struct Wire {
     /// read strategy), kept for the connection's next exchanges.
     read_size: usize,
     /// Counts the connection as open to its target while it lives.
-    _open: OpenConnection,
+    open: OpenConnection,
 }
 
 /// The socket, plain or TLS.
@@ -115,7 +115,7 @@ impl Wire {
             buf: BytesMut::new(),
             closed: false,
             read_size: READ_FIRST,
-            _open: open,
+            open,
         }
     }
 
@@ -221,7 +221,7 @@ impl Wire {
     /// The socket, for hyper's client to take over (a request with a body on a connection
     /// made for bodiless ones). Only clean connections are handed over.
     pub(crate) fn into_io(self) -> (Io, OpenConnection) {
-        (self.io, self._open)
+        (self.io, self.open)
     }
 }
 
