@@ -2,6 +2,8 @@
 //! `http` types and a body framing, by the rules hyper's client applies, which the
 //! differential tests (`tests/wire_vs_hyper.rs`) hold it to.
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
@@ -66,9 +68,13 @@ pub(crate) fn parse_response(
         if buf.is_empty() {
             return Ok(None);
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
+        // Left uninitialized, as hyper does: a response's parse then writes only the slots its
+        // headers use, instead of first clearing all of them.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+        let len = match parsed {
             // hyper reads no more than its buffer's cap: a longer head never completes there.
             Ok(httparse::Status::Complete(len)) if len > max_head_bytes => {
                 return Err(WireError::HeadTooLarge);
