@@ -97,7 +97,15 @@ async fn http10_keep_alive_is_honoured() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let (gw, up) = rig("").await;
+    // Both HTTP/1.1 servers: the inline one and hyper alone.
+    // config: server.inline_http1
+    for server in ["", "inline_http1 = false"] {
+        pipelined(server).await;
+    }
+}
+
+async fn pipelined(server: &str) {
+    let (gw, up) = rig(server).await;
     let mut c = Wire::connect(gw.addr).await.unwrap();
     let batch: String = (1..=4)
         .map(|i| format!("GET /u/p{i} HTTP/1.1\r\nHost: g\r\n\r\n"))
@@ -131,14 +139,22 @@ async fn expect_100_continue_gets_its_interim_response_then_the_body_goes_throug
 async fn a_client_that_shuts_its_side_abandons_its_request_and_blames_nobody() {
     // As nginx and Envoy: an end of stream from the client before its response means a
     // client that gave up (curl's Ctrl-C closes with FIN), so the upstream exchange is
-    // dropped rather than left running for nobody.
+    // dropped rather than left running for nobody. Both HTTP/1.1 servers do so.
     testkit::logs::capture();
+    for (server, id) in [
+        ("", "half-closed"),
+        ("inline_http1 = false", "half-closed-hyper"),
+    ] {
+        half_closed(server, id).await;
+    }
+}
+
+async fn half_closed(server: &str, id: &str) {
     let up = Upstream::silent().await;
-    let gw = start_gateway(config(&up, "")).await;
+    let gw = start_gateway(config(&up, server)).await;
     let mut c = Wire::connect(gw.addr).await.unwrap();
-    c.send(b"GET /u/half HTTP/1.1\r\nHost: g\r\nX-Request-Id: half-closed\r\n\r\n")
-        .await
-        .unwrap();
+    let req = format!("GET /u/half HTTP/1.1\r\nHost: g\r\nX-Request-Id: {id}\r\n\r\n");
+    c.send(req.as_bytes()).await.unwrap();
     up.wait_requests(1, Duration::from_secs(10)).await;
     c.stream().shutdown().await.unwrap();
     up.wait(
@@ -149,7 +165,7 @@ async fn a_client_that_shuts_its_side_abandons_its_request_and_blames_nobody() {
     .await;
     let (_, closed) = c.read_to_close(Duration::from_secs(10)).await;
     assert!(closed);
-    let lines: Vec<String> = testkit::logs::lines_with("request_id=half-closed")
+    let lines: Vec<String> = testkit::logs::lines_with(&format!("request_id={id} "))
         .into_iter()
         .filter(|l| l.contains("access_log"))
         .collect();
@@ -238,12 +254,20 @@ async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout_and_a_grac
 #[tokio::test]
 async fn a_client_that_aborts_mid_response_frees_the_upstream_and_blames_nobody() {
     testkit::logs::capture();
+    for (server, id) in [
+        ("", "abort-mid-body"),
+        ("inline_http1 = false", "abort-mid-body-hyper"),
+    ] {
+        aborts_mid_response(server, id).await;
+    }
+}
+
+async fn aborts_mid_response(server: &str, id: &str) {
     let up = endless_upstream().await;
-    let gw = start_gateway(config(&up, "")).await;
+    let gw = start_gateway(config(&up, server)).await;
     let mut c = Wire::connect(gw.addr).await.unwrap();
-    c.send(b"GET /u/big HTTP/1.1\r\nHost: g\r\nX-Request-Id: abort-mid-body\r\n\r\n")
-        .await
-        .unwrap();
+    let req = format!("GET /u/big HTTP/1.1\r\nHost: g\r\nX-Request-Id: {id}\r\n\r\n");
+    c.send(req.as_bytes()).await.unwrap();
     let mut first = [0u8; 1024];
     let n = c.stream().read(&mut first).await.unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
@@ -258,7 +282,7 @@ async fn a_client_that_aborts_mid_response_frees_the_upstream_and_blames_nobody(
     // ...the target is not blamed, and the access log says the response was cut.
     let health = &gw.health("up")[0];
     assert_eq!((health.failures, health.available), (0, true), "{health:?}");
-    let lines: Vec<String> = testkit::logs::lines_with("request_id=abort-mid-body")
+    let lines: Vec<String> = testkit::logs::lines_with(&format!("request_id={id} "))
         .into_iter()
         .filter(|l| l.contains("access_log"))
         .collect();

@@ -112,6 +112,37 @@ async fn a_slowloris_client_is_closed_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_waits_for_its_next_request_within_the_header_read_timeout() {
+    // config: server.header_read_timeout_ms, server.inline_http1
+    // As hyper (behind its protocol detection) does, on both HTTP/1.1 servers: a new
+    // connection's clock starts at its first byte; after a response, the wait for the next
+    // request is within the header-read timeout, and the connection closes unanswered.
+    for server in ["", "inline_http1 = false"] {
+        let (gw, _b) = gateway(&format!(
+            "header_read_timeout_ms = 400\nidle_timeout_ms = 60000\n{server}"
+        ))
+        .await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        // Quiet for longer than the timeout before the first byte: still served.
+        let mut probe = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(700), s.read(&mut probe)).await;
+        assert!(early.is_err(), "{server}: closed before its first request");
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: g\r\n\r\n")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let (text, at) = read_to_close(&mut s, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{server}: {text}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{server}: {text}");
+        let waited = at - start;
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_secs(3),
+            "{server}: {waited:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn idle_http1_connections_close_at_the_idle_timeout() {
     // config: server.idle_timeout_ms
 

@@ -93,6 +93,10 @@ pub struct Server {
     /// Threads serving requests (default 0: one per CPU core).
     #[serde(deserialize_with = "values::count_or_zero")]
     pub worker_threads: usize,
+    /// HTTP/1.1 requests without a body are served by the gateway's own HTTP/1.1 server, and
+    /// a connection is handed to hyper at its first request that is anything else (default
+    /// true). `false`: hyper serves every connection.
+    pub inline_http1: bool,
 }
 
 impl Default for Server {
@@ -106,6 +110,7 @@ impl Default for Server {
             max_connections: 10_000,
             shutdown_grace_ms: 30_000,
             worker_threads: 0,
+            inline_http1: true,
         }
     }
 }

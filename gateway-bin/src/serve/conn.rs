@@ -1,13 +1,14 @@
-//! One client connection: HTTP/1.1 or HTTP/2 served by hyper, its idle and hard-close timers,
-//! the bytes it moves, and the slot it holds under `max_connections` (which its WebSocket
-//! tunnels keep).
+//! One client connection: served by the inline HTTP/1.1 server (`h1`) until a request that is
+//! hyper's arrives, or by hyper from the start (HTTP/2 by ALPN, `inline_http1 = false`); its
+//! idle and hard-close timers, the bytes it moves, and the slot it holds under
+//! `max_connections` (which its WebSocket tunnels keep).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,13 +17,14 @@ use http::Request;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use proxy::{ClientAddr, ClientTls, TunnelGuard};
+use proxy::TunnelGuard;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
+use super::front::{Front, TlsInfo};
+use super::h1::{self, Outcome, Prefixed, Transport};
 use super::{Limits, ServedBody, Slot};
 use crate::stats::{ConnStats, Protocol};
 use httpkit::BoxError;
@@ -58,7 +60,8 @@ pub(super) fn spawn(
         let idle = limits.idle_timeout;
         let ended = match tls {
             None => {
-                let conn = serve_connection(io, peer, None, service, &limits, tunnel_guard, &state);
+                let front = Front::new(peer, None, service, &limits, tunnel_guard, &state);
+                let conn = serve_connection(io, front, &limits, &state, limits.inline_http1);
                 drive(conn, &state, idle, stop).await
             }
             Some(acceptor) => match handshake(acceptor, io, &limits, &state).await {
@@ -69,9 +72,12 @@ pub(super) fn spawn(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .and_then(crate::tls::subject_of);
+                    // HTTP/2 (by ALPN) is hyper's from the start.
+                    let inline = limits.inline_http1
+                        && tls_io.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
                     let tls = Some(TlsInfo { subject });
-                    let conn =
-                        serve_connection(tls_io, peer, tls, service, &limits, tunnel_guard, &state);
+                    let front = Front::new(peer, tls, service, &limits, tunnel_guard, &state);
+                    let conn = serve_connection(tls_io, front, &limits, &state, inline);
                     drive(conn, &state, idle, stop).await
                 }
                 None => None,
@@ -95,13 +101,15 @@ pub(super) fn spawn(
 /// What the connection's driver watches: bytes moving, and requests still waiting for their
 /// response head; and what the connection counts.
 #[derive(Default)]
-struct ConnState {
+pub(super) struct ConnState {
     /// Reads and writes so far (a plain store from the connection's own task).
     activity: AtomicU64,
     /// Requests whose response head is not made yet.
     waiting: AtomicUsize,
     /// The protocol, once the first request said it (`Protocol as u8`).
     protocol: AtomicU8,
+    /// Asked to finish (shutdown, idle): the next response is the last.
+    finishing: AtomicBool,
     stats: Arc<ConnStats>,
 }
 
@@ -115,7 +123,7 @@ impl ConnState {
     }
 
     /// Counts the connection under the protocol its first request speaks.
-    fn first_request(&self, version: http::Version) {
+    pub(super) fn first_request(&self, version: http::Version) {
         if self.protocol.load(Ordering::Relaxed) != Protocol::Pending as u8 {
             return;
         }
@@ -130,10 +138,10 @@ impl ConnState {
 }
 
 /// Counts a request as waiting for its response head until dropped (also when cancelled).
-struct Waiting(Arc<ConnState>);
+pub(super) struct Waiting(Arc<ConnState>);
 
 impl Waiting {
-    fn new(state: &Arc<ConnState>) -> Self {
+    pub(super) fn new(state: &Arc<ConnState>) -> Self {
         state.waiting.fetch_add(1, Ordering::Relaxed);
         Waiting(Arc::clone(state))
     }
@@ -384,111 +392,127 @@ async fn handshake(
     }
 }
 
-/// `308` to the request's URL over HTTPS on `port` (its host without the port it came on);
-/// `400` when the request names no usable host.
-fn https_redirect<B>(req: &Request<B>, port: u16) -> http::Response<httpkit::Body> {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_owned())
-        .or_else(|| {
-            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            let a = h.parse::<http::uri::Authority>().ok()?;
-            Some(a.host().to_owned())
-        })
-        .filter(|h| !h.is_empty() && !h.contains(['@', '/', '\\']));
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let location = host.and_then(|host| {
-        let at = if port == 443 {
-            host
-        } else {
-            format!("{host}:{port}")
-        };
-        http::HeaderValue::from_str(&format!("https://{at}{path}")).ok()
-    });
-    let Some(location) = location else {
-        return httpkit::text_response(http::StatusCode::BAD_REQUEST, "Bad Request: Host\n");
-    };
-    let mut res = http::Response::new(httpkit::Body::empty());
-    *res.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
-    res.headers_mut().insert(http::header::LOCATION, location);
-    res
-}
-
-/// What a TLS connection tells its requests.
-struct TlsInfo {
-    /// The verified client certificate's subject, if one was presented.
-    subject: Option<http::HeaderValue>,
-}
-
-fn serve_connection<I>(
-    stream: I,
-    peer: SocketAddr,
-    tls: Option<TlsInfo>,
-    service: LiveService<ServedBody>,
+/// Serves a connection: inline first (when `inline`), handed to hyper when a request needs it.
+fn serve_connection<I: Transport>(
+    io: I,
+    front: Front,
     limits: &Limits,
-    tunnel_guard: TunnelGuard,
     state: &Arc<ConnState>,
-) -> impl Connection + use<I>
+    inline: bool,
+) -> Served<I> {
+    let front = Arc::new(front);
+    let at = if inline {
+        let settings = h1::Settings {
+            header_read_timeout: limits.header_read_timeout,
+            max_head: limits.max_header_bytes,
+        };
+        At::Inline(Box::pin(h1::serve(io, Arc::clone(&front), settings)))
+    } else {
+        At::Hyper(hyper_connection(io, Arc::clone(&front), limits))
+    };
+    Served {
+        at,
+        front,
+        limits: limits.clone(),
+        state: Arc::clone(state),
+    }
+}
+
+/// A connection being served, inline or by hyper.
+pub(super) struct Served<I> {
+    at: At<I>,
+    front: Arc<Front>,
+    limits: Limits,
+    state: Arc<ConnState>,
+}
+
+enum At<I> {
+    Inline(Pin<Box<dyn Future<Output = Outcome<I>> + Send>>),
+    Hyper(Pin<Box<dyn Connection + Send>>),
+}
+
+impl<I: Transport> Future for Served<I> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.at {
+                At::Hyper(conn) => return conn.as_mut().poll(cx),
+                At::Inline(inline) => match std::task::ready!(inline.as_mut().poll(cx)) {
+                    Outcome::Ended(result) => return Poll::Ready(result),
+                    Outcome::Handover(io, read) => {
+                        let io = Prefixed { read, io };
+                        let mut conn = hyper_connection(io, Arc::clone(&this.front), &this.limits);
+                        if this.state.finishing.load(Ordering::Relaxed) {
+                            // Asked to finish already: hyper reads the request it was handed
+                            // (its first poll) before it is told, so that it answers it.
+                            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                                return Poll::Ready(result);
+                            }
+                            conn.as_mut().finish();
+                        }
+                        this.at = At::Hyper(conn);
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl<I: Transport> Connection for Served<I> {
+    fn finish(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        this.state.finishing.store(true, Ordering::Relaxed);
+        if let At::Hyper(conn) = &mut this.at {
+            conn.as_mut().finish();
+        }
+    }
+}
+
+impl h1::Host for Front {
+    fn call(
+        &self,
+        req: Request<ServedBody>,
+    ) -> impl Future<Output = http::Response<httpkit::Body>> + Send + 'static {
+        Front::call(self, req)
+    }
+
+    fn finishing(&self) -> bool {
+        self.state().finishing.load(Ordering::Relaxed)
+    }
+
+    fn header_timeout(&self) {
+        self.state().stats.header_timeouts.inc();
+    }
+}
+
+impl Transport for Tracked {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<Tracked> {}
+
+/// hyper serving `stream` (HTTP/1.1 or HTTP/2, told apart by its first bytes), every request
+/// through `front`.
+fn hyper_connection<I>(
+    stream: I,
+    front: Arc<Front>,
+    limits: &Limits,
+) -> Pin<Box<dyn Connection + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::clone(state);
-    let subject_header = limits.client_subject_header.clone();
-    let redirect_to_https = limits.redirect_to_https;
-    let hsts = limits.hsts.clone();
     let max_body = if limits.max_body_bytes == 0 {
         usize::MAX
     } else {
         usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX)
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        state.first_request(req.version());
-        let mut req = req.map(|b| Limited::new(b, max_body));
-        // Connection options belong to this hop: gone on receipt, before any middleware looks
-        // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
-        httpkit::hop_by_hop::consume_connection_options(req.headers_mut());
-        req.extensions_mut().insert(ClientAddr(peer));
-        if let Some(name) = &subject_header {
-            // Only the gateway says who the client's certificate names.
-            req.headers_mut().remove(name);
-            if let Some(subject) = tls.as_ref().and_then(|t| t.subject.clone()) {
-                req.headers_mut().insert(name.clone(), subject);
-            }
-        }
-        if tls.is_some() {
-            req.extensions_mut().insert(ClientTls);
-        }
-        if req.headers().contains_key(http::header::UPGRADE) {
-            req.extensions_mut().insert(tunnel_guard.clone());
-        }
-        let redirect = match (&tls, redirect_to_https) {
-            (None, Some(port)) => Some(https_redirect(&req, port)),
-            _ => None,
-        };
-        let hsts = hsts.clone().filter(|_| tls.is_some());
-        let service = service.clone();
-        let waiting = Waiting::new(&state);
-        async move {
-            if let Some(answer) = redirect {
-                drop(waiting);
-                return Ok::<_, Infallible>(answer);
-            }
-            let mut res = service
-                .oneshot(req)
-                .await
-                .unwrap_or_else(|never| match never {});
-            drop(waiting);
-            if let Some(value) = hsts {
-                res.headers_mut()
-                    .entry(http::header::STRICT_TRANSPORT_SECURITY)
-                    .or_insert(value);
-            }
-            Ok::<_, Infallible>(res)
-        }
+        let answer = front.call(req.map(|b| ServedBody::Client(Limited::new(b, max_body))));
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // No half-close (hyper's default): a client's end of stream ends the connection and
@@ -503,7 +527,9 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .into_owned()
+    Box::pin(
+        builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned(),
+    )
 }

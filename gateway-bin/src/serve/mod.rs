@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::reload::LiveService;
-use http_body_util::Limited;
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Server;
 use crate::stats::ConnStats;
 
+mod body;
 mod conn;
+mod front;
+mod h1;
+
+pub use body::ServedBody;
 
 /// A connection's place: its permit under `max_connections` and its share of the count
 /// shutdown waits for. Shared with the tunnels (WebSockets) the connection hands over, which
@@ -38,9 +41,6 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// The body the gateway's routes see: the client's, capped at `max_body_bytes`.
-pub type ServedBody = Limited<Incoming>;
-
 /// How the connections are served.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -54,6 +54,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// See [`Server::max_connections`].
     pub max_connections: usize,
+    /// See [`Server::inline_http1`].
+    pub inline_http1: bool,
     /// See [`Server::shutdown_grace_ms`].
     pub shutdown_grace: Duration,
     /// The header that carries a verified client certificate's subject upstream (`[tls]
@@ -94,6 +96,7 @@ impl From<&Server> for Limits {
             max_header_bytes: s.max_header_bytes,
             max_body_bytes: s.max_body_bytes,
             max_connections: s.max_connections.max(1),
+            inline_http1: s.inline_http1,
             shutdown_grace: s.shutdown_grace(),
             client_subject_header: None,
             redirect_to_https: None,

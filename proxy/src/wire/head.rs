@@ -8,6 +8,8 @@ use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
+use httpkit::h1::{digits, ends_chunked, has_token};
+
 use super::WireError;
 
 /// The most header lines a response head may have (hyper's limit).
@@ -169,9 +171,7 @@ fn framing(
             .get_all(TRANSFER_ENCODING)
             .iter()
             .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            .is_some_and(ends_chunked);
         return Ok(if chunked {
             Framing::Chunked
         } else {
@@ -199,23 +199,4 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     length
-}
-
-/// A decimal number of digits only (no sign, no blank).
-fn digits(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() {
-        return None;
-    }
-    bytes.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-            .flatten()
-    })
-}
-
-/// Whether a comma-separated header value lists `token`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }

@@ -1,0 +1,435 @@
+//! The inline HTTP/1.1 server: the connection's own task reads each request head with
+//! `httparse`, calls the routes, and writes the response (head in one pass, body framed as
+//! hyper frames it) — for the requests most traffic is made of: HTTP/1.1 without a body, an
+//! upgrade or an expectation. The first request that is anything else (a body, a WebSocket,
+//! `Expect`, HTTP/1.0, the HTTP/2 preface, a head hyper refuses with `400`/`414`/`431`) hands
+//! the connection, with the bytes read so far, to hyper, which serves it from there on:
+//! hyper stays the server for everything but the common case, and the oracle the
+//! differential test (`differential.rs`) holds this one to.
+//!
+//! What it does as hyper does: pipelined requests answered in order; the client's end of
+//! stream while a request waits abandons it; the header-read timeout runs from the first
+//! byte of the first request, then from the end of each response (an idle keep-alive
+//! connection waits within it), and closes the connection without an answer; `Connection: close` (asked by the client, or by the server finishing) is said
+//! in the response and honoured. What it does better: an idle connection holds no buffer
+//! (hyper keeps its 8 KiB+ read buffer and write buffer per connection), and no task or
+//! timer is created per request.
+
+mod request;
+mod response;
+
+#[cfg(test)]
+mod differential;
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::Method;
+use http_body::Body as _;
+use httpkit::{Body, BoxError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+use self::request::Parsed;
+use self::response::{Declared, Framing};
+use super::ServedBody;
+
+/// What the inline server needs of its connection: bytes both ways, and a way to wait for
+/// the next request's bytes without holding a buffer.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read may find bytes (or the end).
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What the inline server is given of its connection's setting.
+pub(super) trait Host: Send + Sync + 'static {
+    /// The response to `req` (the routes, with everything the connection adds).
+    fn call(
+        &self,
+        req: http::Request<ServedBody>,
+    ) -> impl Future<Output = http::Response<Body>> + Send + 'static;
+    /// Whether the connection has been asked to finish (its next response is its last).
+    fn finishing(&self) -> bool;
+    /// A client kept the header-read timeout waiting.
+    fn header_timeout(&self);
+}
+
+/// How a connection's time on the inline server ended.
+pub(super) enum Outcome<I> {
+    /// The connection is done (closed, or to be dropped).
+    Ended(Result<(), BoxError>),
+    /// hyper serves the rest of the connection, starting with these bytes.
+    Handover(I, Bytes),
+}
+
+/// The inline server's limits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// From the moment a request head is awaited until it is whole.
+    pub(super) header_read_timeout: Duration,
+    /// The largest request head.
+    pub(super) max_head: usize,
+}
+
+/// How many bytes one read takes at most (on the stack, then copied to a buffer that fits).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Body data up to this size is copied behind the head or the chunk before it, so that a
+/// small response goes in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// Serves `io` until it ends, or until a request that is hyper's arrives.
+pub(super) async fn serve<I: Transport, H: Host>(
+    mut io: I,
+    host: Arc<H>,
+    settings: Settings,
+) -> Outcome<I> {
+    let mut buf = BytesMut::new();
+    let mut deadline = Deadline::new(settings.header_read_timeout);
+    // The header-read timeout runs from the first byte of a connection's first request (as
+    // behind hyper-util's protocol detection), and from the end of each response after.
+    let mut first = true;
+    loop {
+        let mut timed = !first;
+        first = false;
+        deadline.restart();
+        let (req, keep_alive) = loop {
+            if !timed && !buf.is_empty() {
+                timed = true;
+                deadline.restart();
+            }
+            if buf.is_empty() {
+                if host.finishing() {
+                    let _ = io.shutdown().await;
+                    return Outcome::Ended(Ok(()));
+                }
+                // Nothing is held while the connection waits.
+                buf = BytesMut::new();
+            } else {
+                match request::parse(&mut buf, settings.max_head) {
+                    Parsed::Head(req, keep_alive) => break (req, keep_alive),
+                    Parsed::Elsewhere => return Outcome::Handover(io, buf.freeze()),
+                    Parsed::Partial if buf.len() >= settings.max_head => {
+                        return Outcome::Handover(io, buf.freeze());
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            let idle = buf.is_empty();
+            tokio::select! {
+                biased;
+                read = read_some(&mut io, &mut buf, usize::MAX) => match read {
+                    Ok(0) if idle => {
+                        let _ = io.shutdown().await;
+                        return Outcome::Ended(Ok(()));
+                    }
+                    Ok(0) => return Outcome::Ended(Err("the client closed in a request head".into())),
+                    Ok(_) => {}
+                    Err(e) => return Outcome::Ended(Err(e.into())),
+                },
+                () = deadline.expired(), if timed => {
+                    host.header_timeout();
+                    return Outcome::Ended(Ok(()));
+                }
+                () = Finishing(&*host), if idle => {
+                    let _ = io.shutdown().await;
+                    return Outcome::Ended(Ok(()));
+                }
+            }
+        };
+        let head_request = req.method() == Method::HEAD;
+        let call = host.call(req.map(|()| ServedBody::Empty));
+        let res = {
+            let mut call = pin!(call);
+            // While the response is made, the client's end of stream abandons the request;
+            // bytes it sends meanwhile (a pipelined request) wait in `buf`.
+            loop {
+                tokio::select! {
+                    biased;
+                    res = call.as_mut() => break res,
+                    read = read_some(&mut io, &mut buf, settings.max_head) => match read {
+                        Ok(0) => return Outcome::Ended(Ok(())),
+                        Ok(_) => {}
+                        Err(e) => return Outcome::Ended(Err(e.into())),
+                    },
+                }
+            }
+        };
+        let keep_alive = keep_alive && !host.finishing();
+        match respond(
+            &mut io,
+            &mut buf,
+            res,
+            head_request,
+            keep_alive,
+            settings.max_head,
+        )
+        .await
+        {
+            Ok(true) if !host.finishing() => {}
+            Ok(_) => {
+                let _ = io.shutdown().await;
+                return Outcome::Ended(Ok(()));
+            }
+            Err(e) => return Outcome::Ended(Err(e)),
+        }
+    }
+}
+
+/// Writes `res`; `Ok(true)` when the connection may carry another request.
+async fn respond<I: Transport>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    res: http::Response<Body>,
+    head_request: bool,
+    keep_alive: bool,
+    max_head: usize,
+) -> Result<bool, BoxError> {
+    let (mut parts, body) = res.into_parts();
+    let declared = if body.is_end_stream() {
+        Declared::Nothing
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(Declared::Unknown, Declared::Exactly)
+    };
+    let mut out = Vec::new();
+    let Ok(written) = response::encode(&mut parts, declared, head_request, keep_alive, &mut out)
+    else {
+        return Err("a response head with conflicting lengths".into());
+    };
+    let framing = written.framing;
+    if framing == Framing::Length(0) {
+        // No body goes out (or it was declared empty): it is not read.
+        drop(body);
+        io.write_all(&out).await?;
+        io.flush().await?;
+        return Ok(!written.last);
+    }
+    let mut body = pin!(body);
+    let mut owed = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    loop {
+        // The next frame if it is there now; if not, what is gathered goes out first.
+        let ready = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        let frame = match ready {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(&out).await?;
+                    io.flush().await?;
+                    out.clear();
+                }
+                // While the body is awaited, the client's end of stream abandons it.
+                loop {
+                    tokio::select! {
+                        biased;
+                        frame = poll_fn(|cx| body.as_mut().poll_frame(cx)) => break frame,
+                        read = read_some(io, buf, max_head) => match read {
+                            Ok(0) => return Err("the client closed during the response".into()),
+                            Ok(_) => {}
+                            Err(e) => return Err(e.into()),
+                        },
+                    }
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            // What is gathered and not sent is dropped with the connection, as hyper does.
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers go only to a client that asked with `TE: trailers` (hyper's).
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match framing {
+            Framing::Length(_) => {
+                let take = usize::try_from(owed).map_or(data.len(), |o| o.min(data.len()));
+                owed -= take as u64;
+                put(io, &mut out, data.slice(..take)).await?;
+                if owed == 0 {
+                    // All that was declared is written: the rest of the body is not read.
+                    break;
+                }
+            }
+            Framing::Chunked => {
+                out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                put(io, &mut out, data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Close => put(io, &mut out, data).await?,
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(_) if owed > 0 => {
+            return Err("the body ended before its declared length".into());
+        }
+        _ => {}
+    }
+    io.write_all(&out).await?;
+    io.flush().await?;
+    Ok(!written.last && framing != Framing::Close)
+}
+
+/// Adds `data` to what goes out: copied behind it when small, else written after it.
+async fn put<I: Transport>(io: &mut I, out: &mut Vec<u8>, data: Bytes) -> io::Result<()> {
+    if data.len() <= COALESCE && out.len() < 4 * COALESCE {
+        out.extend_from_slice(&data);
+        return Ok(());
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    let mut data = data;
+    while data.has_remaining() {
+        let n = io.write(data.chunk()).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data.advance(n);
+    }
+    Ok(())
+}
+
+/// Reads what the client sends into `buf` (which is allowed to grow to `cap`): `Ok(0)` at
+/// its end. Nothing is allocated until bytes are there: the read goes to the stack, and only
+/// what came is copied.
+async fn read_some<I: Transport>(io: &mut I, buf: &mut BytesMut, cap: usize) -> io::Result<usize> {
+    if buf.len() >= cap {
+        return std::future::pending().await;
+    }
+    poll_fn(|cx| {
+        ready!(io.poll_readable(cx))?;
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut chunk = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk))?;
+        buf.extend_from_slice(chunk.filled());
+        Poll::Ready(Ok(chunk.filled().len()))
+    })
+    .await
+}
+
+/// A connection handed to hyper: the bytes already read from it, then the rest.
+pub(super) struct Prefixed<I> {
+    /// What was read and not consumed.
+    pub(super) read: Bytes,
+    /// The connection.
+    pub(super) io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Ready once the connection is asked to finish. The server's driver polls the connection
+/// right after asking, so no waker needs to be kept.
+struct Finishing<'a, H>(&'a H);
+
+impl<H: Host> Future for Finishing<'_, H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.finishing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The header-read deadline, on one timer for the connection's life: restarting it is a
+/// clock read, and the timer is re-armed only when it fires before the current deadline.
+struct Deadline {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        let at = Instant::now() + timeout;
+        Deadline {
+            timer: Box::pin(tokio::time::sleep_until(at)),
+            at,
+            timeout,
+        }
+    }
+
+    fn restart(&mut self) {
+        self.at = Instant::now() + self.timeout;
+    }
+
+    async fn expired(&mut self) {
+        poll_fn(|cx| {
+            loop {
+                ready!(self.timer.as_mut().poll(cx));
+                if Instant::now() >= self.at {
+                    return Poll::Ready(());
+                }
+                let at = self.at;
+                self.timer.as_mut().reset(at);
+            }
+        })
+        .await;
+    }
+}
