@@ -37,7 +37,7 @@ pub(super) fn spawn(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     service: LiveService<ServedBody>,
-    limits: &Limits,
+    limits: &Arc<Limits>,
     slot: Slot,
     stop: watch::Receiver<bool>,
     stats: Arc<ConnStats>,
@@ -55,7 +55,7 @@ pub(super) fn spawn(
     };
     let slot = Arc::new(slot);
     let tunnel_guard = TunnelGuard(Arc::clone(&slot) as Arc<dyn std::any::Any + Send + Sync>);
-    let limits = limits.clone();
+    let limits = Arc::clone(limits);
     tokio::spawn(async move {
         let idle = limits.idle_timeout;
         let ended = match tls {
@@ -64,8 +64,10 @@ pub(super) fn spawn(
                 let conn = serve_connection(io, front, &limits, &state, limits.inline_http1);
                 drive(conn, &state, idle, stop).await
             }
-            Some(acceptor) => match handshake(acceptor, io, &limits, &state).await {
-                Some(tls_io) => {
+            // Boxed: a plain connection's task does not carry room for a TLS handshake.
+            Some(acceptor) => {
+                Box::pin(async {
+                    let tls_io = handshake(acceptor, io, &limits, &state).await?;
                     let subject = tls_io
                         .get_ref()
                         .1
@@ -79,9 +81,9 @@ pub(super) fn spawn(
                     let front = Front::new(peer, tls, service, &limits, tunnel_guard, &state);
                     let conn = serve_connection(tls_io, front, &limits, &state, inline);
                     drive(conn, &state, idle, stop).await
-                }
-                None => None,
-            },
+                })
+                .await
+            }
         };
         if let Some(error) = ended {
             // What hyper answered by itself (`431`, `408`) is counted here.
@@ -396,7 +398,7 @@ async fn handshake(
 fn serve_connection<I: Transport>(
     io: I,
     front: Front,
-    limits: &Limits,
+    limits: &Arc<Limits>,
     state: &Arc<ConnState>,
     inline: bool,
 ) -> Served<I> {
@@ -413,7 +415,7 @@ fn serve_connection<I: Transport>(
     Served {
         at,
         front,
-        limits: limits.clone(),
+        limits: Arc::clone(limits),
         state: Arc::clone(state),
     }
 }
@@ -422,7 +424,7 @@ fn serve_connection<I: Transport>(
 pub(super) struct Served<I> {
     at: At<I>,
     front: Arc<Front>,
-    limits: Limits,
+    limits: Arc<Limits>,
     state: Arc<ConnState>,
 }
 

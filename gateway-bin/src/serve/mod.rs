@@ -124,7 +124,7 @@ pub async fn serve(
         loops.push(tokio::spawn(accept_loop(
             listener,
             service.clone(),
-            limits.clone(),
+            Arc::new(limits.clone()),
             Arc::clone(&permits),
             stop_rx.clone(),
             alive_tx.clone(),
@@ -156,7 +156,7 @@ pub async fn serve(
 async fn accept_loop(
     listener: Listener,
     service: LiveService<ServedBody>,
-    limits: Limits,
+    limits: Arc<Limits>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,

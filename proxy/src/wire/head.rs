@@ -15,6 +15,9 @@ use super::WireError;
 /// The most header lines a response head may have (hyper's limit).
 pub(crate) const MAX_HEADERS: usize = 100;
 
+/// Header lines whose places are kept on the stack.
+const FEW_HEADERS: usize = 24;
+
 /// How a response body is delimited (RFC 9112 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -100,8 +103,17 @@ pub(crate) fn parse_response(
         };
         // Where each name and value lies in the head, to slice the frozen bytes after.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
         let count = res.headers.len();
+        // On the stack for the usual few headers (clearing room for 100 costs more than the
+        // parse); on the heap for more.
+        let mut few = [(0usize, 0usize, 0usize, 0usize); FEW_HEADERS];
+        let mut many = Vec::new();
+        let spans = if count <= FEW_HEADERS {
+            &mut few[..count]
+        } else {
+            many.resize(count, (0, 0, 0, 0));
+            &mut many[..]
+        };
         for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
             let n = h.name.as_ptr() as usize - base;
             let v = h.value.as_ptr() as usize - base;
@@ -118,7 +130,7 @@ pub(crate) fn parse_response(
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
-        for &(n0, n1, v0, v1) in &spans[..count] {
+        for &(n0, n1, v0, v1) in spans.iter() {
             let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| WireError::HeaderName)?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                 .map_err(|_| WireError::HeaderValue)?;

@@ -146,33 +146,10 @@ pub(super) async fn serve<I: Transport, H: Host>(
                 }
             }
         };
-        let head_request = req.method() == Method::HEAD;
-        let call = host.call(req.map(|()| ServedBody::Empty));
-        let res = {
-            let mut call = pin!(call);
-            // While the response is made, the client's end of stream abandons the request;
-            // bytes it sends meanwhile (a pipelined request) wait in `buf`.
-            loop {
-                tokio::select! {
-                    biased;
-                    res = call.as_mut() => break res,
-                    read = read_some(&mut io, &mut buf, settings.max_head) => match read {
-                        Ok(0) => return Outcome::Ended(Ok(())),
-                        Ok(_) => {}
-                        Err(e) => return Outcome::Ended(Err(e.into())),
-                    },
-                }
-            }
-        };
-        let keep_alive = keep_alive && !host.finishing();
-        match respond(
-            &mut io,
-            &mut buf,
-            res,
-            head_request,
-            keep_alive,
-            settings.max_head,
-        )
+        // The request's own work is boxed: an idle connection keeps none of its room.
+        match Box::pin(exchange(
+            &mut io, &mut buf, &*host, req, keep_alive, settings,
+        ))
         .await
         {
             Ok(true) if !host.finishing() => {}
@@ -180,9 +157,51 @@ pub(super) async fn serve<I: Transport, H: Host>(
                 let _ = io.shutdown().await;
                 return Outcome::Ended(Ok(()));
             }
-            Err(e) => return Outcome::Ended(Err(e)),
+            Err(Cut::Abandoned) => return Outcome::Ended(Ok(())),
+            Err(Cut::Failed(e)) => return Outcome::Ended(Err(e)),
         }
     }
+}
+
+/// Why a request's exchange ended the connection.
+enum Cut {
+    /// The client closed its side before its response was made.
+    Abandoned,
+    /// A read, a write or the response's body failed.
+    Failed(BoxError),
+}
+
+/// Answers one request; `Ok(true)` when the connection may carry another.
+async fn exchange<I: Transport, H: Host>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    host: &H,
+    req: http::Request<()>,
+    keep_alive: bool,
+    settings: Settings,
+) -> Result<bool, Cut> {
+    let head_request = req.method() == Method::HEAD;
+    let call = host.call(req.map(|()| ServedBody::Empty));
+    let res = {
+        let mut call = pin!(call);
+        // While the response is made, the client's end of stream abandons the request;
+        // bytes it sends meanwhile (a pipelined request) wait in `buf`.
+        loop {
+            tokio::select! {
+                biased;
+                res = call.as_mut() => break res,
+                read = read_some(io, buf, settings.max_head) => match read {
+                    Ok(0) => return Err(Cut::Abandoned),
+                    Ok(_) => {}
+                    Err(e) => return Err(Cut::Failed(e.into())),
+                },
+            }
+        }
+    };
+    let keep_alive = keep_alive && !host.finishing();
+    respond(io, buf, res, head_request, keep_alive, settings.max_head)
+        .await
+        .map_err(Cut::Failed)
 }
 
 /// Writes `res`; `Ok(true)` when the connection may carry another request.
@@ -269,7 +288,7 @@ async fn respond<I: Transport>(
                 }
             }
             Framing::Chunked => {
-                out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                chunk_size(data.len(), &mut out);
                 put(io, &mut out, data).await?;
                 out.extend_from_slice(b"\r\n");
             }
@@ -286,6 +305,24 @@ async fn respond<I: Transport>(
     io.write_all(&out).await?;
     io.flush().await?;
     Ok(!written.last && framing != Framing::Close)
+}
+
+/// A chunk's size line: the size in upper-case hex (as hyper writes it), then CRLF.
+fn chunk_size(len: usize, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Adds `data` to what goes out: copied behind it when small, else written after it.

@@ -13,6 +13,9 @@ use httpkit::h1::has_token;
 /// The most header lines a request head may have (hyper's limit; more gets its `431`).
 const MAX_HEADERS: usize = 100;
 
+/// Header lines whose places are kept on the stack.
+const FEW_HEADERS: usize = 24;
+
 /// The longest request target hyper reads (longer gets its `414`).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -60,8 +63,17 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
         let at = target.as_ptr() as usize - base;
         at..at + target.len()
     };
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let count = req.headers.len();
+    // On the stack for the usual few headers (clearing room for 100 costs more than the
+    // parse); on the heap for more.
+    let mut few = [(0usize, 0usize, 0usize, 0usize); FEW_HEADERS];
+    let mut many = Vec::new();
+    let spans = if count <= FEW_HEADERS {
+        &mut few[..count]
+    } else {
+        many.resize(count, (0, 0, 0, 0));
+        &mut many[..]
+    };
     for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
         if h.name.len() >= 1 << 16 {
             return Parsed::Elsewhere;
@@ -77,7 +89,7 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     };
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = true;
-    for &(n0, n1, v0, v1) in &spans[..count] {
+    for &(n0, n1, v0, v1) in spans.iter() {
         let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
             return elsewhere(buf, head);
         };
