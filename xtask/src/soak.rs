@@ -71,15 +71,21 @@ fn sample(pid: u32, port: u16) -> Result<Sample, String> {
     })
 }
 
-/// Samples until two readings a moment apart agree on tasks and descriptors (connections the
-/// clients closed take a moment to end on the gateway's side), at most 10 s.
+/// Samples until the readings agree on tasks and descriptors for 2 s (connections the
+/// clients closed take a moment to end on the gateway's side, and an idle pooled upstream
+/// connection, which has no task, lives up to 1.5 s: the soak's pool idle timeout and half
+/// of it for the reaper's round), at most 10 s.
 fn settled_sample(pid: u32, port: u16) -> Result<Sample, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = sample(pid, port)?;
+    let mut steady_since = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let now = sample(pid, port)?;
-        if (now.tasks == last.tasks && now.fds == last.fds) || Instant::now() > deadline {
+        if now.tasks != last.tasks || now.fds != last.fds {
+            steady_since = Instant::now();
+        }
+        if steady_since.elapsed() >= Duration::from_secs(2) || Instant::now() > deadline {
             return Ok(now);
         }
         last = now;
