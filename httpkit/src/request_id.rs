@@ -43,7 +43,14 @@ impl RequestId {
     pub fn generate() -> RequestId {
         let mut text = [0u8; 32];
         crate::random::hex_into(&crate::random::u128().to_be_bytes(), &mut text);
-        RequestId(HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0")))
+        // Owned by a shared buffer from the start: the id goes in the request's headers, its
+        // extensions and the response's headers, and each clone is then a count, where a
+        // value copied from a slice is moved to a shared buffer (a second allocation) at its
+        // first clone.
+        RequestId(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+        )
     }
 
     /// The id as text.

@@ -104,11 +104,10 @@ impl PathLayer {
     /// `route` behind the rewrite.
     pub(super) fn wrap<B: Send + 'static>(&self, route: Route<B>) -> Route<B> {
         let rule = self.0.clone();
-        tower::util::MapRequest::new(route, move |mut req: Request<B>| {
+        route.map_request(move |mut req: Request<B>| {
             rewrite_path(&rule, &mut req);
             req
         })
-        .into_route()
     }
 }
 

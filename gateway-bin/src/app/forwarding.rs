@@ -94,11 +94,10 @@ impl RetryWrap {
     /// `route` with the policy in its requests.
     pub(super) fn wrap<B: Send + 'static>(&self, route: Route<B>) -> Route<B> {
         let policy = Arc::clone(&self.0);
-        tower::util::MapRequest::new(route, move |mut req: Request<B>| {
+        route.map_request(move |mut req: Request<B>| {
             req.extensions_mut().insert(Arc::clone(&policy));
             req
         })
-        .into_route()
     }
 }
 
