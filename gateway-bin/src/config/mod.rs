@@ -93,9 +93,10 @@ pub struct Server {
     /// Threads serving requests (default 0: one per CPU core).
     #[serde(deserialize_with = "values::count_or_zero")]
     pub worker_threads: usize,
-    /// HTTP/1.1 requests without a body are served by the gateway's own HTTP/1.1 server, and
-    /// a connection is handed to hyper at its first request that is anything else (default
-    /// true). `false`: hyper serves every connection.
+    /// HTTP/1.1 requests without a body (or with one of up to 16 KiB that came whole with the
+    /// head) are served by the gateway's own HTTP/1.1 server, and a connection is handed to
+    /// hyper at its first request that is anything else (default true). `false`: hyper serves
+    /// every connection.
     pub inline_http1: bool,
 }
 

@@ -10,14 +10,16 @@ use hyper::body::Incoming;
 
 use httpkit::BoxError;
 
-/// The body the gateway's routes see: the client's, capped at `max_body_bytes` (read by
-/// hyper), or none at all (a request the inline HTTP/1.1 server read whole with its head).
+/// The body the gateway's routes see: the client's, capped at `max_body_bytes`, as hyper reads
+/// it, or as the inline HTTP/1.1 server read it whole with its head (none, or a small one).
 #[derive(Debug)]
 pub enum ServedBody {
     /// A body hyper reads from the client, capped at `max_body_bytes`.
     Client(Limited<Incoming>),
     /// A request that declared no body.
     Empty,
+    /// A small body that came whole with its head (until it is read).
+    Full(Option<Bytes>),
 }
 
 impl http_body::Body for ServedBody {
@@ -31,6 +33,7 @@ impl http_body::Body for ServedBody {
         match self.get_mut() {
             ServedBody::Client(body) => Pin::new(body).poll_frame(cx),
             ServedBody::Empty => Poll::Ready(None),
+            ServedBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -38,6 +41,7 @@ impl http_body::Body for ServedBody {
         match self {
             ServedBody::Client(body) => body.is_end_stream(),
             ServedBody::Empty => true,
+            ServedBody::Full(bytes) => bytes.is_none(),
         }
     }
 
@@ -45,6 +49,9 @@ impl http_body::Body for ServedBody {
         match self {
             ServedBody::Client(body) => body.size_hint(),
             ServedBody::Empty => SizeHint::with_exact(0),
+            ServedBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -407,6 +407,10 @@ fn serve_connection<I: Transport>(
         let settings = h1::Settings {
             header_read_timeout: limits.header_read_timeout,
             max_head: limits.max_header_bytes,
+            max_body: match limits.max_body_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
         };
         At::Inline(Box::pin(h1::serve(io, Arc::clone(&front), settings)))
     } else {

@@ -1,9 +1,11 @@
 //! The inline HTTP/1.1 server: the connection's own task reads each request head with
 //! `httparse`, calls the routes, and writes the response (head in one pass, body framed as
-//! hyper frames it) — for the requests most traffic is made of: HTTP/1.1 without a body, an
-//! upgrade or an expectation. The first request that is anything else (a body, a WebSocket,
-//! `Expect`, HTTP/1.0, the HTTP/2 preface, a head hyper refuses with `400`/`414`/`431`) hands
-//! the connection, with the bytes read so far, to hyper, which serves it from there on:
+//! hyper frames it) — for the requests most traffic is made of: HTTP/1.1 without an upgrade or
+//! an expectation, and without a body or with a small one that came whole with its head (up to
+//! 16 KiB: a JSON `POST`). The first request that is anything else (a larger, later or chunked
+//! body, a WebSocket, `Expect`, HTTP/1.0, the HTTP/2 preface, a head hyper refuses with
+//! `400`/`414`/`431`) hands the connection, with the bytes read so far, to hyper, which serves
+//! it from there on:
 //! hyper stays the server for everything but the common case, and the oracle the
 //! differential test (`differential.rs`) holds this one to.
 //!
@@ -78,6 +80,8 @@ pub(super) struct Settings {
     pub(super) header_read_timeout: Duration,
     /// The largest request head.
     pub(super) max_head: usize,
+    /// The largest request body (`max_body_bytes`; `u64::MAX`: none).
+    pub(super) max_body: u64,
 }
 
 /// How many bytes one read takes at most (on the stack, then copied to a buffer that fits).
@@ -115,7 +119,7 @@ pub(super) async fn serve<I: Transport, H: Host>(
                 // Nothing is held while the connection waits.
                 buf = BytesMut::new();
             } else {
-                match request::parse(&mut buf, settings.max_head) {
+                match request::parse(&mut buf, settings.max_head, settings.max_body) {
                     Parsed::Head(req, keep_alive) => break (req, keep_alive),
                     Parsed::Elsewhere => return Outcome::Handover(io, buf.freeze()),
                     Parsed::Partial if buf.len() >= settings.max_head => {
@@ -176,12 +180,15 @@ async fn exchange<I: Transport, H: Host>(
     io: &mut I,
     buf: &mut BytesMut,
     host: &H,
-    req: http::Request<()>,
+    req: http::Request<Option<Bytes>>,
     keep_alive: bool,
     settings: Settings,
 ) -> Result<bool, Cut> {
     let head_request = req.method() == Method::HEAD;
-    let call = host.call(req.map(|()| ServedBody::Empty));
+    let call = host.call(req.map(|body| match body {
+        None => ServedBody::Empty,
+        Some(bytes) => ServedBody::Full(Some(bytes)),
+    }));
     let res = {
         let mut call = pin!(call);
         // While the response is made, the client's end of stream abandons the request;

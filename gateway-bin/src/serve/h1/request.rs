@@ -1,17 +1,22 @@
 //! A request head read by `httparse` (the parser hyper uses) into `http` types, for the
-//! requests the inline server answers itself: HTTP/1.1 without a body, an upgrade or an
-//! expectation. Whatever else comes (a body, `Upgrade`, `Expect`, `TE`, HTTP/1.0, the HTTP/2
-//! preface, a head hyper would refuse) is left to hyper, which reads the same bytes.
+//! requests the inline server answers itself: HTTP/1.1 without an upgrade or an expectation,
+//! and without a body or with a small one (a `Content-Length` up to [`SMALL_BODY`]) that came
+//! whole with its head. Whatever else comes (a larger or later body, a chunked one, `Upgrade`,
+//! `Expect`, `TE`, HTTP/1.0, the HTTP/2 preface, a head hyper would refuse) is left to hyper,
+//! which reads the same bytes.
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
-use httpkit::h1::has_token;
+use httpkit::h1::{digits, has_token};
 
 /// The most header lines a request head may have (hyper's limit; more gets its `431`).
 const MAX_HEADERS: usize = 100;
+
+/// The largest body read with its head: a small JSON `POST` that came in the same packets.
+pub(super) const SMALL_BODY: u64 = 16 * 1024;
 
 /// Header lines whose places are kept on the stack.
 const FEW_HEADERS: usize = 24;
@@ -24,18 +29,18 @@ const MAX_TARGET: usize = u16::MAX as usize - 1;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Parsed {
-    /// A whole head this server answers, taken off the buffer (its header values share the
-    /// head's bytes); whether the client keeps the connection after it.
-    Head(Request<()>, bool),
+    /// A whole request this server answers, taken off the buffer (its header values and its
+    /// body share the buffer's bytes); whether the client keeps the connection after it.
+    Head(Request<Option<Bytes>>, bool),
     /// Not a whole head yet.
     Partial,
     /// Not for this server: hyper takes the connection, starting with these bytes.
     Elsewhere,
 }
 
-/// Reads a request head from the front of `buf` if a whole one is there, within
-/// `max_head` bytes.
-pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
+/// Reads a request from the front of `buf` if a whole one is there: its head within
+/// `max_head` bytes, its body (if any) within [`SMALL_BODY`] and `max_body` bytes.
+pub(super) fn parse(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Parsed {
     // Uninitialized, as hyper's are: a parse writes only the slots its headers use.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -89,6 +94,7 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     };
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = true;
+    let mut length = None;
     for &(n0, n1, v0, v1) in spans.iter() {
         let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
             return elsewhere(buf, head);
@@ -99,16 +105,29 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
         match name {
             // A body, an upgrade, an expectation, trailers asked for: hyper's.
             TRANSFER_ENCODING | UPGRADE | EXPECT | TE => return elsewhere(buf, head),
-            CONTENT_LENGTH if value != "0" => return elsewhere(buf, head),
-            // hyper keeps one of the lines that agree.
-            CONTENT_LENGTH if headers.contains_key(CONTENT_LENGTH) => continue,
+            CONTENT_LENGTH => match (digits(value.as_bytes()), length) {
+                // hyper answers lengths that do not parse or disagree with `400`.
+                (None, _) => return elsewhere(buf, head),
+                (Some(n), Some(first)) if n != first => return elsewhere(buf, head),
+                // hyper keeps one of the lines that agree.
+                (Some(_), Some(_)) => continue,
+                (Some(n), None) => length = Some(n),
+            },
             // Once any `Connection` line asks to close, nothing undoes it.
             CONNECTION if has_token(&value, "close") => keep_alive = false,
             _ => {}
         }
         headers.append(name, value);
     }
-    let mut request = Request::new(());
+    // A body is served here only when it is small and all there; else hyper streams it.
+    let body = match length {
+        None | Some(0) => None,
+        Some(n) if n > SMALL_BODY || n > max_body || n > buf.len() as u64 => {
+            return elsewhere(buf, head);
+        }
+        Some(n) => Some(buf.split_to(n as usize).freeze()),
+    };
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -131,7 +150,7 @@ mod tests {
 
     fn parse_str(s: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(s.as_bytes());
-        (parse(&mut buf, 64 * 1024), buf)
+        (parse(&mut buf, 64 * 1024, u64::MAX), buf)
     }
 
     #[test]
@@ -158,7 +177,9 @@ mod tests {
     #[test]
     fn what_hyper_serves_is_handed_over_whole() {
         for s in [
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
@@ -176,13 +197,31 @@ mod tests {
     }
 
     #[test]
+    fn a_small_body_that_came_whole_is_read_here_and_others_are_hypers() {
+        let (parsed, rest) = parse_str("POST /j HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET");
+        let Parsed::Head(req, _) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(req.body().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(&rest[..], b"GET");
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {n}\r\n\r\n{}",
+            "x".repeat(SMALL_BODY as usize + 1),
+            n = SMALL_BODY + 1
+        );
+        assert!(matches!(parse_str(&big).0, Parsed::Elsewhere));
+        let mut over = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..]);
+        assert!(matches!(parse(&mut over, 1024, 2), Parsed::Elsewhere));
+    }
+
+    #[test]
     fn a_zero_length_is_no_body_and_a_long_head_is_hypers() {
         let (parsed, _) = parse_str("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert!(matches!(parsed, Parsed::Head(..)), "{parsed:?}");
         let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(200));
         let mut buf = BytesMut::from(long.as_bytes());
-        assert!(matches!(parse(&mut buf, 100), Parsed::Elsewhere));
+        assert!(matches!(parse(&mut buf, 100, u64::MAX), Parsed::Elsewhere));
         let mut half = BytesMut::from(&b"GET / HTTP/1.1\r\nHost"[..]);
-        assert!(matches!(parse(&mut half, 100), Parsed::Partial));
+        assert!(matches!(parse(&mut half, 100, u64::MAX), Parsed::Partial));
     }
 }
