@@ -119,6 +119,43 @@ async fn pipelined(server: &str) {
 }
 
 #[tokio::test]
+async fn a_request_that_crosses_a_graceful_close_meets_an_end_of_stream_not_a_reset() {
+    // A client reusing a kept-alive connection can send its next request just as the gateway
+    // closes it (shutdown, idle timeout). Closing a socket with bytes unread makes the kernel
+    // answer with a reset, which can also destroy a response the client has not read yet
+    // (RFC 9112 9.6). The gateway lingers as nginx does: its FIN first, then it reads and
+    // drops what still comes, so the client sees an answer or an end of stream, never a reset.
+    let (gw, _up) = rig("").await;
+    let mut c = Wire::connect(gw.addr).await.unwrap();
+    c.send(b"GET /u/a HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.read_response("GET").await.unwrap().head.status(), 200);
+    // The next request is on its way as the gateway is told to stop.
+    c.stream()
+        .write_all(b"GET /u/b HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(gw.shutdown());
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), c.stream().read_to_end(&mut got)).await;
+    let Ok(end) = end else {
+        panic!("the connection did not end")
+    };
+    assert!(
+        end.is_ok(),
+        "{end:?} after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // No reset came after the end of stream either (it would have made this write fail):
+    // the gateway was still reading and dropping what the client sent.
+    let more = c.stream().write_all(b"GET /u/c HTTP/1.1\r\n\r\n").await;
+    assert!(more.is_ok(), "{more:?}");
+    drop(c);
+    assert!(stopping.await.unwrap(), "the connection did not finish");
+}
+
+#[tokio::test]
 async fn expect_100_continue_gets_its_interim_response_then_the_body_goes_through() {
     let (gw, up) = rig("").await;
     let mut c = Wire::connect(gw.addr).await.unwrap();

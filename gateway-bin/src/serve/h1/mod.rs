@@ -13,7 +13,9 @@
 //! stream while a request waits abandons it; the header-read timeout runs from the first
 //! byte of the first request, then from the end of each response (an idle keep-alive
 //! connection waits within it), and closes the connection without an answer; `Connection: close` (asked by the client, or by the server finishing) is said
-//! in the response and honoured. What it does better: an idle connection holds no buffer
+//! in the response and honoured. What it does better: a connection it closes lingers (its FIN
+//! first, then what the client still sends is read and dropped, up to 2 s), so a request that
+//! crossed the close meets an end of stream and not a reset; an idle connection holds no buffer
 //! (hyper keeps its 8 KiB+ read buffer and write buffer per connection), and no task or
 //! timer is created per request.
 
@@ -113,7 +115,7 @@ pub(super) async fn serve<I: Transport, H: Host>(
             }
             if buf.is_empty() {
                 if host.finishing() {
-                    let _ = io.shutdown().await;
+                    Box::pin(close_lingering(&mut io)).await;
                     return Outcome::Ended(Ok(()));
                 }
                 // Nothing is held while the connection waits.
@@ -145,7 +147,7 @@ pub(super) async fn serve<I: Transport, H: Host>(
                     return Outcome::Ended(Ok(()));
                 }
                 () = Finishing(&*host), if idle => {
-                    let _ = io.shutdown().await;
+                    Box::pin(close_lingering(&mut io)).await;
                     return Outcome::Ended(Ok(()));
                 }
             }
@@ -158,7 +160,7 @@ pub(super) async fn serve<I: Transport, H: Host>(
         {
             Ok(true) if !host.finishing() => {}
             Ok(_) => {
-                let _ = io.shutdown().await;
+                Box::pin(close_lingering(&mut io)).await;
                 return Outcome::Ended(Ok(()));
             }
             Err(Cut::Abandoned) => return Outcome::Ended(Ok(())),
@@ -422,6 +424,38 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// How long a connection the server closes keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How much it reads, at most, in that time.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes a connection the server chose to end (shutdown, idle, `Connection: close`) as nginx
+/// does: the end of stream (FIN) first, then what the client still sends is read and dropped
+/// until it closes too, for at most [`LINGER`] and [`LINGER_BYTES`]. A request that crossed
+/// the close on the wire then meets an end of stream, which clients take as a connection to
+/// retry on; closing with its bytes unread would answer them with a reset.
+async fn close_lingering<I: Transport>(io: &mut I) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    let mut dropped = 0;
+    while dropped <= LINGER_BYTES {
+        let read = poll_fn(|cx| {
+            ready!(io.poll_readable(cx))?;
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut chunk = ReadBuf::uninit(&mut chunk);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk))?;
+            Poll::Ready(Ok::<_, io::Error>(chunk.filled().len()))
+        });
+        match tokio::time::timeout_at(until, read).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
+        }
     }
 }
 
