@@ -49,3 +49,86 @@ pub fn ends_chunked(value: &HeaderValue) -> bool {
         .and_then(|s| s.rsplit(',').next())
         .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
+
+/// A hex digit's value, either case (a chunk size, a percent-escape).
+///
+/// ```
+/// assert_eq!(httpkit::h1::hex_value(b'b'), Some(11));
+/// assert_eq!(httpkit::h1::hex_value(b'F'), Some(15));
+/// assert_eq!(httpkit::h1::hex_value(b'g'), None);
+/// ```
+pub fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Where one header line's name and value lie in a head's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderSpan {
+    /// The name's bytes.
+    pub name: (usize, usize),
+    /// The value's bytes.
+    pub value: (usize, usize),
+}
+
+impl HeaderSpan {
+    /// The name's length.
+    pub fn name_len(&self) -> usize {
+        self.name.1 - self.name.0
+    }
+}
+
+/// Header lines whose places [`HeaderSpans`] keeps on the stack.
+const FEW_HEADERS: usize = 24;
+
+/// The places of a parsed head's header lines in its buffer, so that the buffer can be frozen
+/// (and sliced into header values without a copy) once the parser's borrow of it has ended.
+/// Kept on the stack for the usual few headers (clearing room for a parser's 100 would cost
+/// more than the parse), on the heap for more.
+///
+/// ```
+/// use httpkit::h1::HeaderSpans;
+///
+/// let head = b"x-a: 1\r\nhost: h\r\n";
+/// let lines = [(&head[0..3], &head[5..6]), (&head[8..12], &head[14..15])];
+/// let mut spans = HeaderSpans::default();
+/// let spans = spans.record(head, lines.iter().copied());
+/// assert_eq!(&head[spans[1].name.0..spans[1].name.1], b"host");
+/// assert_eq!(&head[spans[1].value.0..spans[1].value.1], b"h");
+/// ```
+#[derive(Debug, Default)]
+pub struct HeaderSpans {
+    few: [HeaderSpan; FEW_HEADERS],
+    many: Vec<HeaderSpan>,
+}
+
+impl HeaderSpans {
+    /// Records where each `(name, value)` of `lines` (slices of `head`) lies in `head`.
+    pub fn record<'h>(
+        &mut self,
+        head: &[u8],
+        lines: impl ExactSizeIterator<Item = (&'h [u8], &'h [u8])>,
+    ) -> &[HeaderSpan] {
+        let base = head.as_ptr() as usize;
+        let count = lines.len();
+        let spans = if count <= FEW_HEADERS {
+            &mut self.few[..count]
+        } else {
+            self.many.resize(count, HeaderSpan::default());
+            &mut self.many[..]
+        };
+        for (span, (name, value)) in spans.iter_mut().zip(lines) {
+            let n = name.as_ptr() as usize - base;
+            let v = value.as_ptr() as usize - base;
+            *span = HeaderSpan {
+                name: (n, n + name.len()),
+                value: (v, v + value.len()),
+            };
+        }
+        spans
+    }
+}

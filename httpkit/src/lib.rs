@@ -2,7 +2,7 @@
 //! [`Body`] (empty, one buffer, or a boxed stream), [`TextOr`] (a layer's own short answer or
 //! the inner body, unboxed), [`text_response`] for every plain-text answer, [`BoxError`], the
 //! [`RequestId`] and [`TraceContext`] every log line of a request names, and the [`hop_by_hop`]
-//! header rules (RFC 9110 §7.6.1), and the [`h1`] value rules both HTTP/1.1 codecs read headers by.
+//! header rules (RFC 9110 §7.6.1), and the [`h1`] rules both HTTP/1.1 codecs read heads by (values, lengths, header places).
 //! No I/O.
 //!
 //! ```

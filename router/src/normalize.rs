@@ -27,6 +27,8 @@
 //! assert!(normalize_path("/a%00b").is_err());
 //! ```
 
+use httpkit::h1::hex_value;
+
 use std::borrow::Cow;
 
 /// Why a path was refused by [`normalize_path`]; the request gets `400 Bad Request`.
@@ -72,15 +74,6 @@ fn needs_work(bytes: &[u8]) -> bool {
             .any(|seg| seg == b"." || seg == b"..")
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -103,7 +96,7 @@ fn segment(raw: &str, out: &mut String) -> Result<(), BadPath> {
         let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
             return Err(BadPath::BadEscape);
         };
-        let (Some(h), Some(l)) = (hex(h), hex(l)) else {
+        let (Some(h), Some(l)) = (hex_value(h), hex_value(l)) else {
             return Err(BadPath::BadEscape);
         };
         let byte = h << 4 | l;
@@ -135,8 +128,8 @@ fn hides_dot_dot(segment: &str) -> bool {
     while i < bytes.len() {
         match (
             bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
         ) {
             (b'%', Some(h), Some(l)) => {
                 full.push(h << 4 | l);

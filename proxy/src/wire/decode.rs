@@ -5,6 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use httpkit::h1::hex_value;
 
 use super::WireError;
 use super::head::{Framing, MAX_HEADERS};
@@ -158,16 +159,16 @@ impl Chunked {
             buf.advance(1);
             self.state = match (self.state, byte) {
                 (Start, b) => {
-                    self.size = u64::from(hex(b).ok_or(WireError::Chunk(
+                    self.size = u64::from(hex_value(b).ok_or(WireError::Chunk(
                         "invalid chunk size line: missing size digit",
                     ))?);
                     Size
                 }
-                (Size, b) if hex(b).is_some() => {
+                (Size, b) if hex_value(b).is_some() => {
                     self.size = self
                         .size
                         .checked_mul(16)
-                        .and_then(|s| s.checked_add(u64::from(hex(b).unwrap_or(0))))
+                        .and_then(|s| s.checked_add(u64::from(hex_value(b).unwrap_or(0))))
                         .ok_or(WireError::Chunk("invalid chunk size: overflow"))?;
                     Size
                 }
@@ -244,15 +245,6 @@ impl Chunked {
             }
         }
         Ok(())
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

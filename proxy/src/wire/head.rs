@@ -8,15 +8,12 @@ use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use httpkit::h1::{digits, ends_chunked, has_token};
+use httpkit::h1::{HeaderSpans, digits, ends_chunked, has_token};
 
 use super::WireError;
 
 /// The most header lines a response head may have (hyper's limit).
 pub(crate) const MAX_HEADERS: usize = 100;
-
-/// Header lines whose places are kept on the stack.
-const FEW_HEADERS: usize = 24;
 
 /// How a response body is delimited (RFC 9112 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,23 +99,12 @@ pub(crate) fn parse_response(
             Version::HTTP_10
         };
         // Where each name and value lies in the head, to slice the frozen bytes after.
-        let base = buf.as_ptr() as usize;
         let count = res.headers.len();
-        // On the stack for the usual few headers (clearing room for 100 costs more than the
-        // parse); on the heap for more.
-        let mut few = [(0usize, 0usize, 0usize, 0usize); FEW_HEADERS];
-        let mut many = Vec::new();
-        let spans = if count <= FEW_HEADERS {
-            &mut few[..count]
-        } else {
-            many.resize(count, (0, 0, 0, 0));
-            &mut many[..]
-        };
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (n, n + h.name.len(), v, v + h.value.len());
-        }
+        let mut spans = HeaderSpans::default();
+        let spans = spans.record(
+            buf,
+            res.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+        );
         let custom_reason = (Some(reason) != status.canonical_reason())
             .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
             .flatten();
@@ -130,9 +116,10 @@ pub(crate) fn parse_response(
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
-        for &(n0, n1, v0, v1) in spans.iter() {
-            let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| WireError::HeaderName)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+        for span in spans {
+            let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
+                .map_err(|_| WireError::HeaderName)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
                 .map_err(|_| WireError::HeaderValue)?;
             if name == CONNECTION {
                 // Once any `Connection` line asks to close, a later `keep-alive` does not undo it.

@@ -356,21 +356,27 @@ async fn put<I: Transport>(io: &mut I, out: &mut Vec<u8>, data: Bytes) -> io::Re
 }
 
 /// Reads what the client sends into `buf` (which is allowed to grow to `cap`): `Ok(0)` at
-/// its end. Nothing is allocated until bytes are there: the read goes to the stack, and only
-/// what came is copied.
+/// its end.
 async fn read_some<I: Transport>(io: &mut I, buf: &mut BytesMut, cap: usize) -> io::Result<usize> {
     if buf.len() >= cap {
         return std::future::pending().await;
     }
-    poll_fn(|cx| {
-        ready!(io.poll_readable(cx))?;
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut chunk = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk))?;
-        buf.extend_from_slice(chunk.filled());
-        Poll::Ready(Ok(chunk.filled().len()))
-    })
-    .await
+    poll_fn(|cx| poll_read_chunk(io, cx, |bytes| buf.extend_from_slice(bytes))).await
+}
+
+/// Reads what the client sent into a chunk on the stack (nothing is allocated until bytes are
+/// there, and only what came is kept) and hands it to `take`: `Ok(0)` at the client's end.
+fn poll_read_chunk<I: Transport>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
+    ready!(io.poll_readable(cx))?;
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut chunk = ReadBuf::uninit(&mut chunk);
+    ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk))?;
+    take(chunk.filled());
+    Poll::Ready(Ok(chunk.filled().len()))
 }
 
 /// A connection handed to hyper: the bytes already read from it, then the rest.
@@ -445,13 +451,7 @@ async fn close_lingering<I: Transport>(io: &mut I) {
     let until = Instant::now() + LINGER;
     let mut dropped = 0;
     while dropped <= LINGER_BYTES {
-        let read = poll_fn(|cx| {
-            ready!(io.poll_readable(cx))?;
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut chunk = ReadBuf::uninit(&mut chunk);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk))?;
-            Poll::Ready(Ok::<_, io::Error>(chunk.filled().len()))
-        });
+        let read = poll_fn(|cx| poll_read_chunk(io, cx, |_| {}));
         match tokio::time::timeout_at(until, read).await {
             Ok(Ok(n)) if n > 0 => dropped += n,
             _ => return,

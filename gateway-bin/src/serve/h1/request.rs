@@ -10,16 +10,13 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
-use httpkit::h1::{digits, has_token};
+use httpkit::h1::{HeaderSpans, digits, has_token};
 
 /// The most header lines a request head may have (hyper's limit; more gets its `431`).
 const MAX_HEADERS: usize = 100;
 
 /// The largest body read with its head: a small JSON `POST` that came in the same packets.
 pub(super) const SMALL_BODY: u64 = 16 * 1024;
-
-/// Header lines whose places are kept on the stack.
-const FEW_HEADERS: usize = 24;
 
 /// The longest request target hyper reads (longer gets its `414`).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
@@ -63,29 +60,19 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Parse
         return Parsed::Elsewhere;
     }
     // Where the target and each name and value lie in the head, to slice the frozen bytes.
-    let base = buf.as_ptr() as usize;
     let target = {
-        let at = target.as_ptr() as usize - base;
+        let at = target.as_ptr() as usize - buf.as_ptr() as usize;
         at..at + target.len()
     };
     let count = req.headers.len();
-    // On the stack for the usual few headers (clearing room for 100 costs more than the
-    // parse); on the heap for more.
-    let mut few = [(0usize, 0usize, 0usize, 0usize); FEW_HEADERS];
-    let mut many = Vec::new();
-    let spans = if count <= FEW_HEADERS {
-        &mut few[..count]
-    } else {
-        many.resize(count, (0, 0, 0, 0));
-        &mut many[..]
-    };
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        if h.name.len() >= 1 << 16 {
-            return Parsed::Elsewhere;
-        }
-        let n = h.name.as_ptr() as usize - base;
-        let v = h.value.as_ptr() as usize - base;
-        *span = (n, n + h.name.len(), v, v + h.value.len());
+    let mut spans = HeaderSpans::default();
+    let spans = spans.record(
+        buf,
+        req.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+    );
+    // hyper answers a name of 64 KiB or more with `431`.
+    if spans.iter().any(|s| s.name_len() >= 1 << 16) {
+        return Parsed::Elsewhere;
     }
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
@@ -95,11 +82,12 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Parse
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = true;
     let mut length = None;
-    for &(n0, n1, v0, v1) in spans.iter() {
-        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else {
+    for span in spans {
+        let Ok(name) = HeaderName::from_bytes(&head[span.name.0..span.name.1]) else {
             return elsewhere(buf, head);
         };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+        else {
             return elsewhere(buf, head);
         };
         match name {
