@@ -61,7 +61,7 @@ pub(super) fn spawn(
         let ended = match tls {
             None => {
                 let front = Front::new(peer, None, service, &limits, tunnel_guard, &state);
-                let conn = serve_connection(io, front, &limits, &state, limits.inline_http1);
+                let conn = serve_connection(io, front, &limits, limits.inline_http1);
                 drive(conn, &state, idle, stop).await
             }
             // Boxed: a plain connection's task does not carry room for a TLS handshake.
@@ -79,7 +79,7 @@ pub(super) fn spawn(
                         && tls_io.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
                     let tls = Some(TlsInfo { subject });
                     let front = Front::new(peer, tls, service, &limits, tunnel_guard, &state);
-                    let conn = serve_connection(tls_io, front, &limits, &state, inline);
+                    let conn = serve_connection(tls_io, front, &limits, inline);
                     drive(conn, &state, idle, stop).await
                 })
                 .await
@@ -399,7 +399,6 @@ fn serve_connection<I: Transport>(
     io: I,
     front: Front,
     limits: &Arc<Limits>,
-    state: &Arc<ConnState>,
     inline: bool,
 ) -> Served<I> {
     let front = Arc::new(front);
@@ -420,7 +419,6 @@ fn serve_connection<I: Transport>(
         at,
         front,
         limits: Arc::clone(limits),
-        state: Arc::clone(state),
     }
 }
 
@@ -429,7 +427,6 @@ pub(super) struct Served<I> {
     at: At<I>,
     front: Arc<Front>,
     limits: Arc<Limits>,
-    state: Arc<ConnState>,
 }
 
 enum At<I> {
@@ -450,7 +447,7 @@ impl<I: Transport> Future for Served<I> {
                     Outcome::Handover(io, read) => {
                         let io = Prefixed { read, io };
                         let mut conn = hyper_connection(io, Arc::clone(&this.front), &this.limits);
-                        if this.state.finishing.load(Ordering::Relaxed) {
+                        if this.front.state().finishing.load(Ordering::Relaxed) {
                             // Asked to finish already: hyper reads the request it was handed
                             // (its first poll) before it is told, so that it answers it.
                             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -469,7 +466,7 @@ impl<I: Transport> Future for Served<I> {
 impl<I: Transport> Connection for Served<I> {
     fn finish(self: Pin<&mut Self>) {
         let this = self.get_mut();
-        this.state.finishing.store(true, Ordering::Relaxed);
+        this.front.state().finishing.store(true, Ordering::Relaxed);
         if let At::Hyper(conn) = &mut this.at {
             conn.as_mut().finish();
         }
