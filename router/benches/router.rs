@@ -65,6 +65,31 @@ fn bench_github_api(c: &mut Criterion) {
         })
     });
 
+    // The same shape in this crate: one tree of the distinct paths, a method table per path
+    // (the design BENCHMARKS.md weighs against the per-method trees).
+    let mut one_tree: router::Router<Vec<(Method, bool)>> = router::Router::new();
+    for r in &routes {
+        match one_tree.at_mut(r.path) {
+            Ok(m) if m.value.iter().all(|(method, _)| *method != r.method) => {
+                m.value.push((r.method.clone(), true))
+            }
+            _ => one_tree
+                .insert(r.colon, vec![(r.method.clone(), true)])
+                .unwrap(),
+        }
+    }
+    one_tree.prepare();
+    group.bench_function("router_one_tree", |b| {
+        b.iter(|| {
+            for r in &routes {
+                let m = one_tree.at(black_box(r.path)).unwrap();
+                let method = black_box(&r.method);
+                let found = m.value.iter().find(|(x, _)| x == method).unwrap();
+                black_box(found);
+            }
+        })
+    });
+
     // matchit has no method dispatch: one tree of paths, each with a small method table.
     let mut theirs: matchit::Router<Vec<(Method, bool)>> = matchit::Router::new();
     for r in &routes {
