@@ -134,8 +134,21 @@ impl<B: RequestBody> Service<Request<B>> for Proxy<B> {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let response = self.forward(req);
+        Box::pin(async move { Ok(response.await) })
+    }
+}
+
+impl<B: RequestBody> Proxy<B> {
+    /// The response to `req`: what [`Service::call`] answers, as a future of a type the caller
+    /// can hold without boxing it (a router that erases its routes boxes it once, instead of
+    /// once here and once more there).
+    pub fn forward(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Response<ProxyBody<B>>> + Send + 'static + use<B> {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { Ok(forward(&inner, req).await) })
+        async move { forward(&inner, req).await }
     }
 }
 

@@ -47,6 +47,22 @@ where
     }
 }
 
+/// A route made from a function (see [`Route::from_fn`]).
+struct FromFn<F>(F);
+
+impl<B, F, Fut, ResBody> Erased<B> for FromFn<F>
+where
+    F: Fn(Request<B>) -> Fut + Send + Sync,
+    Fut: Future<Output = Response<ResBody>> + Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    fn call(&self, req: Request<B>) -> RouteFuture {
+        let response = (self.0)(req);
+        RouteFuture(Box::pin(async move { response.await.map(Body::new) }))
+    }
+}
+
 /// A route behind a change to its requests (see [`Route::map_request`]).
 struct MapRequest<B, F> {
     inner: Route<B>,
@@ -125,6 +141,37 @@ impl<B: Send + 'static> Route<B> {
             return route.clone();
         }
         Route(Arc::new(Erase(service)))
+    }
+
+    /// A route that answers each request with the response `f`'s future resolves to: one
+    /// allocation per request (the future, boxed once), where a tower service whose own
+    /// future is already boxed costs two.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use router::Route;
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut route = Route::from_fn(|req: Request<()>| {
+    ///     let path = req.uri().path().to_owned();
+    ///     async move { Response::new(path) }
+    /// });
+    /// let req = Request::builder().uri("/hello").body(()).unwrap();
+    /// let res = route.ready().await.unwrap().call(req).await.unwrap();
+    /// let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+    /// assert_eq!(body.to_bytes(), "/hello");
+    /// # }
+    /// ```
+    pub fn from_fn<F, Fut, ResBody>(f: F) -> Self
+    where
+        F: Fn(Request<B>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<ResBody>> + Send + 'static,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        Route(Arc::new(FromFn(f)))
     }
 
     /// `self` behind `f`, a change made to each request before it is called (a path

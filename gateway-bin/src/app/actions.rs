@@ -49,7 +49,7 @@ pub(super) fn build<B: GatewayBody>(
         (Some(name), None, None, None) => {
             let proxy = find(proxies, name.get_ref(), name.span(), "upstream", source)?;
             Ok(Target {
-                service: proxy.clone().into_route(),
+                service: proxy_route(proxy),
                 describe: name.get_ref().clone(),
                 forwards: true,
             })
@@ -113,6 +113,12 @@ fn find<'p, B>(
     })
 }
 
+/// `proxy` as a route: its future boxed once, by the route.
+fn proxy_route<B: GatewayBody>(proxy: &Proxy<B>) -> Route<B> {
+    let proxy = proxy.clone();
+    Route::from_fn(move |req| proxy.forward(req))
+}
+
 /// The most a split weight can be: shares stay exact in 64-bit sums.
 const MAX_WEIGHT: u32 = 1_000_000;
 
@@ -136,7 +142,7 @@ fn split_target<B: GatewayBody>(
             ));
         }
         let proxy = find(proxies, &e.upstream, entry.span(), "split.upstream", source)?;
-        routes.push(proxy.clone().into_route());
+        routes.push(proxy_route(proxy));
     }
     let choice = Split::new(
         split

@@ -21,6 +21,10 @@ pub(super) const SMALL_BODY: u64 = 16 * 1024;
 /// The longest request target hyper reads (longer gets its `414`).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
+/// Room for the header lines the request gains on its way upstream (request id, trace
+/// context, `X-Forwarded-*`, `Host`, ...), so that the map is not regrown once per layer.
+const ADDED_LINES: usize = 8;
+
 /// What the front of the buffer holds.
 // Matched where it is returned: boxing the request would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
@@ -79,7 +83,7 @@ pub(super) fn parse(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Parse
         // hyper answers `400`: give it back the bytes it needs to.
         return elsewhere(buf, head);
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(count + ADDED_LINES);
     let mut keep_alive = true;
     let mut length = None;
     for span in spans {
