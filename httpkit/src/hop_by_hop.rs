@@ -144,6 +144,11 @@ pub struct Found {
 /// Removes the hop-by-hop headers and every header a `Connection` header names (except
 /// `Host` and `Content-Length`); returns what the caller may want to forward again.
 pub fn strip(headers: &mut HeaderMap) -> Found {
+    // Most messages carry none: one pass over the names costs less than a lookup per
+    // hop-by-hop header. Everything below needs one of them (`Connection`, `TE`, `Upgrade`).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return Found::default();
+    }
     let te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
     let upgrade = headers
         .get(UPGRADE)

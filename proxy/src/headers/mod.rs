@@ -62,29 +62,34 @@ pub fn rewrite_request_headers(
     info: &Forwarding,
     trusted: &TrustedProxies,
 ) -> Found {
-    let trailer = announced_trailers(headers);
+    // One pass over the names tells which of the lookups below can find anything: most
+    // requests carry neither `Trailer` nor any forwarding header.
+    let (mut has_trailer, mut has_forwarding) = (false, false);
+    for name in headers.keys() {
+        has_trailer |= name == TRAILER;
+        has_forwarding |= FORWARDING.contains(name);
+    }
+    let trailer = if has_trailer {
+        announced_trailers(headers)
+    } else {
+        Vec::new()
+    };
     let found = hop_by_hop::strip(headers);
     reannounce(headers, trailer);
     let trusted_peer = info.client.is_some_and(|c| trusted.contains(c));
-    if !trusted_peer {
-        headers.remove(FORWARDED);
-        headers.remove(X_FORWARDED_FOR);
-        headers.remove(X_FORWARDED_HOST);
-        headers.remove(X_FORWARDED_PROTO);
+    if !trusted_peer && has_forwarding {
+        for name in &FORWARDING {
+            headers.remove(name);
+        }
     }
+    // What is left of the client's forwarding headers: a trusted proxy's, to extend or keep.
+    let kept = trusted_peer && has_forwarding;
     // X-Forwarded-For: a trusted proxy's list, extended with its address; else just the peer.
     if let Some(client) = info.client {
         // The address is written into a stack buffer; only the header value allocates.
         let mut ip = [0u8; 48];
-        let ip = {
-            use std::io::Write as _;
-            let mut cursor = std::io::Cursor::new(&mut ip[..]);
-            // An IPv4 client seen through a dual-stack socket is written as IPv4.
-            let _ = write!(cursor, "{}", client.to_canonical());
-            let n = usize::try_from(cursor.position()).unwrap_or(0);
-            &ip[..n]
-        };
-        let value = if headers.contains_key(X_FORWARDED_FOR) {
+        let ip = write_ip(client, &mut ip);
+        let value = if kept && headers.contains_key(X_FORWARDED_FOR) {
             let mut list = Vec::new();
             for v in headers.get_all(X_FORWARDED_FOR) {
                 list.extend_from_slice(v.as_bytes());
@@ -99,15 +104,57 @@ pub fn rewrite_request_headers(
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    if !headers.contains_key(X_FORWARDED_HOST)
+    if !(kept && headers.contains_key(X_FORWARDED_HOST))
         && let Some(host) = &info.host
     {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    if !(kept && headers.contains_key(X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));
     }
     found
+}
+
+/// The headers that say where a request came from, which only a trusted proxy may send.
+const FORWARDING: [HeaderName; 4] = [
+    FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+];
+
+/// `client` as text in `buf` (an IPv4 client seen through a dual-stack socket as IPv4): IPv4
+/// digit by digit, IPv6 through its `Display`.
+fn write_ip(client: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    match client.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        v6 => {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{v6}");
+            let n = usize::try_from(cursor.position()).unwrap_or(0);
+            &buf[..n]
+        }
+    }
 }
 
 /// The `Trailer` header's values: they name the trailer fields the body will end with, and are
@@ -203,6 +250,25 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
         rewrite_request_headers(&mut h, &info("::1"), &trusted);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, ::1");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut buf = [0u8; 48];
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.0.2.17",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(write_ip(addr, &mut buf), ip.as_bytes());
+        }
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(write_ip(mapped, &mut buf), b"10.1.2.3");
     }
 
     #[test]
