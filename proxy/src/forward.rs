@@ -147,12 +147,15 @@ impl<B: RequestBody> Proxy<B> {
         &self,
         req: Request<B>,
     ) -> impl Future<Output = Response<ProxyBody<B>>> + Send + 'static + use<B> {
-        let inner = Arc::clone(&self.inner);
-        async move { forward(&inner, req).await }
+        forward(Arc::clone(&self.inner), req)
     }
 }
 
-async fn forward<B: RequestBody>(inner: &Inner<B>, req: Request<B>) -> Response<ProxyBody<B>> {
+// The future owns what it needs, so that it is the caller's future itself rather than one
+// awaited inside another: a future is moved whole (into its box, into its caller's state),
+// and a nested one is moved once more when its caller first polls it.
+async fn forward<B: RequestBody>(inner: Arc<Inner<B>>, req: Request<B>) -> Response<ProxyBody<B>> {
+    let inner = &*inner;
     let Some(mut exchange) = prepare(&inner.upstream, req) else {
         return text_response(StatusCode::BAD_REQUEST, "Bad Request\n");
     };

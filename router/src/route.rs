@@ -58,8 +58,31 @@ where
     ResBody::Error: Into<BoxError>,
 {
     fn call(&self, req: Request<B>) -> RouteFuture {
-        let response = (self.0)(req);
-        RouteFuture(Box::pin(async move { response.await.map(Body::new) }))
+        RouteFuture(Box::pin(BodyErased {
+            inner: (self.0)(req),
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `F`'s response with its body erased. Written by hand rather than as an `async` block,
+    /// which would move `F` (a proxy's future is a few KiB) once more on its first poll.
+    struct BodyErased<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, ResBody> Future for BodyErased<F>
+where
+    F: Future<Output = Response<ResBody>>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        self.project().inner.poll(cx).map(|res| res.map(Body::new))
     }
 }
 
