@@ -17,7 +17,6 @@ use http::Request;
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use proxy::TunnelGuard;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -46,6 +45,7 @@ pub(super) fn spawn(
     stats.opened();
     let state = Arc::new(ConnState {
         stats,
+        _slot: Some(slot),
         ..ConnState::default()
     });
     let io = Tracked {
@@ -53,14 +53,12 @@ pub(super) fn spawn(
         count: 0,
         state: Arc::clone(&state),
     };
-    let slot = Arc::new(slot);
-    let tunnel_guard = TunnelGuard(Arc::clone(&slot) as Arc<dyn std::any::Any + Send + Sync>);
     let limits = Arc::clone(limits);
     tokio::spawn(async move {
         let idle = limits.idle_timeout;
         let ended = match tls {
             None => {
-                let front = Front::new(peer, None, service, &limits, tunnel_guard, &state);
+                let front = Front::new(peer, None, service, &limits, &state);
                 let conn = serve_connection(io, front, &limits, limits.inline_http1);
                 drive(conn, &state, idle, stop).await
             }
@@ -78,7 +76,7 @@ pub(super) fn spawn(
                     let inline = limits.inline_http1
                         && tls_io.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
                     let tls = Some(TlsInfo { subject });
-                    let front = Front::new(peer, tls, service, &limits, tunnel_guard, &state);
+                    let front = Front::new(peer, tls, service, &limits, &state);
                     let conn = serve_connection(tls_io, front, &limits, inline);
                     drive(conn, &state, idle, stop).await
                 })
@@ -96,7 +94,6 @@ pub(super) fn spawn(
             }
         }
         state.stats.closed(state.protocol());
-        drop(slot);
     });
 }
 
@@ -113,6 +110,10 @@ pub(super) struct ConnState {
     /// Asked to finish (shutdown, idle): the next response is the last.
     finishing: AtomicBool,
     stats: Arc<ConnStats>,
+    /// The connection's place under `max_connections`, given back when the last holder of
+    /// this state lets go: the connection's task, or a tunnel the connection became (an
+    /// upgraded request carries this state in its extensions as a `TunnelGuard`).
+    _slot: Option<Slot>,
 }
 
 impl ConnState {

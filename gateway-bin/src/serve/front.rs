@@ -2,6 +2,7 @@
 //! inline HTTP/1.1 server): its hop's connection options dropped, the client's address and
 //! TLS facts attached, a plain request redirected to HTTPS where asked, HSTS on the way out.
 
+use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,15 +22,15 @@ pub(super) struct TlsInfo {
     pub(super) subject: Option<http::HeaderValue>,
 }
 
-/// One connection's front door (see the [module docs](self)).
+/// One connection's front door (see the [module docs](self)). It lives as long as its
+/// connection, idle or not: what is the same for every connection of a listener is read
+/// through the listener's shared [`Limits`], not copied here.
 pub(super) struct Front {
     peer: SocketAddr,
-    tls: Option<TlsInfo>,
+    /// Boxed: a plain connection carries no room for it.
+    tls: Option<Box<TlsInfo>>,
     service: LiveService<ServedBody>,
-    subject_header: Option<http::HeaderName>,
-    redirect_to_https: Option<u16>,
-    hsts: Option<http::HeaderValue>,
-    tunnel_guard: TunnelGuard,
+    limits: Arc<Limits>,
     state: Arc<ConnState>,
 }
 
@@ -38,18 +39,14 @@ impl Front {
         peer: SocketAddr,
         tls: Option<TlsInfo>,
         service: LiveService<ServedBody>,
-        limits: &Limits,
-        tunnel_guard: TunnelGuard,
+        limits: &Arc<Limits>,
         state: &Arc<ConnState>,
     ) -> Front {
         Front {
             peer,
-            tls,
+            tls: tls.map(Box::new),
             service,
-            subject_header: limits.client_subject_header.clone(),
-            redirect_to_https: limits.redirect_to_https,
-            hsts: limits.hsts.clone(),
-            tunnel_guard,
+            limits: Arc::clone(limits),
             state: Arc::clone(state),
         }
     }
@@ -69,7 +66,7 @@ impl Front {
         // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
         httpkit::hop_by_hop::consume_connection_options(req.headers_mut());
         req.extensions_mut().insert(ClientAddr(self.peer));
-        if let Some(name) = &self.subject_header {
+        if let Some(name) = &self.limits.client_subject_header {
             // Only the gateway says who the client's certificate names.
             req.headers_mut().remove(name);
             if let Some(subject) = self.tls.as_ref().and_then(|t| t.subject.clone()) {
@@ -80,13 +77,15 @@ impl Front {
             req.extensions_mut().insert(ClientTls);
         }
         if req.headers().contains_key(http::header::UPGRADE) {
-            req.extensions_mut().insert(self.tunnel_guard.clone());
+            req.extensions_mut().insert(TunnelGuard(
+                Arc::clone(&self.state) as Arc<dyn Any + Send + Sync>
+            ));
         }
-        let redirect = match (&self.tls, self.redirect_to_https) {
+        let redirect = match (&self.tls, self.limits.redirect_to_https) {
             (None, Some(port)) => Some(https_redirect(&req, port)),
             _ => None,
         };
-        let hsts = self.hsts.clone().filter(|_| self.tls.is_some());
+        let hsts = self.limits.hsts.clone().filter(|_| self.tls.is_some());
         let service = self.service.clone();
         let waiting = Waiting::new(&self.state);
         async move {
