@@ -33,12 +33,12 @@ pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config, stats: 
             on.metrics
                 .then(|| MetricsLayer::new(Arc::clone(&stats.unmatched))),
         ))
-        .layer(Optional::<_, B>::new(
+        .layer(Switch(
             // Every line the gateway logs about a request names its id itself: no span,
             // whose fields would be formatted for every request.
             on.request_id.then(|| RequestIdLayer::new().span(false)),
         ))
-        .layer(Optional::<_, B>::new(on.trace_context.then(|| {
+        .layer(Switch(on.trace_context.then(|| {
             TraceContextLayer::new().sample_ratio(on.trace_sample_ratio)
         })))
         .layer(Optional::<_, B>::new(
@@ -52,17 +52,16 @@ pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config, stats: 
         .layer(Optional::<_, B>::new(on.recover.then(|| {
             RecoverLayer::new().count_panics(Arc::clone(&stats.panics))
         })))
-        .layer(Optional::<_, B>::new((max_body > 0).then(|| {
-            BodyLimitLayer {
-                max: max_body,
-                refused: Arc::clone(&stats.body_too_large),
-            }
+        .layer(Switch((max_body > 0).then(|| BodyLimitLayer {
+            max: max_body,
+            refused: Arc::clone(&stats.body_too_large),
         })));
     mux.pre(stack);
 }
 
-/// A layer that may be switched off: either way the service has one type, and so does its
-/// response body (`http_body_util::Either` of the layer's and the inner one's).
+/// A layer that may be switched off and wraps the response body: either way the service has
+/// one type, and so does its response body (`http_body_util::Either` of the layer's and the
+/// inner one's).
 struct Optional<L, B>(Option<L>, std::marker::PhantomData<fn(B)>);
 
 impl<L, B> Optional<L, B> {
@@ -99,6 +98,25 @@ where
                 (|res: Response<OffBody>| res.map(http_body_util::Either::Right))
                     as ToEither<_, _, _>,
             )),
+        }
+    }
+}
+
+/// A layer that may be switched off and answers with the inner service's own response type:
+/// either way the service has one type, with nothing mapped on the way out (what
+/// [`Optional`] needs for a layer that wraps the body).
+struct Switch<L>(Option<L>);
+
+impl<S, L> Layer<S> for Switch<L>
+where
+    L: Layer<S>,
+{
+    type Service = tower::util::Either<L::Service, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match &self.0 {
+            Some(layer) => tower::util::Either::Left(layer.layer(inner)),
+            None => tower::util::Either::Right(inner),
         }
     }
 }
