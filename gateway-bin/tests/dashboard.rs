@@ -126,6 +126,11 @@ async fn the_dashboard_renders_every_route_and_target_and_moves_with_traffic() {
         .join("..")
         .join("target")
         .join("dashboard.png");
+    // The workspace's `target` is not there when the build goes elsewhere
+    // (`CARGO_TARGET_DIR`), and Chromium does not make the directory it writes into.
+    if let Some(dir) = shot.parent() {
+        std::fs::create_dir_all(dir).expect("the screenshot's directory");
+    }
     let arg = format!("--screenshot={}", shot.display());
     let (_, console) = run(&chrome, &profile, &url, &[&arg, "--window-size=1400,900"]).await;
     assert!(console.is_empty(), "console messages: {console:#?}");
