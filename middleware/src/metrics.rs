@@ -226,6 +226,11 @@ where
     }
 }
 
+fn name_route(series: &Arc<RequestMetrics>) {
+    let series = Arc::clone(series);
+    ROUTE.with(|r| *r.borrow_mut() = Some(series));
+}
+
 fn take_route() -> Option<Arc<RequestMetrics>> {
     ROUTE.with(|r| r.borrow_mut().take())
 }
@@ -354,6 +359,15 @@ impl RouteMetricsLayer {
     pub fn new(series: Arc<RequestMetrics>) -> Self {
         RouteMetricsLayer { series }
     }
+
+    /// Names this layer's series for the request being called now, as [`RouteMetrics`] does
+    /// on each call: for a router that changes a request on its way to the route without a
+    /// service (and a future) of its own, such as `router::Route::map_request`. Call it
+    /// where the service would be called, within the [`Metrics`] service's call or a poll of
+    /// its future.
+    pub fn name_request(&self) {
+        name_route(&self.series);
+    }
 }
 
 impl<S> Layer<S> for RouteMetricsLayer {
@@ -386,8 +400,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> S::Future {
-        let series = Arc::clone(&self.series);
-        ROUTE.with(|r| *r.borrow_mut() = Some(series));
+        name_route(&self.series);
         self.inner.call(req)
     }
 }
