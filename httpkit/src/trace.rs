@@ -122,7 +122,7 @@ impl TraceContext {
 
     /// A new trace, started here, sampled with probability `ratio` (0 to 1).
     pub fn start_sampled(ratio: f64) -> TraceContext {
-        let draw = (random::u128() as u64) as f64 / u64::MAX as f64;
+        let draw = random::u64() as f64 / u64::MAX as f64;
         TraceContext::start(draw < ratio)
     }
 
@@ -157,7 +157,7 @@ impl TraceContext {
 }
 
 fn new_span_id() -> [u8; 8] {
-    let mut id = (random::u128() as u64).to_be_bytes();
+    let mut id = random::u64().to_be_bytes();
     if id == [0; 8] {
         id[7] = 1;
     }
