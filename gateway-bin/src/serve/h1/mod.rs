@@ -230,7 +230,15 @@ async fn respond<I: Transport>(
             .exact()
             .map_or(Declared::Unknown, Declared::Exactly)
     };
-    let mut out = Vec::new();
+    // Room for the head and, when the body is short and its length known, the body behind
+    // it: the response is gathered without growing its buffer.
+    let body_room = match declared {
+        Declared::Exactly(n) if !head_request => {
+            usize::try_from(n).map_or(COALESCE, |n| n.min(COALESCE))
+        }
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(response::head_size(&parts) + body_room);
     let Ok(written) = response::encode(&mut parts, declared, head_request, keep_alive, &mut out)
     else {
         return Err("a response head with conflicting lengths".into());

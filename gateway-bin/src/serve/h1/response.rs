@@ -49,6 +49,17 @@ pub(super) struct BadHead;
 /// Writes the head of `res` (its headers are taken) to `dst`, for a request that was a `HEAD`
 /// or not, on a connection the client wants kept or not. An informational status (not
 /// expected from any route) is written as hyper does: a `500` that closes the connection.
+/// Room for `res`'s head as [`encode`] writes it: its lines, and the status line, `Date` and
+/// framing lines it may add.
+pub(super) fn head_size(res: &http::response::Parts) -> usize {
+    let lines: usize = res
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    128 + lines
+}
+
 pub(super) fn encode(
     res: &mut http::response::Parts,
     declared: Declared,
@@ -82,7 +93,7 @@ pub(super) fn encode(
         }
     }
     let start = dst.len();
-    dst.reserve(64 + res.headers.len() * 32);
+    dst.reserve(head_size(res));
     status_line(res, dst);
     let http10 = res.version == Version::HTTP_10;
     let status = res.status;
