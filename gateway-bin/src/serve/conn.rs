@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::front::{Front, TlsInfo};
+use super::front::{Answer, Front, TlsInfo};
 use super::h1::{self, Outcome, Prefixed, Transport};
 use super::{Limits, ServedBody, Slot};
 use crate::stats::{ConnStats, Protocol};
@@ -169,87 +169,92 @@ const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(250);
 /// and moves no byte for `min(idle, 5 s)` is closed hard: a client that stopped reading, an
 /// HTTP/2 client that never acknowledges the `GOAWAY`'s `PING`. A request still waiting for
 /// its upstream keeps its connection (the upstream's timeouts bound it).
-async fn drive<C: Connection>(
-    conn: C,
-    state: &ConnState,
+// A function returning an `async` block rather than an `async fn`, which would keep its
+// arguments twice in its state (as received, and moved into its body) for the connection's life.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+fn drive<'a, C: Connection + Unpin + 'a>(
+    mut conn: C,
+    state: &'a ConnState,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
-) -> Option<BoxError> {
-    let mut conn = std::pin::pin!(conn);
-    let close_grace = idle.min(CLOSE_GRACE);
-    let mut seen = state.activity.load(Ordering::Relaxed);
-    // One timer for the connection's life, re-armed only when it fires: the connection
-    // future is polled for every read and write, and a new timer per poll would cost a
-    // timer-wheel insert each time.
-    let timer = tokio::time::sleep(idle);
-    let mut timer = std::pin::pin!(timer);
-    let mut finishing = false;
-    // Stopping, but this connection has not sent its first request yet: a client that just
-    // connected (the old process of an upgrade accepted it a moment before handing over) is
-    // given FIRST_REQUEST_WAIT to send it, and gets its answer, instead of a closed socket.
-    let mut awaiting_first = false;
-    if *stop.borrow_and_update() {
-        if state.protocol() == Protocol::Pending {
-            awaiting_first = true;
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
-        } else {
-            finishing = true;
-            conn.as_mut().finish();
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + close_grace);
-        }
-    }
-    loop {
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => return result.err(),
-            _ = stop.changed(), if !finishing && !awaiting_first => {
-                seen = state.activity.load(Ordering::Relaxed);
-                if state.protocol() == Protocol::Pending {
-                    awaiting_first = true;
-                    timer.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
-                } else {
-                    finishing = true;
-                    conn.as_mut().finish();
-                    timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
-                }
+) -> impl Future<Output = Option<BoxError>> + 'a {
+    async move {
+        let mut conn = Pin::new(&mut conn);
+        let close_grace = idle.min(CLOSE_GRACE);
+        let mut seen = state.activity.load(Ordering::Relaxed);
+        // One timer for the connection's life, re-armed only when it fires: the connection
+        // future is polled for every read and write, and a new timer per poll would cost a
+        // timer-wheel insert each time.
+        let timer = tokio::time::sleep(idle);
+        let mut timer = std::pin::pin!(timer);
+        let mut finishing = false;
+        // Stopping, but this connection has not sent its first request yet: a client that just
+        // connected (the old process of an upgrade accepted it a moment before handing over) is
+        // given FIRST_REQUEST_WAIT to send it, and gets its answer, instead of a closed socket.
+        let mut awaiting_first = false;
+        if *stop.borrow_and_update() {
+            if state.protocol() == Protocol::Pending {
+                awaiting_first = true;
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+            } else {
+                finishing = true;
+                conn.as_mut().finish();
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + close_grace);
             }
-            _ = timer.as_mut() => {
-                if awaiting_first {
-                    // Its first request (if it came) is answered before the connection closes.
-                    awaiting_first = false;
-                    finishing = true;
-                    conn.as_mut().finish();
+        }
+        loop {
+            tokio::select! {
+                biased;
+                result = conn.as_mut() => return result.err(),
+                _ = stop.changed(), if !finishing && !awaiting_first => {
                     seen = state.activity.load(Ordering::Relaxed);
-                    timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
-                    continue;
-                }
-                let now = state.activity.load(Ordering::Relaxed);
-                let quiet = now == seen;
-                seen = now;
-                let next = if !finishing {
-                    if quiet {
-                        tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                    if state.protocol() == Protocol::Pending {
+                        awaiting_first = true;
+                        timer.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+                    } else {
                         finishing = true;
                         conn.as_mut().finish();
-                        close_grace
+                        timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                    }
+                }
+                _ = timer.as_mut() => {
+                    if awaiting_first {
+                        // Its first request (if it came) is answered before the connection closes.
+                        awaiting_first = false;
+                        finishing = true;
+                        conn.as_mut().finish();
+                        seen = state.activity.load(Ordering::Relaxed);
+                        timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                        continue;
+                    }
+                    let now = state.activity.load(Ordering::Relaxed);
+                    let quiet = now == seen;
+                    seen = now;
+                    let next = if !finishing {
+                        if quiet {
+                            tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                            finishing = true;
+                            conn.as_mut().finish();
+                            close_grace
+                        } else {
+                            idle
+                        }
                     } else {
-                        idle
-                    }
-                } else {
-                    if quiet && state.waiting.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(
-                            grace_ms = close_grace.as_millis() as u64,
-                            "closing a connection that did not finish gracefully"
-                        );
-                        return None;
-                    }
-                    close_grace
-                };
-                timer.as_mut().reset(tokio::time::Instant::now() + next);
+                        if quiet && state.waiting.load(Ordering::Relaxed) == 0 {
+                            tracing::debug!(
+                                grace_ms = close_grace.as_millis() as u64,
+                                "closing a connection that did not finish gracefully"
+                            );
+                            return None;
+                        }
+                        close_grace
+                    };
+                    timer.as_mut().reset(tokio::time::Instant::now() + next);
+                }
             }
         }
     }
@@ -515,8 +520,10 @@ where
         usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX)
     };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        // The answer mapped, not awaited in an `async` block: a stream's future (a task of
+        // its own on HTTP/2) holds it once, and it is not moved again on its first poll.
         let answer = front.call(req.map(|b| ServedBody::Client(Limited::new(b, max_body))));
-        async move { Ok::<_, Infallible>(answer.await) }
+        HyperAnswer { answer }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // No half-close (hyper's default): a client's end of stream ends the connection and
@@ -536,4 +543,20 @@ where
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned(),
     )
+}
+
+pin_project_lite::pin_project! {
+    /// A request's [`Answer`] as a hyper service answers: a `Result` that is never an error.
+    struct HyperAnswer {
+        #[pin]
+        answer: Answer,
+    }
+}
+
+impl Future for HyperAnswer {
+    type Output = Result<http::Response<httpkit::Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().answer.poll(cx).map(Ok)
+    }
 }

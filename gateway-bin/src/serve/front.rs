@@ -5,12 +5,15 @@
 use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use httpkit::Body;
 use proxy::{ClientAddr, ClientTls, TunnelGuard};
 use tower::ServiceExt;
+use tower::util::Oneshot;
 
 use super::conn::{ConnState, Waiting};
 use super::{Limits, ServedBody};
@@ -57,10 +60,7 @@ impl Front {
     }
 
     /// The response to `req`, which counts as waiting for its head until it is made.
-    pub(super) fn call(
-        &self,
-        mut req: Request<ServedBody>,
-    ) -> impl Future<Output = Response<Body>> + Send + 'static + use<> {
+    pub(super) fn call(&self, mut req: Request<ServedBody>) -> Answer {
         self.state.first_request(req.version());
         // Connection options belong to this hop: gone on receipt, before any middleware looks
         // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
@@ -81,29 +81,64 @@ impl Front {
                 Arc::clone(&self.state) as Arc<dyn Any + Send + Sync>
             ));
         }
-        let redirect = match (&self.tls, self.limits.redirect_to_https) {
-            (None, Some(port)) => Some(https_redirect(&req, port)),
-            _ => None,
-        };
-        let hsts = self.limits.hsts.clone().filter(|_| self.tls.is_some());
-        let service = self.service.clone();
-        let waiting = Waiting::new(&self.state);
-        async move {
-            if let Some(answer) = redirect {
-                drop(waiting);
-                return answer;
+        if let (None, Some(port)) = (&self.tls, self.limits.redirect_to_https) {
+            return Answer::Made {
+                res: Some(https_redirect(&req, port)),
+            };
+        }
+        Answer::Routed {
+            waiting: Some(Waiting::new(&self.state)),
+            hsts: self.limits.hsts.clone().filter(|_| self.tls.is_some()),
+            call: self.service.clone().oneshot(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response to a request [`Front::call`] took: made on arrival (a redirect to
+    /// HTTPS), or the routes' (with HSTS added). Written by hand rather than as an `async`
+    /// block, which would keep the request twice in its state (as taken, and moved into the
+    /// call) and be moved whole once more on its first poll.
+    #[project = AnswerProj]
+    pub(super) enum Answer {
+        /// Made on arrival; `None` once given.
+        Made { res: Option<Response<Body>> },
+        /// The routes' answer, on its way; the request counts as waiting until it comes.
+        Routed {
+            #[pin]
+            call: Oneshot<LiveService<ServedBody>, Request<ServedBody>>,
+            waiting: Option<Waiting>,
+            hsts: Option<http::HeaderValue>,
+        },
+    }
+}
+
+impl Future for Answer {
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        match self.project() {
+            AnswerProj::Made { res } => Poll::Ready(res.take().unwrap_or_else(|| {
+                // Only a future polled after it ended gets here.
+                httpkit::text_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error\n",
+                )
+            })),
+            AnswerProj::Routed {
+                call,
+                waiting,
+                hsts,
+            } => {
+                let mut res = ready!(call.poll(cx)).unwrap_or_else(|never| match never {});
+                drop(waiting.take());
+                if let Some(value) = hsts.take() {
+                    res.headers_mut()
+                        .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                        .or_insert(value);
+                }
+                Poll::Ready(res)
             }
-            let mut res = service
-                .oneshot(req)
-                .await
-                .unwrap_or_else(|never| match never {});
-            drop(waiting);
-            if let Some(value) = hsts {
-                res.headers_mut()
-                    .entry(http::header::STRICT_TRANSPORT_SECURITY)
-                    .or_insert(value);
-            }
-            res
         }
     }
 }

@@ -94,77 +94,83 @@ const READ_CHUNK: usize = 8 * 1024;
 const COALESCE: usize = 16 * 1024;
 
 /// Serves `io` until it ends, or until a request that is hyper's arrives.
-pub(super) async fn serve<I: Transport, H: Host>(
+// A function returning an `async` block rather than an `async fn`: an `async fn` keeps its
+// arguments twice in its state (as received, and moved into its body), and this state lives
+// as long as the connection, idle or not.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+pub(super) fn serve<I: Transport, H: Host>(
     mut io: I,
     host: Arc<H>,
     settings: Settings,
-) -> Outcome<I> {
-    let mut buf = BytesMut::new();
-    let mut deadline = Deadline::new(settings.header_read_timeout);
-    // The header-read timeout runs from the first byte of a connection's first request (as
-    // behind hyper-util's protocol detection), and from the end of each response after.
-    let mut first = true;
-    loop {
-        let mut timed = !first;
-        first = false;
-        deadline.restart();
-        let (req, keep_alive) = loop {
-            if !timed && !buf.is_empty() {
-                timed = true;
-                deadline.restart();
-            }
-            if buf.is_empty() {
-                if host.finishing() {
-                    Box::pin(close_lingering(&mut io)).await;
-                    return Outcome::Ended(Ok(()));
+) -> impl Future<Output = Outcome<I>> {
+    async move {
+        let mut buf = BytesMut::new();
+        let mut deadline = Deadline::new(settings.header_read_timeout);
+        // The header-read timeout runs from the first byte of a connection's first request (as
+        // behind hyper-util's protocol detection), and from the end of each response after.
+        let mut first = true;
+        loop {
+            let mut timed = !first;
+            first = false;
+            deadline.restart();
+            let (req, keep_alive) = loop {
+                if !timed && !buf.is_empty() {
+                    timed = true;
+                    deadline.restart();
                 }
-                // Nothing is held while the connection waits.
-                buf = BytesMut::new();
-            } else {
-                match request::parse(&mut buf, settings.max_head, settings.max_body) {
-                    Parsed::Head(req, keep_alive) => break (req, keep_alive),
-                    Parsed::Elsewhere => return Outcome::Handover(io, buf.freeze()),
-                    Parsed::Partial if buf.len() >= settings.max_head => {
-                        return Outcome::Handover(io, buf.freeze());
-                    }
-                    Parsed::Partial => {}
-                }
-            }
-            let idle = buf.is_empty();
-            tokio::select! {
-                biased;
-                read = read_some(&mut io, &mut buf, usize::MAX) => match read {
-                    Ok(0) if idle => {
-                        let _ = io.shutdown().await;
+                if buf.is_empty() {
+                    if host.finishing() {
+                        Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
                     }
-                    Ok(0) => return Outcome::Ended(Err("the client closed in a request head".into())),
-                    Ok(_) => {}
-                    Err(e) => return Outcome::Ended(Err(e.into())),
-                },
-                () = deadline.expired(), if timed => {
-                    host.header_timeout();
-                    return Outcome::Ended(Ok(()));
+                    // Nothing is held while the connection waits.
+                    buf = BytesMut::new();
+                } else {
+                    match request::parse(&mut buf, settings.max_head, settings.max_body) {
+                        Parsed::Head(req, keep_alive) => break (req, keep_alive),
+                        Parsed::Elsewhere => return Outcome::Handover(io, buf.freeze()),
+                        Parsed::Partial if buf.len() >= settings.max_head => {
+                            return Outcome::Handover(io, buf.freeze());
+                        }
+                        Parsed::Partial => {}
+                    }
                 }
-                () = Finishing(&*host), if idle => {
+                let idle = buf.is_empty();
+                tokio::select! {
+                    biased;
+                    read = read_some(&mut io, &mut buf, usize::MAX) => match read {
+                        Ok(0) if idle => {
+                            let _ = io.shutdown().await;
+                            return Outcome::Ended(Ok(()));
+                        }
+                        Ok(0) => return Outcome::Ended(Err("the client closed in a request head".into())),
+                        Ok(_) => {}
+                        Err(e) => return Outcome::Ended(Err(e.into())),
+                    },
+                    () = deadline.expired(), if timed => {
+                        host.header_timeout();
+                        return Outcome::Ended(Ok(()));
+                    }
+                    () = Finishing(&*host), if idle => {
+                        Box::pin(close_lingering(&mut io)).await;
+                        return Outcome::Ended(Ok(()));
+                    }
+                }
+            };
+            // The request's own work is boxed: an idle connection keeps none of its room.
+            match Box::pin(exchange(
+                &mut io, &mut buf, &*host, req, keep_alive, settings,
+            ))
+            .await
+            {
+                Ok(true) if !host.finishing() => {}
+                Ok(_) => {
                     Box::pin(close_lingering(&mut io)).await;
                     return Outcome::Ended(Ok(()));
                 }
+                Err(Cut::Abandoned) => return Outcome::Ended(Ok(())),
+                Err(Cut::Failed(e)) => return Outcome::Ended(Err(e)),
             }
-        };
-        // The request's own work is boxed: an idle connection keeps none of its room.
-        match Box::pin(exchange(
-            &mut io, &mut buf, &*host, req, keep_alive, settings,
-        ))
-        .await
-        {
-            Ok(true) if !host.finishing() => {}
-            Ok(_) => {
-                Box::pin(close_lingering(&mut io)).await;
-                return Outcome::Ended(Ok(()));
-            }
-            Err(Cut::Abandoned) => return Outcome::Ended(Ok(())),
-            Err(Cut::Failed(e)) => return Outcome::Ended(Err(e)),
         }
     }
 }
