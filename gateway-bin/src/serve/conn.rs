@@ -54,17 +54,21 @@ pub(super) fn spawn(
         state: Arc::clone(&state),
     };
     let limits = Arc::clone(limits);
-    tokio::spawn(async move {
-        let idle = limits.idle_timeout;
-        let ended = match tls {
-            None => {
-                let front = Front::new(peer, None, service, &limits, &state);
-                let conn = serve_connection(io, front, &limits, limits.inline_http1);
-                drive(conn, &state, idle, stop).await
-            }
-            // Boxed: a plain connection's task does not carry room for a TLS handshake.
-            Some(acceptor) => {
-                Box::pin(async {
+    let idle = limits.idle_timeout;
+    match tls {
+        // A plain connection's server is made before its task, which then holds only what
+        // it runs for the connection's life, not also the parts it was made from.
+        None => {
+            let front = Front::new(peer, None, service, &limits, &state);
+            let conn = serve_connection(io, front, &limits, limits.inline_http1);
+            tokio::spawn(async move {
+                let ended = drive(conn, &state, idle, stop).await;
+                count_end(&state, ended);
+            });
+        }
+        Some(acceptor) => {
+            tokio::spawn(async move {
+                let ended = async {
                     let tls_io = handshake(acceptor, io, &limits, &state).await?;
                     let subject = tls_io
                         .get_ref()
@@ -79,22 +83,26 @@ pub(super) fn spawn(
                     let front = Front::new(peer, tls, service, &limits, &state);
                     let conn = serve_connection(tls_io, front, &limits, inline);
                     drive(conn, &state, idle, stop).await
-                })
-                .await
-            }
-        };
-        if let Some(error) = ended {
-            // What hyper answered by itself (`431`, `408`) is counted here.
-            if let Some(e) = error.downcast_ref::<hyper::Error>() {
-                if e.is_parse_too_large() {
-                    state.stats.header_too_large.inc();
-                } else if e.is_timeout() {
-                    state.stats.header_timeouts.inc();
                 }
-            }
+                .await;
+                count_end(&state, ended);
+            });
         }
-        state.stats.closed(state.protocol());
-    });
+    }
+}
+
+/// Counts a connection's end, and what hyper answered by itself (`431`, `408`) on it.
+fn count_end(state: &ConnState, ended: Option<BoxError>) {
+    if let Some(error) = ended
+        && let Some(e) = error.downcast_ref::<hyper::Error>()
+    {
+        if e.is_parse_too_large() {
+            state.stats.header_too_large.inc();
+        } else if e.is_timeout() {
+            state.stats.header_timeouts.inc();
+        }
+    }
+    state.stats.closed(state.protocol());
 }
 
 /// What the connection's driver watches: bytes moving, and requests still waiting for their
