@@ -1,7 +1,7 @@
 //! Small HTTP/1.1 value rules both of the gateway's own HTTP/1.1 codecs (the proxy's client
 //! and the gateway's server) read headers by, as hyper reads them.
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 
 /// A decimal number of digits only (no sign, no blank, no overflow): a `Content-Length`.
 ///
@@ -33,6 +33,22 @@ pub fn has_token(value: &HeaderValue, token: &str) -> bool {
     value
         .to_str()
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// The bytes `headers` take as HTTP/1.1 header lines (`name: value` and CRLF each): the room
+/// a head encoder reserves for them, so that its buffer is not regrown.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// let mut h = HeaderMap::new();
+/// h.insert("host", HeaderValue::from_static("example.com"));
+/// assert_eq!(httpkit::h1::lines_len(&h), "host: example.com\r\n".len());
+/// ```
+pub fn lines_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// Whether a `Transfer-Encoding` value's last coding is `chunked` (RFC 9112 §6.1).

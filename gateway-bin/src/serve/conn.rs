@@ -429,18 +429,13 @@ fn serve_connection<I: Transport>(
     } else {
         At::Hyper(hyper_connection(io, Arc::clone(&front), limits))
     };
-    Served {
-        at,
-        front,
-        limits: Arc::clone(limits),
-    }
+    Served { at, front }
 }
 
 /// A connection being served, inline or by hyper.
 pub(super) struct Served<I> {
     at: At<I>,
     front: Arc<Front>,
-    limits: Arc<Limits>,
 }
 
 enum At<I> {
@@ -460,7 +455,8 @@ impl<I: Transport> Future for Served<I> {
                     Outcome::Ended(result) => return Poll::Ready(result),
                     Outcome::Handover(io, read) => {
                         let io = Prefixed { read, io };
-                        let mut conn = hyper_connection(io, Arc::clone(&this.front), &this.limits);
+                        let mut conn =
+                            hyper_connection(io, Arc::clone(&this.front), this.front.limits());
                         if this.front.state().finishing.load(Ordering::Relaxed) {
                             // Asked to finish already: hyper reads the request it was handed
                             // (its first poll) before it is told, so that it answers it.

@@ -54,6 +54,11 @@ impl Front {
         }
     }
 
+    /// What every connection of the listener is served with.
+    pub(super) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The connection's state.
     pub(super) fn state(&self) -> &ConnState {
         &self.state

@@ -41,11 +41,7 @@ pub(crate) struct Head {
 /// of a request without a body (`Transfer-Encoding` is left out, as hyper does).
 pub(crate) fn encode_request(dst: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &HeaderMap) {
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let lines: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    dst.reserve(32 + target.len() + lines);
+    dst.reserve(32 + target.len() + httpkit::h1::lines_len(headers));
     dst.extend_from_slice(method.as_str().as_bytes());
     dst.push(b' ');
     dst.extend_from_slice(target.as_bytes());

@@ -52,12 +52,7 @@ pub(super) struct BadHead;
 /// Room for `res`'s head as [`encode`] writes it: its lines, and the status line, `Date` and
 /// framing lines it may add.
 pub(super) fn head_size(res: &http::response::Parts) -> usize {
-    let lines: usize = res
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    128 + lines
+    128 + httpkit::h1::lines_len(&res.headers)
 }
 
 pub(super) fn encode(
