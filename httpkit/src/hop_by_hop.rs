@@ -144,14 +144,28 @@ pub struct Found {
 /// Removes the hop-by-hop headers and every header a `Connection` header names (except
 /// `Host` and `Content-Length`); returns what the caller may want to forward again.
 pub fn strip(headers: &mut HeaderMap) -> Found {
-    // Most messages carry none: one pass over the names costs less than a lookup per
-    // hop-by-hop header. Everything below needs one of them (`Connection`, `TE`, `Upgrade`).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds which fixed hop-by-hop headers are there (most messages
+    // carry none, a response from nginx only `Connection`): a lookup, a hash, for each of
+    // them would cost more. Everything below needs one of them (`Connection`, `TE`, `Upgrade`).
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return Found::default();
     }
-    let te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+    let has = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .is_some_and(|i| present & (1 << i) != 0)
+    };
+    let te_trailers = has(&TE) && tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
     let upgrade = headers
         .get(UPGRADE)
+        .filter(|_| has(&CONNECTION))
         .filter(|_| tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
         .filter(|v| {
             !v.as_bytes()
@@ -161,12 +175,19 @@ pub fn strip(headers: &mut HeaderMap) -> Found {
         .cloned();
     // Tokens naming hop-by-hop headers or `close` need no name of their own: the common
     // `Connection` values allocate nothing here.
-    let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
-        .filter(|t| !connection_level(t))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    if has(&CONNECTION) {
+        let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
+            .filter(|t| !connection_level(t))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     Found {
         te_trailers,
