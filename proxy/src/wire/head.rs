@@ -116,12 +116,18 @@ pub(crate) fn parse_response(
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
+        // What the body's framing needs, gathered on the way instead of looked up after.
+        let mut lengths = Lengths::default();
         for span in spans {
             let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
                 .map_err(|_| WireError::HeaderName)?;
             let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
                 .map_err(|_| WireError::HeaderValue)?;
-            if name == CONNECTION {
+            if name == TRANSFER_ENCODING {
+                lengths.chunked = Some(ends_chunked(&value));
+            } else if name == CONTENT_LENGTH {
+                lengths.add_content_length(&value);
+            } else if name == CONNECTION {
                 // Once any `Connection` line asks to close, a later `keep-alive` does not undo it.
                 if saw_close || has_token(&value, "close") {
                     saw_close = true;
@@ -132,7 +138,7 @@ pub(crate) fn parse_response(
             }
             headers.append(name, value);
         }
-        let framing = framing(status, method, version, &headers)?;
+        let framing = framing(status, method, version, &lengths)?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             keep_alive = false;
         }
@@ -152,50 +158,59 @@ pub(crate) fn parse_response(
     }
 }
 
+/// The framing facts of a response head's lines.
+#[derive(Default)]
+struct Lengths {
+    /// Whether the last `Transfer-Encoding` line ends in `chunked`; `None` without one.
+    chunked: Option<bool>,
+    /// The one length every `Content-Length` value (and comma-separated item) agrees on:
+    /// `Some(None)` when there are lines but they disagree or are not numbers.
+    content_length: Option<Option<u64>>,
+}
+
+impl Lengths {
+    fn add_content_length(&mut self, value: &HeaderValue) {
+        let agreed = match self.content_length {
+            Some(None) => return,
+            Some(Some(n)) => Some(n),
+            None => None,
+        };
+        let merged = value.to_str().ok().and_then(|text| {
+            text.split(',').try_fold(agreed, |agreed, item| {
+                let n = digits(item.trim().as_bytes())?;
+                match agreed {
+                    Some(m) if m != n => None,
+                    _ => Some(Some(n)),
+                }
+            })
+        });
+        self.content_length = Some(merged.flatten());
+    }
+}
+
 /// The body's framing, by RFC 9112 6.3 as hyper's client reads it.
 fn framing(
     status: StatusCode,
     method: &Method,
     version: Version,
-    headers: &HeaderMap,
+    lengths: &Lengths,
 ) -> Result<Framing, WireError> {
     if matches!(status.as_u16(), 101 | 204 | 304) || method == Method::HEAD {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if let Some(chunked) = lengths.chunked {
         if version == Version::HTTP_10 {
             return Err(WireError::TransferEncodingInHttp10);
         }
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .is_some_and(ends_chunked);
         return Ok(if chunked {
             Framing::Chunked
         } else {
             Framing::Eof
         });
     }
-    if !headers.contains_key(CONTENT_LENGTH) {
-        return Ok(Framing::Eof);
+    match lengths.content_length {
+        None => Ok(Framing::Eof),
+        Some(Some(n)) if n < u64::MAX - 1 => Ok(Framing::Length(n)),
+        Some(_) => Err(WireError::ContentLength),
     }
-    match content_length(headers) {
-        Some(n) if n < u64::MAX - 1 => Ok(Framing::Length(n)),
-        _ => Err(WireError::ContentLength),
-    }
-}
-
-/// The one length every `Content-Length` value (and comma-separated item) agrees on.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.to_str().ok()?.split(',') {
-            let n = digits(item.trim().as_bytes())?;
-            if *length.get_or_insert(n) != n {
-                return None;
-            }
-        }
-    }
-    length
 }
