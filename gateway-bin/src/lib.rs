@@ -13,6 +13,8 @@
 //! ```
 
 pub mod admin;
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod app;
 pub mod config;
 pub mod reload;

@@ -4,7 +4,7 @@
 /// and no more memory per idle connection (BENCHMARKS.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: gateway_bin::alloc::MiMalloc = gateway_bin::alloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
