@@ -61,15 +61,16 @@ pub(super) fn spawn(
         None => {
             let front = Front::new(peer, None, service, &limits, &state);
             let conn = serve_connection(io, front, &limits, limits.inline_http1);
-            tokio::spawn(async move {
-                let ended = drive(conn, &state, idle, stop).await;
-                count_end(&state, ended);
-            });
+            // The driver's own future is the task's: a block around it would keep room for
+            // the parts it moved into the driver for the connection's life.
+            tokio::spawn(drive(conn, state, idle, stop));
         }
         Some(acceptor) => {
             tokio::spawn(async move {
-                let ended = async {
-                    let tls_io = handshake(acceptor, io, &limits, &state).await?;
+                let Some(tls_io) = handshake(acceptor, io, &limits, &state).await else {
+                    return count_end(&state, None);
+                };
+                {
                     let subject = tls_io
                         .get_ref()
                         .1
@@ -82,10 +83,8 @@ pub(super) fn spawn(
                     let tls = Some(TlsInfo { subject });
                     let front = Front::new(peer, tls, service, &limits, &state);
                     let conn = serve_connection(tls_io, front, &limits, inline);
-                    drive(conn, &state, idle, stop).await
+                    drive(conn, state, idle, stop).await
                 }
-                .await;
-                count_end(&state, ended);
             });
         }
     }
@@ -176,16 +175,17 @@ const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(250);
 /// `GOAWAY`). A connection asked to finish that has no request waiting for its response head
 /// and moves no byte for `min(idle, 5 s)` is closed hard: a client that stopped reading, an
 /// HTTP/2 client that never acknowledges the `GOAWAY`'s `PING`. A request still waiting for
-/// its upstream keeps its connection (the upstream's timeouts bound it).
+/// its upstream keeps its connection (the upstream's timeouts bound it). Counts the connection's
+/// end.
 // A function returning an `async` block rather than an `async fn`, which would keep its
 // arguments twice in its state (as received, and moved into its body) for the connection's life.
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
-fn drive<'a, C: Connection + Unpin + 'a>(
+fn drive<C: Connection + Unpin>(
     mut conn: C,
-    state: &'a ConnState,
+    state: Arc<ConnState>,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
-) -> impl Future<Output = Option<BoxError>> + 'a {
+) -> impl Future<Output = ()> {
     async move {
         let mut conn = Pin::new(&mut conn);
         let close_grace = idle.min(CLOSE_GRACE);
@@ -214,10 +214,10 @@ fn drive<'a, C: Connection + Unpin + 'a>(
                     .reset(tokio::time::Instant::now() + close_grace);
             }
         }
-        loop {
+        let ended = loop {
             tokio::select! {
                 biased;
-                result = conn.as_mut() => return result.err(),
+                result = conn.as_mut() => break result.err(),
                 _ = stop.changed(), if !finishing && !awaiting_first => {
                     seen = state.activity.load(Ordering::Relaxed);
                     if state.protocol() == Protocol::Pending {
@@ -257,14 +257,15 @@ fn drive<'a, C: Connection + Unpin + 'a>(
                                 grace_ms = close_grace.as_millis() as u64,
                                 "closing a connection that did not finish gracefully"
                             );
-                            return None;
+                            break None;
                         }
                         close_grace
                     };
                     timer.as_mut().reset(tokio::time::Instant::now() + next);
                 }
             }
-        }
+        };
+        count_end(&state, ended);
     }
 }
 
