@@ -34,7 +34,7 @@ const PLAIN_ALIGN: usize = 16;
 
 /// Whether a plain block of `size` bytes is aligned to `align`.
 fn plain(size: usize, align: usize) -> bool {
-    align <= PLAIN_ALIGN && size % align == 0
+    align <= PLAIN_ALIGN && size.is_multiple_of(align)
 }
 
 /// mimalloc as a [`GlobalAlloc`] (see the [module docs](self)).
