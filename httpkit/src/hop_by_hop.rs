@@ -49,9 +49,27 @@ const PROTECTED: [HeaderName; 2] = [HOST, CONTENT_LENGTH];
 
 /// Whether `name` is one of the fixed hop-by-hop headers.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
+    hop_index(name).is_some()
+}
+
+/// Where `name` (any case) is in [`HOP_BY_HOP`]: picked by its length first, so that a name
+/// is compared with at most two of them (every `Connection` token goes through here).
+fn hop_index(name: &[u8]) -> Option<usize> {
+    let candidates: &[usize] = match name.len() {
+        2 => &[5],
+        7 => &[6, 8],
+        10 => &[0, 2],
+        14 => &[9],
+        16 => &[1],
+        17 => &[7],
+        18 => &[3],
+        19 => &[4],
+        _ => &[],
+    };
+    candidates
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        .copied()
+        .find(|&i| name.eq_ignore_ascii_case(HOP_BY_HOP[i].as_str().as_bytes()))
 }
 
 /// The comma-separated tokens of every value of `name`, trimmed, empty ones included.
@@ -147,6 +165,7 @@ pub fn strip(headers: &mut HeaderMap) -> Found {
     // One pass over the names finds which fixed hop-by-hop headers are there (most messages
     // carry none, a response from nginx only `Connection`): a lookup, a hash, for each of
     // them would cost more. Everything below needs one of them (`Connection`, `TE`, `Upgrade`).
+    // (`HeaderName`s compare as small integers when standard: cheaper than by their text.)
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
@@ -198,6 +217,36 @@ pub fn strip(headers: &mut HeaderMap) -> Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index picked by length finds every hop-by-hop name in any case, and nothing else.
+    #[test]
+    fn hop_index_agrees_with_the_list() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            let name = h.as_str();
+            assert_eq!(hop_index(name.as_bytes()), Some(i), "{name}");
+            assert_eq!(
+                hop_index(name.to_ascii_uppercase().as_bytes()),
+                Some(i),
+                "{name}"
+            );
+            // One letter changed, or one more or fewer: not a hop-by-hop name.
+            let mut changed = name.as_bytes().to_vec();
+            changed[0] = b'x';
+            assert_eq!(hop_index(&changed), None, "{name}");
+            assert_eq!(hop_index(&name.as_bytes()[1..]), None, "{name}");
+            assert_eq!(hop_index(format!("{name}s").as_bytes()), None, "{name}");
+        }
+        for other in [
+            "host",
+            "content-length",
+            "x-request-id",
+            "accept",
+            "",
+            "connectionx",
+        ] {
+            assert_eq!(hop_index(other.as_bytes()), None, "{other}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
