@@ -164,6 +164,16 @@ impl<B> LiveService<B> {
     pub fn replace(&self, service: MuxService<B>) {
         self.current.store(Arc::new(service));
     }
+
+    /// The response to `req` from the router current now: [`Service::call`] through a
+    /// shared reference (a connection calls it without cloning the service per request).
+    pub fn call_ref(&self, req: Request<B>) -> MuxFuture
+    where
+        B: Send + 'static,
+    {
+        // A guard, not a clone: no shared reference count touched per request.
+        self.current.load().call_ref(req)
+    }
 }
 
 impl<B: Send + 'static> Service<Request<B>> for LiveService<B> {
@@ -176,8 +186,7 @@ impl<B: Send + 'static> Service<Request<B>> for LiveService<B> {
     }
 
     fn call(&mut self, req: Request<B>) -> MuxFuture {
-        // A guard, not a clone: no shared reference count touched per request.
-        self.current.load().call_ref(req)
+        self.call_ref(req)
     }
 }
 

@@ -12,8 +12,7 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use httpkit::Body;
 use proxy::{ClientAddr, ClientTls, TunnelGuard};
-use tower::ServiceExt;
-use tower::util::Oneshot;
+use router::MuxFuture;
 
 use super::conn::{ConnState, Waiting};
 use super::{Limits, ServedBody};
@@ -94,7 +93,7 @@ impl Front {
         Answer::Routed {
             waiting: Some(Waiting::new(&self.state)),
             hsts: self.limits.hsts.clone().filter(|_| self.tls.is_some()),
-            call: self.service.clone().oneshot(req),
+            call: self.service.call_ref(req),
         }
     }
 }
@@ -111,7 +110,7 @@ pin_project_lite::pin_project! {
         /// The routes' answer, on its way; the request counts as waiting until it comes.
         Routed {
             #[pin]
-            call: Oneshot<LiveService<ServedBody>, Request<ServedBody>>,
+            call: MuxFuture,
             waiting: Option<Waiting>,
             hsts: Option<http::HeaderValue>,
         },
