@@ -1,5 +1,6 @@
-//! The gateway's memory under the bench: RSS growth over 9,000 idle keep-alive connections held
-//! on top of 9,000 others, and while 1 GiB streams down and up through it.
+//! Memory under the bench: the RSS growth over idle keep-alive connections (the gateway's,
+//! and nginx's and HAProxy's measured the same way), over idle HTTPS connections, and while
+//! 1 GiB streams down and up through the gateway.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -67,17 +68,71 @@ pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
         "streaming 1 GiB: down {down_s:.1} s, RSS {down_before} -> max {down_max} KiB; up {up_s:.1} s, RSS {up_before} -> max {up_max} KiB"
     );
 
-    // Idle keep-alive connections, each after one request: a first batch takes up what
-    // earlier checks freed (an allocator reuses it without the RSS growing), and the second
-    // batch's growth is what a connection costs.
-    let batch = 9_000;
+    let PlainIdle {
+        held: n,
+        held_before,
+        before,
+        with,
+        per,
+        stopped,
+    } = plain_idle(pid, port, OURS_IDLE);
+    eprintln!(
+        "{n} idle connections on top of {held_before}: RSS {before} -> {with} KiB ({per} bytes each)"
+    );
+    if let Some(s) = &stopped {
+        eprintln!("{s}");
+    }
+    Ok(format!(
+        "With {n} more idle keep-alive connections on top of {held_before}: {with} KiB ({before} KiB before, about {per} bytes per connection){}. \
+         Streaming 1 GiB through it: download {down_before} KiB before, at most {down_max} KiB during ({:.0} MiB/s); \
+         upload {up_before} KiB before, at most {up_max} KiB during ({:.0} MiB/s).",
+        stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
+        1024.0 / down_s,
+        1024.0 / up_s,
+    ))
+}
+
+/// Idle keep-alive connections the gateway's memory check holds, twice (its allocator's RSS
+/// grows in steps of a few MiB: 9,000 read it to about 230 bytes).
+const OURS_IDLE: usize = 9_000;
+
+/// Idle keep-alive connections held, twice, for a peer (within HAProxy's `maxconn` and
+/// nginx's `worker_connections` in the bench's configurations; their allocators grow the RSS
+/// page by page).
+pub(super) const PEER_IDLE: usize = 3_000;
+
+/// What the idle keep-alive check found for one proxy.
+pub(super) struct PlainIdle {
+    /// Connections held in the measured batch.
+    pub(super) held: usize,
+    /// Connections held before it (the first batch).
+    pub(super) held_before: usize,
+    /// RSS (KiB, with workers) before and with the measured batch.
+    pub(super) before: u64,
+    pub(super) with: u64,
+    /// Resident bytes per connection of the measured batch.
+    pub(super) per: u64,
+    /// Why the check held fewer than asked, if it did.
+    pub(super) stopped: Option<String>,
+}
+
+/// A proxy's resident memory per idle keep-alive connection: `batch` connections opened to
+/// `port` with one request each and left open, then `batch` more, measured (RSS of `pid` and
+/// its workers): the first batch takes up what earlier checks freed, which an allocator reuses
+/// without the RSS growing. Holds fewer (and says why in `stopped`) when the file limit or
+/// the proxy refuses more.
+pub(super) fn plain_idle(pid: u32, port: u16, batch: usize) -> PlainIdle {
+    let rss = || crate::procs::rss_with_children(pid).unwrap_or(0);
     let mut idle = Vec::with_capacity(2 * batch);
     let mut stopped = None;
     let mut hold = |idle: &mut Vec<std::net::TcpStream>, count: usize| {
         for _ in 0..count {
             match Conn::open(port).and_then(|mut c| {
-                c.request("GET", "/api/idle", 0, false)
-                    .map(|_| c.into_stream())
+                let reply = c.request("GET", "/api/idle", 0, false)?;
+                if reply.status != 200 {
+                    return Err(format!("status {}", reply.status));
+                }
+                Ok(c.into_stream())
             }) {
                 Ok(c) => idle.push(c),
                 Err(e) => {
@@ -98,27 +153,16 @@ pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
         hold(&mut idle, batch);
     }
     let with = rss();
-    let n = idle.len() - held_before;
+    let held = idle.len() - held_before;
     drop(idle);
-    let per = if n > 0 {
-        (with.saturating_sub(before)) * 1024 / n as u64
-    } else {
-        0
-    };
-    eprintln!(
-        "{n} idle connections on top of {held_before}: RSS {before} -> {with} KiB ({per} bytes each)"
-    );
-    if let Some(s) = &stopped {
-        eprintln!("{s}");
+    PlainIdle {
+        held,
+        held_before,
+        before,
+        with,
+        per: with.saturating_sub(before) * 1024 / held.max(1) as u64,
+        stopped,
     }
-    Ok(format!(
-        "With {n} more idle keep-alive connections on top of {held_before}: {with} KiB ({before} KiB before, about {per} bytes per connection){}. \
-         Streaming 1 GiB through it: download {down_before} KiB before, at most {down_max} KiB during ({:.0} MiB/s); \
-         upload {up_before} KiB before, at most {up_max} KiB during ({:.0} MiB/s).",
-        stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
-        1024.0 / down_s,
-        1024.0 / up_s,
-    ))
 }
 
 /// Idle HTTPS keep-alive connections held at once by the TLS-memory check.

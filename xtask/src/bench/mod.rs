@@ -448,7 +448,41 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             versions.join(", ")
         );
     }
-    let memory = memory::checks(gateway_pid, ours.port)? + &tls_memory;
+    // Idle keep-alive connections of the peers, measured as ours are (RSS growth with
+    // workers over a second batch on top of a first).
+    let mut peers_idle = Vec::new();
+    for c in contenders.iter().filter(|c| {
+        c.pid.is_some() && (c.name.starts_with("nginx") || c.name.starts_with("HAProxy"))
+    }) {
+        let Some(pid) = c.pid else { continue };
+        let idle = memory::plain_idle(pid, c.port, memory::PEER_IDLE);
+        eprintln!(
+            "{}: {} idle connections on top of {}: {} bytes each{}",
+            c.name,
+            idle.held,
+            idle.held_before,
+            idle.per,
+            idle.stopped
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        );
+        peers_idle.push(match idle.stopped {
+            Some(s) if idle.held == 0 => format!("{} not measured ({s})", c.name),
+            _ => format!("{} {} bytes", c.name, idle.per),
+        });
+    }
+    let peers_memory = if peers_idle.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " The peers' idle keep-alive connections, measured the same way ({n} on top of {n}; RSS with workers): {}; \
+             nginx also sets aside a connection structure and two events for each of its `worker_connections` at start, outside this growth.",
+            peers_idle.join(", "),
+            n = memory::PEER_IDLE,
+        )
+    };
+    let memory = memory::checks(gateway_pid, ours.port)? + &peers_memory + &tls_memory;
     let table = report::table(&samples, &contenders, opts);
     let header = report::header(opts, rig.cores, rig.pin, upstreams.kind, peak_rss, &memory);
     println!("\n{header}\n{table}");
