@@ -122,8 +122,15 @@ impl TraceContext {
 
     /// A new trace, started here, sampled with probability `ratio` (0 to 1).
     pub fn start_sampled(ratio: f64) -> TraceContext {
-        let draw = random::u64() as f64 / u64::MAX as f64;
-        TraceContext::start(draw < ratio)
+        let mut ctx = TraceContext::start(false);
+        // The draw is the trace id's last 8 bytes (random), as OpenTelemetry's ratio sampler
+        // takes it: no draw of its own, and a service behind that samples by the same rule
+        // at the same ratio keeps the same traces.
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&ctx.trace_id[8..]);
+        let draw = u64::from_be_bytes(low) as f64 / u64::MAX as f64;
+        ctx.flags = u8::from(draw < ratio);
+        ctx
     }
 
     /// The trace id.
@@ -334,6 +341,26 @@ mod tests {
                 .sampled()
         );
         assert_eq!(TraceContext::logged(&Extensions::new()).to_string(), "-");
+    }
+
+    /// The sampling decision follows the trace id's last 8 bytes, at the ratio asked for.
+    #[test]
+    fn sampling_follows_the_trace_id_at_the_ratio() {
+        assert!((0..200).all(|_| !TraceContext::start_sampled(0.0).sampled()));
+        assert!((0..200).all(|_| TraceContext::start_sampled(1.0).sampled()));
+        let draws: Vec<TraceContext> = (0..4_000)
+            .map(|_| TraceContext::start_sampled(0.25))
+            .collect();
+        let sampled = draws.iter().filter(|t| t.sampled()).count();
+        // 1,000 expected; 4.5 standard deviations (27) either way.
+        assert!(
+            (880..=1_120).contains(&sampled),
+            "{sampled} of 4,000 at 0.25"
+        );
+        for t in &draws {
+            let low = u64::from_be_bytes(t.trace_id[8..].try_into().unwrap_or([0; 8]));
+            assert_eq!(t.sampled(), (low as f64 / u64::MAX as f64) < 0.25);
+        }
     }
 
     #[test]
