@@ -7,8 +7,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::front::{Answer, Front, TlsInfo};
@@ -54,7 +55,10 @@ pub(super) fn spawn(
         state: Arc::clone(&state),
     };
     let limits = Arc::clone(limits);
-    let idle = limits.idle_timeout;
+    let timeouts = Timeouts {
+        idle: limits.idle_timeout,
+        head: limits.header_read_timeout,
+    };
     match tls {
         // A plain connection's server is made before its task, which then holds only what
         // it runs for the connection's life, not also the parts it was made from.
@@ -63,7 +67,7 @@ pub(super) fn spawn(
             let conn = serve_connection(io, front, &limits, limits.inline_http1);
             // The driver's own future is the task's: a block around it would keep room for
             // the parts it moved into the driver for the connection's life.
-            tokio::spawn(drive(conn, state, idle, stop));
+            tokio::spawn(drive(conn, state, timeouts, stop));
         }
         Some(acceptor) => {
             tokio::spawn(async move {
@@ -83,7 +87,7 @@ pub(super) fn spawn(
                     let tls = Some(TlsInfo { subject });
                     let front = Front::new(peer, tls, service, &limits, &state);
                     let conn = serve_connection(tls_io, front, &limits, inline);
-                    drive(conn, state, idle, stop).await
+                    drive(conn, state, timeouts, stop).await
                 }
             });
         }
@@ -116,6 +120,11 @@ pub(super) struct ConnState {
     protocol: AtomicU8,
     /// Asked to finish (shutdown, idle): the next response is the last.
     finishing: AtomicBool,
+    /// When the request head the inline server awaits must be whole (nanoseconds after
+    /// `EPOCH`; 0: no head awaited). The driver's timer cuts it: one timer per connection.
+    head_deadline: AtomicU64,
+    /// The driver found the head deadline passed: the inline server ends the connection.
+    head_expired: AtomicBool,
     stats: Arc<ConnStats>,
     /// The connection's place under `max_connections`, given back when the last holder of
     /// this state lets go: the connection's task, or a tunnel the connection became (an
@@ -123,7 +132,30 @@ pub(super) struct ConnState {
     _slot: Option<Slot>,
 }
 
+/// Where the head deadlines kept in a `ConnState` count from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 impl ConnState {
+    /// Sets (or, with `None`, clears) the deadline of the request head awaited now; a
+    /// deadline the driver found passed is forgotten with it.
+    fn set_head_deadline(&self, at: Option<Instant>) {
+        self.head_expired.store(false, Ordering::Relaxed);
+        let nanos = at.map_or(0, |at| {
+            u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.head_deadline.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The deadline of the request head awaited now, if one is.
+    fn head_deadline(&self) -> Option<Instant> {
+        match self.head_deadline.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(*EPOCH + Duration::from_nanos(nanos)),
+        }
+    }
+
     fn protocol(&self) -> Protocol {
         match self.protocol.load(Ordering::Relaxed) {
             1 => Protocol::Http1,
@@ -183,17 +215,23 @@ const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(250);
 fn drive<C: Connection + Unpin>(
     mut conn: C,
     state: Arc<ConnState>,
-    idle: Duration,
+    timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> {
     async move {
         let mut conn = Pin::new(&mut conn);
-        let close_grace = idle.min(CLOSE_GRACE);
         let mut seen = state.activity.load(Ordering::Relaxed);
         // One timer for the connection's life, re-armed only when it fires: the connection
         // future is polled for every read and write, and a new timer per poll would cost a
-        // timer-wheel insert each time.
-        let timer = tokio::time::sleep(idle);
+        // timer-wheel insert each time. It also cuts the request head the inline server
+        // awaits: armed never further than the header-read timeout ahead, it fires before any
+        // head deadline set since (each is that timeout after it is set), and is then armed
+        // for the deadline itself.
+        // (What the state holds across awaits is computed where used instead: it lives as
+        // long as the connection, and 16 bytes less keep the task in a smaller block.)
+        // When the idle and shutdown checks below run next.
+        let mut due = Instant::now() + timeouts.idle;
+        let timer = tokio::time::sleep(timeouts.period());
         let mut timer = std::pin::pin!(timer);
         let mut finishing = false;
         // Stopping, but this connection has not sent its first request yet: a client that just
@@ -203,16 +241,13 @@ fn drive<C: Connection + Unpin>(
         if *stop.borrow_and_update() {
             if state.protocol() == Protocol::Pending {
                 awaiting_first = true;
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+                due = Instant::now() + FIRST_REQUEST_WAIT;
             } else {
                 finishing = true;
                 conn.as_mut().finish();
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + close_grace);
+                due = Instant::now() + timeouts.close_grace();
             }
+            timeouts.arm(timer.as_mut(), due, &state);
         }
         let ended = loop {
             tokio::select! {
@@ -222,50 +257,95 @@ fn drive<C: Connection + Unpin>(
                     seen = state.activity.load(Ordering::Relaxed);
                     if state.protocol() == Protocol::Pending {
                         awaiting_first = true;
-                        timer.as_mut().reset(tokio::time::Instant::now() + FIRST_REQUEST_WAIT);
+                        due = Instant::now() + FIRST_REQUEST_WAIT;
                     } else {
                         finishing = true;
                         conn.as_mut().finish();
-                        timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                        due = Instant::now() + timeouts.close_grace();
                     }
+                    timeouts.arm(timer.as_mut(), due, &state);
                 }
                 _ = timer.as_mut() => {
+                    let now = Instant::now();
+                    if state.head_deadline().is_some_and(|deadline| deadline <= now) {
+                        // The inline server sees it when polled next, at the top of this loop.
+                        state.head_expired.store(true, Ordering::Relaxed);
+                    }
+                    if now < due {
+                        timeouts.arm(timer.as_mut(), due, &state);
+                        continue;
+                    }
                     if awaiting_first {
                         // Its first request (if it came) is answered before the connection closes.
                         awaiting_first = false;
                         finishing = true;
                         conn.as_mut().finish();
                         seen = state.activity.load(Ordering::Relaxed);
-                        timer.as_mut().reset(tokio::time::Instant::now() + close_grace);
+                        due = now + timeouts.close_grace();
+                        timeouts.arm(timer.as_mut(), due, &state);
                         continue;
                     }
-                    let now = state.activity.load(Ordering::Relaxed);
-                    let quiet = now == seen;
-                    seen = now;
+                    let activity = state.activity.load(Ordering::Relaxed);
+                    let quiet = activity == seen;
+                    seen = activity;
                     let next = if !finishing {
                         if quiet {
-                            tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                            tracing::debug!(idle_ms = timeouts.idle.as_millis() as u64, "closing an idle connection");
                             finishing = true;
                             conn.as_mut().finish();
-                            close_grace
+                            timeouts.close_grace()
                         } else {
-                            idle
+                            timeouts.idle
                         }
                     } else {
                         if quiet && state.waiting.load(Ordering::Relaxed) == 0 {
                             tracing::debug!(
-                                grace_ms = close_grace.as_millis() as u64,
+                                grace_ms = timeouts.close_grace().as_millis() as u64,
                                 "closing a connection that did not finish gracefully"
                             );
                             break None;
                         }
-                        close_grace
+                        timeouts.close_grace()
                     };
-                    timer.as_mut().reset(tokio::time::Instant::now() + next);
+                    due = now + next;
+                    timeouts.arm(timer.as_mut(), due, &state);
                 }
             }
         };
         count_end(&state, ended);
+    }
+}
+
+/// The timeouts a connection's driver keeps.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// Without a byte read or written this long, the connection is asked to finish.
+    idle: Duration,
+    /// A request head the inline server awaits must be whole this long after it is awaited.
+    head: Duration,
+}
+
+impl Timeouts {
+    /// How long a connection asked to finish may stay silent.
+    fn close_grace(&self) -> Duration {
+        self.idle.min(CLOSE_GRACE)
+    }
+
+    /// The farthest ahead the timer is ever armed: no later than any head deadline set
+    /// since it was armed (each is the header-read timeout after it is set).
+    fn period(&self) -> Duration {
+        self.idle.min(self.head)
+    }
+
+    /// Arms `timer` for `due`, or sooner: the period, the head deadline of `state`.
+    fn arm(&self, timer: Pin<&mut tokio::time::Sleep>, due: Instant, state: &ConnState) {
+        let now = Instant::now();
+        let mut at = due.min(now + self.period());
+        // (A deadline already passed has been told: the server is ending.)
+        if let Some(deadline) = state.head_deadline().filter(|d| *d > now) {
+            at = at.min(deadline);
+        }
+        timer.reset(at);
     }
 }
 
@@ -498,6 +578,14 @@ impl h1::Host for Front {
 
     fn header_timeout(&self) {
         self.state().stats.header_timeouts.inc();
+    }
+
+    fn head_deadline(&self, at: Option<Instant>) {
+        self.state().set_head_deadline(at);
+    }
+
+    fn head_expired(&self) -> bool {
+        self.state().head_expired.load(Ordering::Relaxed)
     }
 }
 

@@ -136,6 +136,13 @@ impl Host for TestHost {
     }
 
     fn header_timeout(&self) {}
+
+    // The differential streams come whole: no head waits for a timer here.
+    fn head_deadline(&self, _at: Option<tokio::time::Instant>) {}
+
+    fn head_expired(&self) -> bool {
+        false
+    }
 }
 
 fn builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {

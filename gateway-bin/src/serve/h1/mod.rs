@@ -65,6 +65,13 @@ pub(super) trait Host: Send + Sync + 'static {
     fn finishing(&self) -> bool;
     /// A client kept the header-read timeout waiting.
     fn header_timeout(&self);
+    /// The request head awaited now must be whole by `at` (`None`: no head is awaited). The
+    /// host's timer keeps the deadline (one timer per connection, not one here too), and
+    /// [`head_expired`](Self::head_expired) says when it passed, after which the host polls
+    /// the server again.
+    fn head_deadline(&self, at: Option<Instant>);
+    /// The head deadline has passed.
+    fn head_expired(&self) -> bool;
 }
 
 /// How a connection's time on the inline server ended.
@@ -105,21 +112,22 @@ pub(super) fn serve<I: Transport, H: Host>(
 ) -> impl Future<Output = Outcome<I>> {
     async move {
         let mut buf = BytesMut::new();
-        let mut deadline = Deadline::new(settings.header_read_timeout);
+        let timeout = settings.header_read_timeout;
         // The header-read timeout runs from the first byte of a connection's first request (as
         // behind hyper-util's protocol detection), and from the end of each response after.
         let mut first = true;
         loop {
             let mut timed = !first;
             first = false;
-            deadline.restart();
+            host.head_deadline(timed.then(|| Instant::now() + timeout));
             let (req, keep_alive) = loop {
                 if !timed && !buf.is_empty() {
                     timed = true;
-                    deadline.restart();
+                    host.head_deadline(Some(Instant::now() + timeout));
                 }
                 if buf.is_empty() {
                     if host.finishing() {
+                        host.head_deadline(None);
                         Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
                     }
@@ -128,8 +136,13 @@ pub(super) fn serve<I: Transport, H: Host>(
                 } else {
                     match request::parse(&mut buf, settings.max_head, settings.max_body) {
                         Parsed::Head(req, keep_alive) => break (req, keep_alive),
-                        Parsed::Elsewhere => return Outcome::Handover(io, buf.freeze()),
+                        // hyper keeps its own header-read timer.
+                        Parsed::Elsewhere => {
+                            host.head_deadline(None);
+                            return Outcome::Handover(io, buf.freeze());
+                        }
                         Parsed::Partial if buf.len() >= settings.max_head => {
+                            host.head_deadline(None);
                             return Outcome::Handover(io, buf.freeze());
                         }
                         Parsed::Partial => {}
@@ -147,16 +160,18 @@ pub(super) fn serve<I: Transport, H: Host>(
                         Ok(_) => {}
                         Err(e) => return Outcome::Ended(Err(e.into())),
                     },
-                    () = deadline.expired(), if timed => {
+                    () = HeadExpired(&*host), if timed => {
                         host.header_timeout();
                         return Outcome::Ended(Ok(()));
                     }
                     () = Finishing(&*host), if idle => {
+                        host.head_deadline(None);
                         Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
                     }
                 }
             };
+            host.head_deadline(None);
             // The request's own work is boxed: an idle connection keeps none of its room.
             match Box::pin(exchange(
                 &mut io, &mut buf, &*host, req, keep_alive, settings,
@@ -489,39 +504,18 @@ impl<H: Host> Future for Finishing<'_, H> {
     }
 }
 
-/// The header-read deadline, on one timer for the connection's life: restarting it is a
-/// clock read, and the timer is re-armed only when it fires before the current deadline.
-struct Deadline {
-    timer: Pin<Box<tokio::time::Sleep>>,
-    at: Instant,
-    timeout: Duration,
-}
+/// Ready once the host's timer found the request head's deadline passed (the host polls the
+/// server then, so no waker is kept here).
+struct HeadExpired<'a, H>(&'a H);
 
-impl Deadline {
-    fn new(timeout: Duration) -> Self {
-        let at = Instant::now() + timeout;
-        Deadline {
-            timer: Box::pin(tokio::time::sleep_until(at)),
-            at,
-            timeout,
+impl<H: Host> Future for HeadExpired<'_, H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.head_expired() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-    }
-
-    fn restart(&mut self) {
-        self.at = Instant::now() + self.timeout;
-    }
-
-    async fn expired(&mut self) {
-        poll_fn(|cx| {
-            loop {
-                ready!(self.timer.as_mut().poll(cx));
-                if Instant::now() >= self.at {
-                    return Poll::Ready(());
-                }
-                let at = self.at;
-                self.timer.as_mut().reset(at);
-            }
-        })
-        .await;
     }
 }
