@@ -26,10 +26,9 @@ pub(super) fn raise_fd_limit() {
     }
 }
 
-/// The gateway's RSS growth over 9,000 idle keep-alive connections (held on top of 9,000
-/// others, which take up memory earlier checks freed), and while 1 GiB streams down
-/// and up through it. Returns the sentence for the report.
-pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
+/// The gateway's RSS while 1 GiB streams down and up through it; with `idle`, what its idle
+/// keep-alive check found. Returns the sentence for the report.
+pub(super) fn checks(pid: u32, port: u16, idle: Option<PlainIdle>) -> Result<String, String> {
     const GIB: usize = 1 << 30;
     let rss = || proc_status(pid, "VmRSS:").unwrap_or(0);
 
@@ -68,38 +67,34 @@ pub(super) fn checks(pid: u32, port: u16) -> Result<String, String> {
         "streaming 1 GiB: down {down_s:.1} s, RSS {down_before} -> max {down_max} KiB; up {up_s:.1} s, RSS {up_before} -> max {up_max} KiB"
     );
 
-    let PlainIdle {
-        held: n,
-        held_before,
-        before,
-        with,
-        per,
-        stopped,
-    } = plain_idle(pid, port, OURS_IDLE);
-    eprintln!(
-        "{n} idle connections on top of {held_before}: RSS {before} -> {with} KiB ({per} bytes each)"
-    );
-    if let Some(s) = &stopped {
-        eprintln!("{s}");
-    }
+    let idle = idle.map_or_else(String::new, |i| {
+        format!(
+            "Before the load rounds, with {} more idle keep-alive connections on top of {}: {} KiB ({} KiB before, about {} bytes per connection){}. ",
+            i.held,
+            i.held_before,
+            i.with,
+            i.before,
+            i.per,
+            i.stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
+        )
+    });
     Ok(format!(
-        "With {n} more idle keep-alive connections on top of {held_before}: {with} KiB ({before} KiB before, about {per} bytes per connection){}. \
-         Streaming 1 GiB through it: download {down_before} KiB before, at most {down_max} KiB during ({:.0} MiB/s); \
+        "{idle}Streaming 1 GiB through it: download {down_before} KiB before, at most {down_max} KiB during ({:.0} MiB/s); \
          upload {up_before} KiB before, at most {up_max} KiB during ({:.0} MiB/s).",
-        stopped.map(|s| format!(" ({s})")).unwrap_or_default(),
         1024.0 / down_s,
         1024.0 / up_s,
     ))
 }
 
 /// Idle keep-alive connections the gateway's memory check holds, twice (its allocator's RSS
-/// grows in steps of a few MiB: 9,000 read it to about 230 bytes).
-const OURS_IDLE: usize = 9_000;
+/// grows in steps of a few MiB: 8,000 read it to about 260 bytes). With the 2,000 HTTPS
+/// connections held after them, within a file limit of 20,000.
+pub(super) const OURS_IDLE: usize = 8_000;
 
-/// Idle keep-alive connections held, twice, for a peer (within HAProxy's `maxconn` and
-/// nginx's `worker_connections` in the bench's configurations; their allocators grow the RSS
-/// page by page).
-pub(super) const PEER_IDLE: usize = 3_000;
+/// Idle keep-alive connections held, twice, for a peer (with the 2,000 HTTPS ones after them,
+/// within HAProxy's `maxconn` and nginx's `worker_connections` in the bench's configurations;
+/// their allocators grow the RSS page by page).
+pub(super) const PEER_IDLE: usize = 2_500;
 
 /// What the idle keep-alive check found for one proxy.
 pub(super) struct PlainIdle {
@@ -114,13 +109,16 @@ pub(super) struct PlainIdle {
     pub(super) per: u64,
     /// Why the check held fewer than asked, if it did.
     pub(super) stopped: Option<String>,
+    /// The connections, still open (closed when dropped).
+    pub(super) conns: Vec<std::net::TcpStream>,
 }
 
 /// A proxy's resident memory per idle keep-alive connection: `batch` connections opened to
 /// `port` with one request each and left open, then `batch` more, measured (RSS of `pid` and
 /// its workers): the first batch takes up what earlier checks freed, which an allocator reuses
 /// without the RSS growing. Holds fewer (and says why in `stopped`) when the file limit or
-/// the proxy refuses more.
+/// the proxy refuses more. The connections stay open in the result until it is dropped, so
+/// that a check made meanwhile does not reuse what they hold.
 pub(super) fn plain_idle(pid: u32, port: u16, batch: usize) -> PlainIdle {
     let rss = || crate::procs::rss_with_children(pid).unwrap_or(0);
     let mut idle = Vec::with_capacity(2 * batch);
@@ -154,7 +152,6 @@ pub(super) fn plain_idle(pid: u32, port: u16, batch: usize) -> PlainIdle {
     }
     let with = rss();
     let held = idle.len() - held_before;
-    drop(idle);
     PlainIdle {
         held,
         held_before,
@@ -162,6 +159,7 @@ pub(super) fn plain_idle(pid: u32, port: u16, batch: usize) -> PlainIdle {
         with,
         per: with.saturating_sub(before) * 1024 / held.max(1) as u64,
         stopped,
+        conns: idle,
     }
 }
 

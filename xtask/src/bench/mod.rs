@@ -452,70 +452,69 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         println!("\n{report}");
         return Ok(());
     }
-    let samples = rounds(&mut rig, opts, &upstreams, &contenders)?;
-    let ours = &contenders[1];
-    let gateway_pid = ours.pid.unwrap_or(0);
-    let peak_rss = crate::procs::proc_status(gateway_pid, "VmHWM:");
-    // Idle HTTPS connections first: the plain check's 10,000 connections leave freed memory
-    // behind that later allocations would reuse without the RSS growing.
-    let mut tls_memory = String::new();
-    if opts.tls {
-        // Idle HTTPS connections cost each proxy its TLS state on top of HTTP's.
-        let chain = rig.work.join("bench.pem");
-        let mut each = Vec::new();
-        let mut versions = Vec::new();
-        for c in contenders
-            .iter()
-            .filter(|c| c.tls_port.is_some() && c.pid.is_some())
-        {
-            if c.name != "gateway (ours)"
-                && !c.name.starts_with("nginx")
-                && !c.name.starts_with("HAProxy")
-            {
-                continue;
-            }
-            let (Some(port), Some(pid)) = (c.tls_port, c.pid) else {
-                continue;
-            };
-            let idle = memory::tls_idle(pid, port, &chain)?;
-            eprintln!(
-                "{}: {} idle TLS connections, {} bytes each, {}",
-                c.name, idle.held, idle.per, idle.version
-            );
-            each.push(format!("{} {} bytes", c.name, idle.per));
-            versions.push(format!("{} {}", c.name, idle.version));
-        }
-        tls_memory = format!(
-            " Idle HTTPS keep-alive connections (2,000 held after a full handshake and one request each; RSS with workers): {}. \
-             Protocol chosen for a client offering TLS 1.2 and 1.3: {}.",
-            each.join(", "),
-            versions.join(", ")
-        );
-    }
-    // Idle keep-alive connections of the peers, measured as ours are (RSS growth with
-    // workers over a second batch on top of a first).
+    // Memory per idle connection, proxy by proxy, before the load rounds: after them, memory
+    // they freed (thousands of TLS handshakes' worth) is reused by new connections without
+    // the RSS growing (nginx and HAProxy read 0-30 bytes per connection then). Keep-alive
+    // connections first (a first batch, a second measured), then, while they are still held
+    // (so that nothing they held is freed and reused), the HTTPS ones.
+    let chain = rig.work.join("bench.pem");
+    let mut ours_idle = None;
     let mut peers_idle = Vec::new();
+    let mut tls_each = Vec::new();
+    let mut tls_versions = Vec::new();
     for c in contenders.iter().filter(|c| {
-        c.pid.is_some() && (c.name.starts_with("nginx") || c.name.starts_with("HAProxy"))
+        c.name == "gateway (ours)" || c.name.starts_with("nginx") || c.name.starts_with("HAProxy")
     }) {
         let Some(pid) = c.pid else { continue };
-        let idle = memory::plain_idle(pid, c.port, memory::PEER_IDLE);
+        let ours = c.name == "gateway (ours)";
+        let batch = if ours {
+            memory::OURS_IDLE
+        } else {
+            memory::PEER_IDLE
+        };
+        let mut idle = memory::plain_idle(pid, c.port, batch);
         eprintln!(
-            "{}: {} idle connections on top of {}: {} bytes each{}",
+            "{}: {} idle connections on top of {}: RSS {} -> {} KiB, {} bytes each{}",
             c.name,
             idle.held,
             idle.held_before,
+            idle.before,
+            idle.with,
             idle.per,
             idle.stopped
                 .as_deref()
                 .map(|s| format!(" ({s})"))
                 .unwrap_or_default()
         );
-        peers_idle.push(match idle.stopped {
-            Some(s) if idle.held == 0 => format!("{} not measured ({s})", c.name),
-            _ => format!("{} {} bytes", c.name, idle.per),
-        });
+        if let (true, Some(port)) = (opts.tls, c.tls_port) {
+            let tls = memory::tls_idle(pid, port, &chain)?;
+            eprintln!(
+                "{}: {} idle TLS connections, {} bytes each, {}",
+                c.name, tls.held, tls.per, tls.version
+            );
+            tls_each.push(format!("{} {} bytes", c.name, tls.per));
+            tls_versions.push(format!("{} {}", c.name, tls.version));
+        }
+        drop(std::mem::take(&mut idle.conns));
+        if ours {
+            ours_idle = Some(idle);
+        } else {
+            peers_idle.push(match &idle.stopped {
+                Some(s) if idle.held == 0 => format!("{} not measured ({s})", c.name),
+                _ => format!("{} {} bytes", c.name, idle.per),
+            });
+        }
     }
+    let tls_memory = if tls_each.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Idle HTTPS keep-alive connections (before the load rounds, 2,000 held after a full handshake and one request each, with the keep-alive ones still held; RSS with workers): {}. \
+             Protocol chosen for a client offering TLS 1.2 and 1.3: {}.",
+            tls_each.join(", "),
+            tls_versions.join(", ")
+        )
+    };
     let peers_memory = if peers_idle.is_empty() {
         String::new()
     } else {
@@ -526,7 +525,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
             n = memory::PEER_IDLE,
         )
     };
-    let memory = memory::checks(gateway_pid, ours.port)? + &peers_memory + &tls_memory;
+    let samples = rounds(&mut rig, opts, &upstreams, &contenders)?;
+    let ours = &contenders[1];
+    let gateway_pid = ours.pid.unwrap_or(0);
+    let peak_rss = crate::procs::proc_status(gateway_pid, "VmHWM:");
+    let memory = memory::checks(gateway_pid, ours.port, ours_idle)? + &peers_memory + &tls_memory;
     let table = report::table(&samples, &contenders, opts);
     let header = report::header(opts, rig.cores, rig.pin, upstreams.kind, peak_rss, &memory);
     println!("\n{header}\n{table}");
