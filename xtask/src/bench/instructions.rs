@@ -69,17 +69,12 @@ pub(super) fn count(rig: &Rig, contenders: &[Contender], requests: u32) -> Resul
 
 /// `callgrind_control FLAG PID`: `-z` zeroes the counts, `-d` dumps them.
 fn callgrind(control: &Path, pid: u32, flag: &str) -> Result<(), String> {
-    let status = Command::new(control)
-        .arg(flag)
-        .arg(pid.to_string())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("could not run callgrind_control: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("callgrind_control {flag} {pid}: {status}"))
-    }
+    crate::run_command(
+        Command::new(control)
+            .arg(flag)
+            .arg(pid.to_string())
+            .stdout(std::process::Stdio::null()),
+    )
 }
 
 /// The instruction total of the newest dump of `pid` in `work` (`callgrind.PID.N`).
@@ -103,14 +98,7 @@ fn newest_total(work: &Path, pid: u32) -> Result<u64, String> {
 
 /// `requests` requests over HTTP/1.1 from h2load (on core 1 when pinned); how many succeeded.
 fn h2load(url: &str, requests: u32, pin: bool) -> Result<u64, String> {
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", "h2load"]);
-        c
-    } else {
-        Command::new("h2load")
-    };
-    let out = cmd
+    let out = super::on_core1("h2load", pin)
         .args([
             "--h1",
             "-t1",

@@ -247,14 +247,7 @@ fn wrk(
     script: &Path,
     pin: bool,
 ) -> Result<(Sample, u64), String> {
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", "wrk"]);
-        c
-    } else {
-        Command::new("wrk")
-    };
-    let out = cmd
+    let out = on_core1("wrk", pin)
         .args(["-t1", &format!("-c{conns}"), &format!("-d{seconds}s"), "-s"])
         .arg(script)
         .args(header.map(|h| format!("-H{h}")))
@@ -300,6 +293,17 @@ fn wrk(
 /// The gRPC scenario's call: `echo.v1.EchoMessage { message: "hello" }` in its frame.
 const GRPC_CALL: &[u8] = b"\0\0\0\0\x07\x0a\x05hello";
 
+/// `program` on core 1 when `pin` (the servers have core 0).
+pub(super) fn on_core1(program: &str, pin: bool) -> Command {
+    if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
 /// One h2load run (cleartext HTTP/2 with prior knowledge; a gRPC call with `grpc` given its
 /// body file): req/s and the number of requests. h2load reports no percentiles: they stay
 /// empty.
@@ -309,14 +313,7 @@ fn h2load(
     pin: bool,
     grpc: Option<&Path>,
 ) -> Result<(Sample, u64), String> {
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", "h2load"]);
-        c
-    } else {
-        Command::new("h2load")
-    };
-    let out = cmd
+    let out = on_core1("h2load", pin)
         .args([
             &format!("-c{H2_CLIENTS}"),
             &format!("-m{H2_STREAMS}"),

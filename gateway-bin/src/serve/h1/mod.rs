@@ -160,11 +160,11 @@ pub(super) fn serve<I: Transport, H: Host>(
                         Ok(_) => {}
                         Err(e) => return Outcome::Ended(Err(e.into())),
                     },
-                    () = HeadExpired(&*host), if timed => {
+                    () = Told(&*host, H::head_expired), if timed => {
                         host.header_timeout();
                         return Outcome::Ended(Ok(()));
                     }
-                    () = Finishing(&*host), if idle => {
+                    () = Told(&*host, H::finishing), if idle => {
                         host.head_deadline(None);
                         Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
@@ -488,31 +488,15 @@ async fn close_lingering<I: Transport>(io: &mut I) {
     }
 }
 
-/// Ready once the connection is asked to finish. The server's driver polls the connection
-/// right after asking, so no waker needs to be kept.
-struct Finishing<'a, H>(&'a H);
+/// Ready once the host says so (`finishing`, `head_expired`): the host's driver polls the
+/// connection right after either comes true, so no waker needs to be kept.
+struct Told<'a, H>(&'a H, fn(&H) -> bool);
 
-impl<H: Host> Future for Finishing<'_, H> {
+impl<H: Host> Future for Told<'_, H> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.finishing() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// Ready once the host's timer found the request head's deadline passed (the host polls the
-/// server then, so no waker is kept here).
-struct HeadExpired<'a, H>(&'a H);
-
-impl<H: Host> Future for HeadExpired<'_, H> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.head_expired() {
+        if (self.1)(self.0) {
             Poll::Ready(())
         } else {
             Poll::Pending
