@@ -20,7 +20,7 @@ pub(crate) fn u128() -> u128 {
     })
 }
 
-/// 64 random bits (one hash): for a span id or a sampling draw, which need no more.
+/// 64 random bits (one hash): for a span id, which needs no more.
 pub(crate) fn u64() -> u64 {
     KEYS.with(|(keys, counter)| {
         let n = counter.get();

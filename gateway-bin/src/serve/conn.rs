@@ -74,21 +74,19 @@ pub(super) fn spawn(
                 let Some(tls_io) = handshake(acceptor, io, &limits, &state).await else {
                     return count_end(&state, None);
                 };
-                {
-                    let subject = tls_io
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(crate::tls::subject_of);
-                    // HTTP/2 (by ALPN) is hyper's from the start.
-                    let inline = limits.inline_http1
-                        && tls_io.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
-                    let tls = Some(TlsInfo { subject });
-                    let front = Front::new(peer, tls, service, &limits, &state);
-                    let conn = serve_connection(tls_io, front, &limits, inline);
-                    drive(conn, state, timeouts, stop).await
-                }
+                let subject = tls_io
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(crate::tls::subject_of);
+                // HTTP/2 (by ALPN) is hyper's from the start.
+                let inline = limits.inline_http1
+                    && tls_io.get_ref().1.alpn_protocol() != Some(b"h2".as_slice());
+                let tls = Some(TlsInfo { subject });
+                let front = Front::new(peer, tls, service, &limits, &state);
+                let conn = serve_connection(tls_io, front, &limits, inline);
+                drive(conn, state, timeouts, stop).await
             });
         }
     }
@@ -239,14 +237,8 @@ fn drive<C: Connection + Unpin>(
         // given FIRST_REQUEST_WAIT to send it, and gets its answer, instead of a closed socket.
         let mut awaiting_first = false;
         if *stop.borrow_and_update() {
-            if state.protocol() == Protocol::Pending {
-                awaiting_first = true;
-                due = Instant::now() + FIRST_REQUEST_WAIT;
-            } else {
-                finishing = true;
-                conn.as_mut().finish();
-                due = Instant::now() + timeouts.close_grace();
-            }
+            (awaiting_first, due) = on_stop(conn.as_mut(), &state, &timeouts);
+            finishing = !awaiting_first;
             timeouts.arm(timer.as_mut(), due, &state);
         }
         let ended = loop {
@@ -255,14 +247,8 @@ fn drive<C: Connection + Unpin>(
                 result = conn.as_mut() => break result.err(),
                 _ = stop.changed(), if !finishing && !awaiting_first => {
                     seen = state.activity.load(Ordering::Relaxed);
-                    if state.protocol() == Protocol::Pending {
-                        awaiting_first = true;
-                        due = Instant::now() + FIRST_REQUEST_WAIT;
-                    } else {
-                        finishing = true;
-                        conn.as_mut().finish();
-                        due = Instant::now() + timeouts.close_grace();
-                    }
+                    (awaiting_first, due) = on_stop(conn.as_mut(), &state, &timeouts);
+                    finishing = !awaiting_first;
                     timeouts.arm(timer.as_mut(), due, &state);
                 }
                 _ = timer.as_mut() => {
@@ -313,6 +299,22 @@ fn drive<C: Connection + Unpin>(
             }
         };
         count_end(&state, ended);
+    }
+}
+
+/// The server is stopping: a connection that has not sent its first request yet is given
+/// `FIRST_REQUEST_WAIT` for it, any other is asked to finish. Whether it awaits its first
+/// request, and when the driver's checks run next.
+fn on_stop<C: Connection>(
+    conn: Pin<&mut C>,
+    state: &ConnState,
+    timeouts: &Timeouts,
+) -> (bool, Instant) {
+    if state.protocol() == Protocol::Pending {
+        (true, Instant::now() + FIRST_REQUEST_WAIT)
+    } else {
+        conn.finish();
+        (false, Instant::now() + timeouts.close_grace())
     }
 }
 

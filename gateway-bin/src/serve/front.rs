@@ -92,7 +92,7 @@ impl Front {
         }
         Answer::Routed {
             waiting: Some(Waiting::new(&self.state)),
-            hsts: self.limits.hsts.clone().filter(|_| self.tls.is_some()),
+            hsts: self.tls.as_ref().and_then(|_| self.limits.hsts.clone()),
             call: self.service.call_ref(req),
         }
     }

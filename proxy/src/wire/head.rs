@@ -163,28 +163,38 @@ pub(crate) fn parse_response(
 struct Lengths {
     /// Whether the last `Transfer-Encoding` line ends in `chunked`; `None` without one.
     chunked: Option<bool>,
-    /// The one length every `Content-Length` value (and comma-separated item) agrees on:
-    /// `Some(None)` when there are lines but they disagree or are not numbers.
-    content_length: Option<Option<u64>>,
+    content_length: ContentLength,
+}
+
+/// What the `Content-Length` lines say.
+#[derive(Default)]
+enum ContentLength {
+    #[default]
+    Absent,
+    /// Every value (and comma-separated item) is this number.
+    Agreed(u64),
+    /// They disagree, or one is not a number.
+    Invalid,
 }
 
 impl Lengths {
     fn add_content_length(&mut self, value: &HeaderValue) {
-        let agreed = match self.content_length {
-            Some(None) => return,
-            Some(Some(n)) => Some(n),
-            None => None,
+        let mut agreed = match self.content_length {
+            ContentLength::Absent => None,
+            ContentLength::Agreed(n) => Some(n),
+            ContentLength::Invalid => return,
         };
-        let merged = value.to_str().ok().and_then(|text| {
-            text.split(',').try_fold(agreed, |agreed, item| {
-                let n = digits(item.trim().as_bytes())?;
-                match agreed {
-                    Some(m) if m != n => None,
-                    _ => Some(Some(n)),
+        for item in value.to_str().unwrap_or("-").split(',') {
+            match digits(item.trim().as_bytes()) {
+                Some(n) if agreed.is_none_or(|m| m == n) => agreed = Some(n),
+                _ => {
+                    self.content_length = ContentLength::Invalid;
+                    return;
                 }
-            })
-        });
-        self.content_length = Some(merged.flatten());
+            }
+        }
+        // (`split` yields at least one item: a number is agreed here.)
+        self.content_length = agreed.map_or(ContentLength::Invalid, ContentLength::Agreed);
     }
 }
 
@@ -209,8 +219,8 @@ fn framing(
         });
     }
     match lengths.content_length {
-        None => Ok(Framing::Eof),
-        Some(Some(n)) if n < u64::MAX - 1 => Ok(Framing::Length(n)),
-        Some(_) => Err(WireError::ContentLength),
+        ContentLength::Absent => Ok(Framing::Eof),
+        ContentLength::Agreed(n) if n < u64::MAX - 1 => Ok(Framing::Length(n)),
+        ContentLength::Agreed(_) | ContentLength::Invalid => Err(WireError::ContentLength),
     }
 }

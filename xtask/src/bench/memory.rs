@@ -86,15 +86,95 @@ pub(super) fn checks(pid: u32, port: u16, idle: Option<PlainIdle>) -> Result<Str
     ))
 }
 
+/// Memory per idle connection of the gateway, nginx and HAProxy among `contenders`, each on
+/// its fresh process (see the comment inside); HTTPS ones too with `tls`, verified against
+/// `chain`. The gateway's keep-alive result (its connections closed), and the report's
+/// sentences on the peers and on HTTPS.
+pub(super) fn idle_connections(
+    contenders: &[super::Contender],
+    chain: &std::path::Path,
+    tls: bool,
+) -> Result<(Option<PlainIdle>, String), String> {
+    // Memory per idle connection, proxy by proxy, before the load rounds: after them, memory
+    // they freed (thousands of TLS handshakes' worth) is reused by new connections without
+    // the RSS growing (nginx and HAProxy read 0-30 bytes per connection then). Keep-alive
+    // connections first (a first batch, a second measured), then, while they are still held
+    // (so that nothing they held is freed and reused), the HTTPS ones.
+    let mut ours_idle = None;
+    let mut peers_idle = Vec::new();
+    let mut tls_each = Vec::new();
+    let mut tls_versions = Vec::new();
+    for c in contenders.iter().filter(|c| {
+        c.name == "gateway (ours)" || c.name.starts_with("nginx") || c.name.starts_with("HAProxy")
+    }) {
+        let Some(pid) = c.pid else { continue };
+        let ours = c.name == "gateway (ours)";
+        let batch = if ours { OURS_IDLE } else { PEER_IDLE };
+        let mut idle = plain_idle(pid, c.port, batch);
+        eprintln!(
+            "{}: {} idle connections on top of {}: RSS {} -> {} KiB, {} bytes each{}",
+            c.name,
+            idle.held,
+            idle.held_before,
+            idle.before,
+            idle.with,
+            idle.per,
+            idle.stopped
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        );
+        if let (true, Some(port)) = (tls, c.tls_port) {
+            let tls = tls_idle(pid, port, chain)?;
+            eprintln!(
+                "{}: {} idle TLS connections, {} bytes each, {}",
+                c.name, tls.held, tls.per, tls.version
+            );
+            tls_each.push(format!("{} {} bytes", c.name, tls.per));
+            tls_versions.push(format!("{} {}", c.name, tls.version));
+        }
+        drop(std::mem::take(&mut idle.conns));
+        if ours {
+            ours_idle = Some(idle);
+        } else {
+            peers_idle.push(match &idle.stopped {
+                Some(s) if idle.held == 0 => format!("{} not measured ({s})", c.name),
+                _ => format!("{} {} bytes", c.name, idle.per),
+            });
+        }
+    }
+    let tls_memory = if tls_each.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Idle HTTPS keep-alive connections (before the load rounds, 2,000 held after a full handshake and one request each, with the keep-alive ones still held; RSS with workers): {}. \
+             Protocol chosen for a client offering TLS 1.2 and 1.3: {}.",
+            tls_each.join(", "),
+            tls_versions.join(", ")
+        )
+    };
+    let peers_memory = if peers_idle.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " The peers' idle keep-alive connections, measured the same way ({n} on top of {n}; RSS with workers): {}; \
+             nginx also sets aside a connection structure and two events for each of its `worker_connections` at start, outside this growth.",
+            peers_idle.join(", "),
+            n = PEER_IDLE,
+        )
+    };
+    Ok((ours_idle, peers_memory + &tls_memory))
+}
+
 /// Idle keep-alive connections the gateway's memory check holds, twice (its allocator's RSS
 /// grows in steps of a few MiB: 8,000 read it to about 260 bytes). With the 2,000 HTTPS
 /// connections held after them, within a file limit of 20,000.
-pub(super) const OURS_IDLE: usize = 8_000;
+const OURS_IDLE: usize = 8_000;
 
 /// Idle keep-alive connections held, twice, for a peer (with the 2,000 HTTPS ones after them,
 /// within HAProxy's `maxconn` and nginx's `worker_connections` in the bench's configurations;
 /// their allocators grow the RSS page by page).
-pub(super) const PEER_IDLE: usize = 2_500;
+const PEER_IDLE: usize = 2_500;
 
 /// What the idle keep-alive check found for one proxy.
 pub(super) struct PlainIdle {

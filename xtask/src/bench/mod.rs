@@ -449,84 +449,15 @@ pub fn run(root: &Path, opts: &Options) -> Result<(), String> {
         println!("\n{report}");
         return Ok(());
     }
-    // Memory per idle connection, proxy by proxy, before the load rounds: after them, memory
-    // they freed (thousands of TLS handshakes' worth) is reused by new connections without
-    // the RSS growing (nginx and HAProxy read 0-30 bytes per connection then). Keep-alive
-    // connections first (a first batch, a second measured), then, while they are still held
-    // (so that nothing they held is freed and reused), the HTTPS ones.
-    let chain = rig.work.join("bench.pem");
-    let mut ours_idle = None;
-    let mut peers_idle = Vec::new();
-    let mut tls_each = Vec::new();
-    let mut tls_versions = Vec::new();
-    for c in contenders.iter().filter(|c| {
-        c.name == "gateway (ours)" || c.name.starts_with("nginx") || c.name.starts_with("HAProxy")
-    }) {
-        let Some(pid) = c.pid else { continue };
-        let ours = c.name == "gateway (ours)";
-        let batch = if ours {
-            memory::OURS_IDLE
-        } else {
-            memory::PEER_IDLE
-        };
-        let mut idle = memory::plain_idle(pid, c.port, batch);
-        eprintln!(
-            "{}: {} idle connections on top of {}: RSS {} -> {} KiB, {} bytes each{}",
-            c.name,
-            idle.held,
-            idle.held_before,
-            idle.before,
-            idle.with,
-            idle.per,
-            idle.stopped
-                .as_deref()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default()
-        );
-        if let (true, Some(port)) = (opts.tls, c.tls_port) {
-            let tls = memory::tls_idle(pid, port, &chain)?;
-            eprintln!(
-                "{}: {} idle TLS connections, {} bytes each, {}",
-                c.name, tls.held, tls.per, tls.version
-            );
-            tls_each.push(format!("{} {} bytes", c.name, tls.per));
-            tls_versions.push(format!("{} {}", c.name, tls.version));
-        }
-        drop(std::mem::take(&mut idle.conns));
-        if ours {
-            ours_idle = Some(idle);
-        } else {
-            peers_idle.push(match &idle.stopped {
-                Some(s) if idle.held == 0 => format!("{} not measured ({s})", c.name),
-                _ => format!("{} {} bytes", c.name, idle.per),
-            });
-        }
-    }
-    let tls_memory = if tls_each.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " Idle HTTPS keep-alive connections (before the load rounds, 2,000 held after a full handshake and one request each, with the keep-alive ones still held; RSS with workers): {}. \
-             Protocol chosen for a client offering TLS 1.2 and 1.3: {}.",
-            tls_each.join(", "),
-            tls_versions.join(", ")
-        )
-    };
-    let peers_memory = if peers_idle.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " The peers' idle keep-alive connections, measured the same way ({n} on top of {n}; RSS with workers): {}; \
-             nginx also sets aside a connection structure and two events for each of its `worker_connections` at start, outside this growth.",
-            peers_idle.join(", "),
-            n = memory::PEER_IDLE,
-        )
-    };
+    // Memory per idle connection first: after the load rounds, what they freed is reused
+    // by new connections without the RSS growing.
+    let (ours_idle, peers_memory) =
+        memory::idle_connections(&contenders, &rig.work.join("bench.pem"), opts.tls)?;
     let samples = rounds(&mut rig, opts, &upstreams, &contenders)?;
     let ours = &contenders[1];
     let gateway_pid = ours.pid.unwrap_or(0);
     let peak_rss = crate::procs::proc_status(gateway_pid, "VmHWM:");
-    let memory = memory::checks(gateway_pid, ours.port, ours_idle)? + &peers_memory + &tls_memory;
+    let memory = memory::checks(gateway_pid, ours.port, ours_idle)? + &peers_memory;
     let table = report::table(&samples, &contenders, opts);
     let header = report::header(opts, rig.cores, rig.pin, upstreams.kind, peak_rss, &memory);
     println!("\n{header}\n{table}");

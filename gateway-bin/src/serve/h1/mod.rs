@@ -127,7 +127,6 @@ pub(super) fn serve<I: Transport, H: Host>(
                 }
                 if buf.is_empty() {
                     if host.finishing() {
-                        host.head_deadline(None);
                         Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
                     }
@@ -136,16 +135,13 @@ pub(super) fn serve<I: Transport, H: Host>(
                 } else {
                     match request::parse(&mut buf, settings.max_head, settings.max_body) {
                         Parsed::Head(req, keep_alive) => break (req, keep_alive),
-                        // hyper keeps its own header-read timer.
-                        Parsed::Elsewhere => {
+                        Parsed::Partial if buf.len() < settings.max_head => {}
+                        // hyper's request, or a head longer than ours may be: hyper serves the
+                        // rest, with its own header-read timer.
+                        Parsed::Elsewhere | Parsed::Partial => {
                             host.head_deadline(None);
                             return Outcome::Handover(io, buf.freeze());
                         }
-                        Parsed::Partial if buf.len() >= settings.max_head => {
-                            host.head_deadline(None);
-                            return Outcome::Handover(io, buf.freeze());
-                        }
-                        Parsed::Partial => {}
                     }
                 }
                 let idle = buf.is_empty();
@@ -165,7 +161,6 @@ pub(super) fn serve<I: Transport, H: Host>(
                         return Outcome::Ended(Ok(()));
                     }
                     () = Told(&*host, H::finishing), if idle => {
-                        host.head_deadline(None);
                         Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
                     }
