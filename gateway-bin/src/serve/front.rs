@@ -18,6 +18,28 @@ use super::conn::{ConnState, Waiting};
 use super::{Limits, ServedBody};
 use crate::reload::LiveService;
 
+/// An empty `Extensions` with room for what the layers of a proxied request put there (the
+/// client's address, request id, trace context, path parameters, forwarding policy: five, and
+/// room for two more): each request's starts as a clone of it, one allocation of the right
+/// size, where inserting one by one into an empty one allocates at the first and moves them
+/// all to a larger table at the fourth.
+static ROOMY_EXTENSIONS: std::sync::LazyLock<http::Extensions> = std::sync::LazyLock::new(|| {
+    /// Distinct types to take the room with, one per slot.
+    #[derive(Clone)]
+    struct Slot<const N: usize>;
+    let mut extensions = http::Extensions::new();
+    extensions.insert(Slot::<0>);
+    extensions.insert(Slot::<1>);
+    extensions.insert(Slot::<2>);
+    extensions.insert(Slot::<3>);
+    extensions.insert(Slot::<4>);
+    extensions.insert(Slot::<5>);
+    extensions.insert(Slot::<6>);
+    // Emptied, its table keeps its size; so does every clone.
+    extensions.clear();
+    extensions
+});
+
 /// What a TLS connection tells its requests.
 pub(super) struct TlsInfo {
     /// The verified client certificate's subject, if one was presented.
@@ -69,6 +91,9 @@ impl Front {
         // Connection options belong to this hop: gone on receipt, before any middleware looks
         // (RFC 9110 §7.6.1), so that an auth gate sees what the upstream will see.
         httpkit::hop_by_hop::consume_connection_options(req.headers_mut());
+        let mut extensions = ROOMY_EXTENSIONS.clone();
+        extensions.extend(std::mem::take(req.extensions_mut()));
+        *req.extensions_mut() = extensions;
         req.extensions_mut().insert(ClientAddr(self.peer));
         if let Some(name) = &self.limits.client_subject_header {
             // Only the gateway says who the client's certificate names.
