@@ -55,7 +55,9 @@ impl<B: RequestBody> Exchange<B> {
             conn.link.detach();
             let (mut head, _) = res.into_parts();
             rewrite_response_headers(&mut head.headers, true);
-            head.extensions.insert(origin);
+            if upstream.settings().tag_responses {
+                head.extensions.insert(origin);
+            }
             Response::from_parts(head, TextOr::Text { text: None })
         }
     }
@@ -200,10 +202,12 @@ impl<B: RequestBody> Exchange<B> {
         let upstream = &inner.upstream;
         rewrite_response_headers(&mut head.headers, false);
         head.version = http::Version::HTTP_11;
-        head.extensions.insert(UpstreamTarget {
-            upstream: Arc::clone(upstream.name_arc()),
-            target: picked.value().clone(),
-        });
+        if upstream.settings().tag_responses {
+            head.extensions.insert(UpstreamTarget {
+                upstream: Arc::clone(upstream.name_arc()),
+                target: picked.value().clone(),
+            });
+        }
         // An event stream's events go out as they come; other bodies may be coalesced.
         let coalesce = !head
             .headers

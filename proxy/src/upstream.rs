@@ -47,6 +47,10 @@ pub struct Settings {
     pub h2_ping_interval: Duration,
     /// How long a ping's answer may take before the connection counts as dead and is closed.
     pub h2_ping_timeout: Duration,
+    /// Whether each response carries an [`UpstreamTarget`](crate::UpstreamTarget) in its
+    /// extensions, naming the target that answered (what an access log reads). On by
+    /// default; off saves an allocation and a table per response where nothing reads it.
+    pub tag_responses: bool,
 }
 
 /// The protocol spoken to an upstream's targets.
@@ -120,6 +124,7 @@ impl Default for Settings {
             protocol: Protocol::Http1,
             h2_ping_interval: Duration::from_secs(30),
             h2_ping_timeout: Duration::from_secs(10),
+            tag_responses: true,
         }
     }
 }

@@ -233,6 +233,30 @@ async fn forwards_path_query_host_and_rewrites_headers() {
 }
 
 #[tokio::test]
+async fn responses_name_their_target_unless_told_not_to() {
+    let (addr, _log) = upstream("a", released()).await;
+    for (tag_responses, named) in [(true, true), (false, false)] {
+        let proxy = proxy_to(
+            &[addr],
+            Settings {
+                tag_responses,
+                ..Settings::default()
+            },
+        );
+        let res = proxy
+            .oneshot(request("/x").body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.extensions().get::<UpstreamTarget>().is_some(),
+            named,
+            "tag_responses = {tag_responses}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_path_and_query_go_byte_for_byte() {
     let (addr, log) = upstream("a", released()).await;
     let proxy = proxy_to(&[addr], Settings::default());

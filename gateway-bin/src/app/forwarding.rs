@@ -168,7 +168,7 @@ pub(super) fn mirror(
                     ),
                 ));
             };
-            let p = super::upstreams::one::<Full<Bytes>>(&c.upstream, up, source)?;
+            let p = super::upstreams::one::<Full<Bytes>>(&c.upstream, up, source, false)?;
             shadows.insert(c.upstream.clone(), p.clone());
             p
         }

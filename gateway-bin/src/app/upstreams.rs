@@ -25,7 +25,8 @@ pub(super) fn build<B: GatewayBody>(
 ) -> Result<BTreeMap<String, Proxy<B>>, ConfigError> {
     let mut proxies = BTreeMap::new();
     for (name, up) in &config.upstreams {
-        let mut proxy = one(name, up, source)?;
+        // Responses name their target only for the access log, the one reader.
+        let mut proxy = one(name, up, source, config.pre.access_log)?;
         if let Some((_, running)) = previous.iter().find(|(n, _)| n == name) {
             if running.upstream().same_definition(proxy.upstream()) {
                 proxy = running.clone();
@@ -39,10 +40,13 @@ pub(super) fn build<B: GatewayBody>(
     Ok(proxies)
 }
 
+/// The upstream `name` as `spanned` defines it; its responses name the target that answered
+/// when `tag_responses`.
 pub(super) fn one<B: GatewayBody>(
     name: &str,
     spanned: &toml::Spanned<UpstreamConfig>,
     source: &Source,
+    tag_responses: bool,
 ) -> Result<Proxy<B>, ConfigError> {
     let span = spanned.span();
     let up = spanned.get_ref();
@@ -102,6 +106,7 @@ pub(super) fn one<B: GatewayBody>(
         },
         h2_ping_interval: Duration::from_millis(up.h2_ping_interval_ms),
         h2_ping_timeout: Duration::from_millis(up.h2_ping_timeout_ms),
+        tag_responses,
     };
     let upstream = Upstream::new(name, up.strategy, targets, health, settings)
         .map_err(|e| source.error(span, Some("targets"), e.to_string()))?;
