@@ -148,13 +148,18 @@ impl TraceContext {
         self.flags & 1 == 1
     }
 
-    /// The `traceparent` for the request upstream: version `00`, this span's id.
+    /// The `traceparent` for the request upstream: version `00`, this span's id. Marked
+    /// sensitive: a value no other request repeats goes over HTTP/2 as a literal that is never
+    /// indexed, where indexing it would only push out entries that repeat (RFC 7541 §6.2.3).
     pub fn traceparent(&self) -> HeaderValue {
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
         random::hex_into(&self.trace_id, &mut text[3..35]);
         random::hex_into(&self.span_id, &mut text[36..52]);
         random::hex_into(&[self.flags], &mut text[53..55]);
-        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        let mut value =
+            HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+        value.set_sensitive(true);
+        value
     }
 
     /// The trace id of the request these extensions belong to, as logged (`-` without one).
@@ -319,6 +324,7 @@ mod tests {
         assert_ne!(a.span_id, b.span_id);
         assert_eq!(a.parent_id(), Some(parent.span_id));
         let header = a.traceparent();
+        assert!(header.is_sensitive(), "never indexed by HTTP/2");
         let round = TraceContext::parse(header.as_bytes()).unwrap();
         assert_eq!(round.trace_id(), a.trace_id());
         assert_eq!(round.span_id, a.span_id);

@@ -125,7 +125,11 @@ where
             .filter(|_| req.headers().get_all(header).iter().count() == 1)
             .and_then(RequestId::parse);
         let id = inbound.unwrap_or_else(RequestId::generate);
-        let value = id.header_value().clone();
+        let mut value = id.header_value().clone();
+        // One request's alone: an HTTP/2 encoder that put it in its table would only push out
+        // entries that repeat. Marked so, it goes as a literal that is never indexed
+        // (RFC 7541 §6.2.3); nothing changes over HTTP/1.1.
+        value.set_sensitive(true);
         req.headers_mut().insert(header.clone(), value.clone());
         let span = if self.layer.span {
             tracing::info_span!(

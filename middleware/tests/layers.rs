@@ -46,6 +46,10 @@ fn echo_id()
             ext.as_str(),
             "upstream sees the id"
         );
+        assert!(
+            req.headers()["x-request-id"].is_sensitive(),
+            "never indexed by HTTP/2"
+        );
         tracing::info!("inside the handler");
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
             ext.as_str().to_owned(),
@@ -63,6 +67,7 @@ async fn id_for(
             .append("x-request-id", HeaderValue::from_bytes(v).unwrap());
     }
     let res = svc.oneshot(req).await.unwrap();
+    assert!(res.headers()["x-request-id"].is_sensitive());
     let header = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(
         header,
