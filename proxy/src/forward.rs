@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use httpkit::{BoxError, TextOr, text_response};
 use tower_service::Service;
 
-use crate::exchange::prepare;
+use crate::exchange::{Exchange, prepare};
 use crate::metrics::Retry;
 use crate::outgoing::Outgoing;
 use crate::pool::Pool;
@@ -147,52 +147,61 @@ impl<B: RequestBody> Proxy<B> {
         &self,
         req: Request<B>,
     ) -> impl Future<Output = Response<ProxyBody<B>>> + Send + 'static + use<B> {
-        forward(Arc::clone(&self.inner), req)
+        forward(Arc::clone(&self.inner), prepare(&self.inner.upstream, req))
     }
 }
 
 // The future owns what it needs, so that it is the caller's future itself rather than one
 // awaited inside another: a future is moved whole (into its box, into its caller's state),
-// and a nested one is moved once more when its caller first polls it.
-async fn forward<B: RequestBody>(inner: Arc<Inner<B>>, req: Request<B>) -> Response<ProxyBody<B>> {
-    let inner = &*inner;
-    let Some(mut exchange) = prepare(&inner.upstream, req) else {
-        return text_response(StatusCode::BAD_REQUEST, "Bad Request\n");
-    };
-    let mut attempts = Attempts::new();
-    while let Some(picked) = inner.upstream.balancer().next_attempt(&mut attempts) {
-        if attempts.len() > 1 {
-            inner.upstream.metrics().retried(Retry::NextTarget);
-        }
-        if let Some(mut res) = exchange.attempt(inner, picked).await {
+// and a nested one is moved once more when its caller first polls it. The exchange is
+// prepared before, and used in place: an `async fn` would keep its argument for its whole
+// life and bind it to a local of its own too, holding it twice.
+fn forward<B: RequestBody>(
+    inner: Arc<Inner<B>>,
+    mut prepared: Option<Exchange<B>>,
+) -> impl Future<Output = Response<ProxyBody<B>>> + Send + 'static {
+    async move {
+        let inner = &*inner;
+        let Some(exchange) = prepared.as_mut() else {
+            return text_response(StatusCode::BAD_REQUEST, "Bad Request\n");
+        };
+        let mut attempts = Attempts::new();
+        while let Some(picked) = inner.upstream.balancer().next_attempt(&mut attempts) {
+            if attempts.len() > 1 {
+                inner.upstream.metrics().retried(Retry::NextTarget);
+            }
+            // `let`-`else`: the awaited answer is not kept beside `res` across the next await.
+            let Some(mut res) = exchange.attempt(inner, picked).await else {
+                continue;
+            };
             if let TextOr::Inner { body } = res.body_mut() {
                 body.prefetch().await;
             }
             return res;
         }
-    }
-    // The last target answered with a status the route retries, and none is left.
-    if let Some(held) = exchange.held.take() {
-        return *held;
-    }
-    let upstream = inner.upstream.name();
-    if attempts.is_empty() {
-        inner.upstream.metrics().no_target();
+        // The last target answered with a status the route retries, and none is left.
+        if let Some(held) = exchange.held.take() {
+            return *held;
+        }
+        let upstream = inner.upstream.name();
+        if attempts.is_empty() {
+            inner.upstream.metrics().no_target();
+            tracing::error!(
+                request_id = %exchange.ids.request(),
+                trace_id = %exchange.ids.trace(),
+                upstream,
+                "no target available: every target is marked down or failing its health checks"
+            );
+            return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        }
+        inner.upstream.metrics().all_failed();
         tracing::error!(
             request_id = %exchange.ids.request(),
             trace_id = %exchange.ids.trace(),
             upstream,
-            "no target available: every target is marked down or failing its health checks"
+            tried = attempts.len(),
+            "no upstream target answered"
         );
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
     }
-    inner.upstream.metrics().all_failed();
-    tracing::error!(
-        request_id = %exchange.ids.request(),
-        trace_id = %exchange.ids.trace(),
-        upstream,
-        tried = attempts.len(),
-        "no upstream target answered"
-    );
-    text_response(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
 }

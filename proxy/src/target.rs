@@ -17,8 +17,15 @@ use crate::metrics::TargetMetrics;
 /// A target carries its [`TargetMetrics`]: a request finds the series of the target it was
 /// sent to without looking them up. Two targets are equal when they are the same address
 /// (whatever their counts).
+///
+/// Shared: a pick, a pooled connection and a response body each hold the target, and a
+/// clone is one count.
 #[derive(Debug, Clone)]
-pub struct TargetAddr {
+pub struct TargetAddr(Arc<Addr>);
+
+/// What a [`TargetAddr`] shares.
+#[derive(Debug)]
+struct Addr {
     /// What to connect to: `ip:port`, or `name:port` until the name is resolved.
     connect: Authority,
     /// `Host` for requests to this target (the configured `host:port`), made once here rather
@@ -31,12 +38,13 @@ pub struct TargetAddr {
     named: bool,
     /// Reached over TLS (`https://`).
     tls: bool,
-    metrics: Arc<TargetMetrics>,
+    metrics: TargetMetrics,
 }
 
 impl PartialEq for TargetAddr {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text && self.connect == other.connect && self.host == other.host
+        let (a, b) = (&*self.0, &*other.0);
+        a.text == b.text && a.connect == b.connect && a.host == b.host
     }
 }
 
@@ -45,27 +53,27 @@ impl Eq for TargetAddr {}
 impl TargetAddr {
     /// What the target connects to: `host:port`, or `ip:port` once resolved.
     pub fn authority(&self) -> &Authority {
-        &self.connect
+        &self.0.connect
     }
 
     /// The `Host` header value for this target (its configured authority).
     pub fn host_header(&self) -> &HeaderValue {
-        &self.host
+        &self.0.host
     }
 
     /// The target as shown and as the pool knows it.
     pub(crate) fn key(&self) -> &Arc<str> {
-        &self.text
+        &self.0.text
     }
 
     /// What the proxy counted for this target.
     pub fn metrics(&self) -> &TargetMetrics {
-        &self.metrics
+        &self.0.metrics
     }
 
     /// The scheme used to reach the target.
     pub fn scheme(&self) -> Scheme {
-        if self.tls {
+        if self.0.tls {
             Scheme::HTTPS
         } else {
             Scheme::HTTP
@@ -74,12 +82,12 @@ impl TargetAddr {
 
     /// Whether the target is reached over TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls
+        self.0.tls
     }
 
     /// The configured host, without port or brackets: the name TLS asks for and verifies.
     pub fn host_name(&self) -> &str {
-        let host = self.host.to_str().unwrap_or_default();
+        let host = self.0.host.to_str().unwrap_or_default();
         let host = match host.rfind(':') {
             Some(i) if !host[i..].contains(']') => &host[..i],
             _ => host,
@@ -89,38 +97,40 @@ impl TargetAddr {
 
     /// The host name to resolve, when the target was configured by name and not resolved yet.
     pub fn name_to_resolve(&self) -> Option<(&str, u16)> {
-        if !self.named || self.connect.as_str() != self.host.to_str().unwrap_or_default() {
+        let a = &*self.0;
+        if !a.named || a.connect.as_str() != a.host.to_str().unwrap_or_default() {
             return None;
         }
-        Some((self.connect.host(), self.connect.port_u16()?))
+        Some((a.connect.host(), a.connect.port_u16()?))
     }
 
     /// The same target reached at `ip`: it connects there and keeps its name in `Host`.
     pub fn resolved(&self, ip: IpAddr) -> TargetAddr {
-        let port = self.connect.port_u16().unwrap_or(80);
+        let a = &*self.0;
+        let port = a.connect.port_u16().unwrap_or(80);
         let addr = SocketAddr::new(ip, port);
         let connect =
-            Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| self.connect.clone());
-        TargetAddr {
+            Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| a.connect.clone());
+        TargetAddr(Arc::new(Addr {
             text: format!(
                 "{}://{} ({})",
                 self.scheme(),
-                self.host.to_str().unwrap_or_default(),
+                a.host.to_str().unwrap_or_default(),
                 ip
             )
             .into(),
             connect,
-            host: self.host.clone(),
-            named: self.named,
-            tls: self.tls,
-            metrics: Arc::default(),
-        }
+            host: a.host.clone(),
+            named: a.named,
+            tls: a.tls,
+            metrics: TargetMetrics::default(),
+        }))
     }
 }
 
 impl fmt::Display for TargetAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.0.text)
     }
 }
 
@@ -167,14 +177,14 @@ impl FromStr for TargetAddr {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
-        Ok(TargetAddr {
+        Ok(TargetAddr(Arc::new(Addr {
             text: format!("{}://{authority}", if tls { "https" } else { "http" }).into(),
             host,
             named: bare.parse::<IpAddr>().is_err(),
             connect: authority,
             tls,
-            metrics: Arc::default(),
-        })
+            metrics: TargetMetrics::default(),
+        })))
     }
 }
 
