@@ -250,51 +250,61 @@ impl<B> Exchange<B> {
 
 impl<B: RequestBody> Exchange<B> {
     /// One attempt on `picked`: the response, or `None` to try the next target.
-    pub(crate) async fn attempt(
-        &mut self,
-        inner: &Inner<B>,
+    pub(crate) fn attempt<'a>(
+        &'a mut self,
+        inner: &'a Inner<B>,
         picked: Picked<TargetAddr>,
-    ) -> Option<Response<ProxyBody<B>>> {
-        // In flight from the pick on: connecting is part of the load a target carries, and
-        // least-request must see it.
-        let in_flight = picked.state().start();
-        let started = Instant::now();
-        self.made += 1;
-        let bodiless = self.request.as_ref().is_some_and(|r| r.body().is_empty());
-        match inner
-            .pool
-            .carrier(picked.value(), self.upgrade.is_some(), bodiless)
-            .await
-        {
-            // Boxed, as the HTTP/2 attempt below: their states would otherwise set the size of
-            // every request's future, which is moved into its box whole.
-            Ok(Carrier::H1(conn)) => {
-                Box::pin(self.attempt_h1(inner, picked, conn, in_flight, started)).await
-            }
-            Ok(Carrier::Wire { wire, reused }) => {
-                let on = WireAttempt {
-                    wire,
-                    reused,
-                    in_flight,
-                    started,
+    ) -> impl Future<Output = Option<Response<ProxyBody<B>>>> {
+        // An `async` block, not an `async fn`: its arguments are held once (see
+        // `attempt_wire`).
+        async move {
+            // In flight from the pick on: connecting is part of the load a target carries,
+            // and least-request must see it.
+            let in_flight = picked.state().start();
+            let started = Instant::now();
+            self.made += 1;
+            let bodiless = self.request.as_ref().is_some_and(|r| r.body().is_empty());
+            // The wire's attempt, awaited after the block: the carrier it came in is gone by
+            // then instead of held beside it.
+            let on = {
+                let carrier = match inner
+                    .pool
+                    .carrier(picked.value(), self.upgrade.is_some(), bodiless)
+                    .await
+                {
+                    Ok(carrier) => carrier,
+                    Err(e) => return self.failed(&inner.upstream, &picked, Failure::Connect(e)),
                 };
-                self.attempt_wire(inner, picked, on).await
-            }
-            Ok(Carrier::H2 {
-                conn,
-                stream,
-                reused,
-            }) => {
-                let on = H2Attempt {
-                    conn,
-                    stream: Some(stream),
-                    reused,
-                    in_flight,
-                    started,
-                };
-                Box::pin(self.attempt_h2(inner, picked, on)).await
-            }
-            Err(e) => self.failed(&inner.upstream, &picked, Failure::Connect(e)),
+                match carrier {
+                    Carrier::Wire { wire, reused } => WireAttempt {
+                        wire,
+                        reused,
+                        in_flight,
+                        started,
+                    },
+                    // Boxed, as the HTTP/2 attempt below: their states would otherwise set the
+                    // size of every request's future, which is moved into its box whole.
+                    Carrier::H1(conn) => {
+                        return Box::pin(self.attempt_h1(inner, picked, conn, in_flight, started))
+                            .await;
+                    }
+                    Carrier::H2 {
+                        conn,
+                        stream,
+                        reused,
+                    } => {
+                        let on = H2Attempt {
+                            conn,
+                            stream: Some(stream),
+                            reused,
+                            in_flight,
+                            started,
+                        };
+                        return Box::pin(self.attempt_h2(inner, picked, on)).await;
+                    }
+                }
+            };
+            self.attempt_wire(inner, picked, on).await
         }
     }
 
@@ -619,91 +629,123 @@ impl<B: RequestBody> Exchange<B> {
     /// The attempt of a request without a body on a [`Wire`], which this task drives: the
     /// head written, the response head read. A pooled wire the upstream had closed (the head
     /// could not be written, or no byte of an answer came) is replaced once.
-    async fn attempt_wire(
-        &mut self,
-        inner: &Inner<B>,
+    ///
+    /// The request stays in `self.request` while the head is awaited, taken out where it
+    /// may not go again, and the future is an `async` block that uses its arguments where
+    /// they were passed: an `async fn` keeps each argument twice (as passed and bound), and
+    /// every byte of this future is moved with the request's.
+    fn attempt_wire<'a>(
+        &'a mut self,
+        inner: &'a Inner<B>,
         picked: Picked<TargetAddr>,
         mut on: WireAttempt,
-    ) -> Option<Response<ProxyBody<B>>> {
-        let upstream = &inner.upstream;
-        let settings = upstream.settings();
-        let req = self.outbound_to(picked.value(), settings.preserve_host)?;
-        let mut head = Vec::new();
-        crate::wire::head::encode_request(&mut head, req.method(), req.uri(), req.headers());
-        let resends = self.policy().resends(req.method());
-        loop {
-            let exchanged = tokio::time::timeout(
-                self.head_timeout(settings),
-                on.wire
-                    .exchange(&head, req.method(), settings.max_response_header_bytes),
-            )
-            .await;
-            let failed = match exchanged {
-                Ok(Ok(response)) => {
-                    let status = response.parts.status;
-                    if self.retries_answer(upstream, &picked, on.started, status, resends) {
-                        self.request = Some(req);
-                        let held = self.relay_wire(inner, picked, on.wire, on.in_flight, response);
-                        self.held = Some(Box::new(held));
+    ) -> impl Future<Output = Option<Response<ProxyBody<B>>>> {
+        async move {
+            let upstream = &inner.upstream;
+            let settings = upstream.settings();
+            // In a block of its own: a local that was borrowed is kept in the future until its
+            // scope ends, even moved out.
+            let (head, method) = {
+                let req = self.outbound_to(picked.value(), settings.preserve_host)?;
+                let mut head = Vec::new();
+                crate::wire::head::encode_request(
+                    &mut head,
+                    req.method(),
+                    req.uri(),
+                    req.headers(),
+                );
+                let method = req.method().clone();
+                // Kept where the next attempt finds it, until this one is sure not to leave it.
+                self.request = Some(req);
+                (head, method)
+            };
+            let resends = self.policy().resends(&method);
+            loop {
+                let exchanged = tokio::time::timeout(
+                    self.head_timeout(settings),
+                    on.wire
+                        .exchange(&head, &method, settings.max_response_header_bytes),
+                )
+                .await;
+                let failed = match exchanged {
+                    Ok(Ok(response)) => {
+                        let status = response.parts.status;
+                        if self.retries_answer(upstream, &picked, on.started, status, resends) {
+                            let held =
+                                self.relay_wire(inner, picked, on.wire, on.in_flight, response);
+                            self.held = Some(Box::new(held));
+                            return None;
+                        }
+                        self.request = None;
+                        return Some(self.relay_wire(
+                            inner,
+                            picked,
+                            on.wire,
+                            on.in_flight,
+                            response,
+                        ));
+                    }
+                    Ok(Err(failed)) => failed,
+                    Err(_elapsed) => {
+                        if !(self.policy().retries_timeout() && resends) {
+                            self.request = None;
+                        }
+                        return self.timed_out(upstream, &picked);
+                    }
+                };
+                let stale = on.reused
+                    && matches!(
+                        failed,
+                        crate::wire::Failed::NotSent(_) | crate::wire::Failed::NoAnswer(_)
+                    );
+                if !stale {
+                    // On a new connection, or a response that started and broke: the target's
+                    // failure. What was never written can go to the next target; the rest when
+                    // the policy says so.
+                    let not_sent = matches!(failed, crate::wire::Failed::NotSent(_));
+                    if !(not_sent || (self.policy().retries_reset() && resends)) {
+                        self.request = None;
+                    }
+                    let e: BoxError = Box::new(failed.into_error());
+                    let failure = if not_sent {
+                        Failure::NotSent(e)
+                    } else {
+                        Failure::Broken(e)
+                    };
+                    return self.failed(upstream, &picked, failure);
+                }
+                // A pooled connection the upstream had closed (or closed as we wrote): not the
+                // target's fault. Once more on a new connection to the same target, when the
+                // request can go again.
+                let never_sent = matches!(failed, crate::wire::Failed::NotSent(_));
+                let error = failed.into_error();
+                if !(never_sent || resends) {
+                    self.request = None;
+                    return self.failed(
+                        upstream,
+                        &picked,
+                        Failure::StaleNotRetried(Box::new(error)),
+                    );
+                }
+                tracing::debug!(
+                    request_id = %self.ids.request(),
+                    trace_id = %self.ids.trace(),
+                    upstream = %upstream.name(),
+                    target = %picked.value(),
+                    error = %error,
+                    "pooled connection closed by the upstream; sending again on a new one"
+                );
+                upstream.metrics().retried(Retry::StaleConnection);
+                match Box::pin(inner.pool.connect_wire(picked.value())).await {
+                    Ok(Carrier::Wire { wire, reused }) => {
+                        on.wire = wire;
+                        on.reused = reused;
+                    }
+                    Ok(_) => {
+                        self.request = None;
                         return None;
                     }
-                    return Some(self.relay_wire(inner, picked, on.wire, on.in_flight, response));
-                }
-                Ok(Err(failed)) => failed,
-                Err(_elapsed) => {
-                    if self.policy().retries_timeout() && resends {
-                        self.request = Some(req);
-                    }
-                    return self.timed_out(upstream, &picked);
-                }
-            };
-            let stale = on.reused
-                && matches!(
-                    failed,
-                    crate::wire::Failed::NotSent(_) | crate::wire::Failed::NoAnswer(_)
-                );
-            if !stale {
-                // On a new connection, or a response that started and broke: the target's
-                // failure. What was never written can go to the next target; the rest when
-                // the policy says so.
-                let not_sent = matches!(failed, crate::wire::Failed::NotSent(_));
-                if not_sent || (self.policy().retries_reset() && resends) {
-                    self.request = Some(req);
-                }
-                let e: BoxError = Box::new(failed.into_error());
-                let failure = if not_sent {
-                    Failure::NotSent(e)
-                } else {
-                    Failure::Broken(e)
-                };
-                return self.failed(upstream, &picked, failure);
-            }
-            // A pooled connection the upstream had closed (or closed as we wrote): not the
-            // target's fault. Once more on a new connection to the same target, when the
-            // request can go again.
-            let never_sent = matches!(failed, crate::wire::Failed::NotSent(_));
-            let error = failed.into_error();
-            if !(never_sent || resends) {
-                return self.failed(upstream, &picked, Failure::StaleNotRetried(Box::new(error)));
-            }
-            tracing::debug!(
-                request_id = %self.ids.request(),
-                trace_id = %self.ids.trace(),
-                upstream = %upstream.name(),
-                target = %picked.value(),
-                error = %error,
-                "pooled connection closed by the upstream; sending again on a new one"
-            );
-            upstream.metrics().retried(Retry::StaleConnection);
-            match Box::pin(inner.pool.connect_wire(picked.value())).await {
-                Ok(Carrier::Wire { wire, reused }) => {
-                    on.wire = wire;
-                    on.reused = reused;
-                }
-                Ok(_) => return None,
-                Err(e) => {
-                    self.request = Some(req);
-                    return self.failed(upstream, &picked, Failure::Connect(e));
+                    Err(e) => return self.failed(upstream, &picked, Failure::Connect(e)),
                 }
             }
         }

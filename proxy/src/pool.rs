@@ -441,7 +441,9 @@ where
         if let Some(Parked::Wire(wire)) = self.checkout(target, true) {
             return Ok(Carrier::Wire { wire, reused: true });
         }
-        self.connect_wire(target).await
+        // Boxed: a connect's state would otherwise be part of every request's future, which
+        // is moved whole, and most requests find a pooled connection.
+        Box::pin(self.connect_wire(target)).await
     }
 
     /// A new [`Wire`] to `target` (TLS offering `http/1.1` alone on `https://` targets).
