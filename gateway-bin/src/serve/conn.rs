@@ -570,7 +570,7 @@ impl h1::Host for Front {
     fn call(
         &self,
         req: Request<ServedBody>,
-    ) -> impl Future<Output = http::Response<httpkit::Body>> + Send + 'static {
+    ) -> impl Future<Output = http::Response<httpkit::Body>> + Send + Unpin + 'static {
         Front::call(self, req)
     }
 

@@ -127,8 +127,8 @@ impl Host for TestHost {
     fn call(
         &self,
         req: Request<ServedBody>,
-    ) -> impl Future<Output = Response<Body>> + Send + 'static {
-        answer(req, self.answer.clone(), Arc::clone(&self.seen))
+    ) -> impl Future<Output = Response<Body>> + Send + Unpin + 'static {
+        Box::pin(answer(req, self.answer.clone(), Arc::clone(&self.seen)))
     }
 
     fn finishing(&self) -> bool {

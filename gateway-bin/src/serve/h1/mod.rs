@@ -28,7 +28,7 @@ mod differential;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -57,10 +57,12 @@ pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 /// What the inline server is given of its connection's setting.
 pub(super) trait Host: Send + Sync + 'static {
     /// The response to `req` (the routes, with everything the connection adds).
+    /// `Unpin`: the server polls it where it lies, in place of moving it into a pinned slot
+    /// of its own.
     fn call(
         &self,
         req: http::Request<ServedBody>,
-    ) -> impl Future<Output = http::Response<Body>> + Send + 'static;
+    ) -> impl Future<Output = http::Response<Body>> + Send + Unpin + 'static;
     /// Whether the connection has been asked to finish (its next response is its last).
     fn finishing(&self) -> bool;
     /// A client kept the header-read timeout waiting.
@@ -194,51 +196,61 @@ enum Cut {
 }
 
 /// Answers one request; `Ok(true)` when the connection may carry another.
-async fn exchange<I: Transport, H: Host>(
-    io: &mut I,
-    buf: &mut BytesMut,
-    host: &H,
+///
+/// The call starts before the future is made, and the future is an `async` block: it holds
+/// the call and not the request as well (an `async fn` would keep the request twice, as
+/// passed and as bound, for the whole exchange; this future is boxed per request).
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+fn exchange<'a, I: Transport, H: Host>(
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
+    host: &'a H,
     req: http::Request<Option<Bytes>>,
     keep_alive: bool,
     settings: Settings,
-) -> Result<bool, Cut> {
+) -> impl Future<Output = Result<bool, Cut>> + 'a {
     let head_request = req.method() == Method::HEAD;
-    let call = host.call(req.map(|body| match body {
+    let mut call = host.call(req.map(|body| match body {
         None => ServedBody::Empty,
         Some(bytes) => ServedBody::Full(Some(bytes)),
     }));
-    let res = {
-        let mut call = pin!(call);
+    async move {
         // While the response is made, the client's end of stream abandons the request;
         // bytes it sends meanwhile (a pipelined request) wait in `buf`.
-        loop {
+        let res = loop {
             tokio::select! {
                 biased;
-                res = call.as_mut() => break res,
+                res = &mut call => break res,
                 read = read_some(io, buf, settings.max_head) => match read {
                     Ok(0) => return Err(Cut::Abandoned),
                     Ok(_) => {}
                     Err(e) => return Err(Cut::Failed(e.into())),
                 },
             }
-        }
-    };
-    let keep_alive = keep_alive && !host.finishing();
-    respond(io, buf, res, head_request, keep_alive, settings.max_head)
-        .await
-        .map_err(Cut::Failed)
+        };
+        // What made the response is let go before it is written.
+        drop(call);
+        let keep_alive = keep_alive && !host.finishing();
+        respond(io, buf, res, head_request, keep_alive, settings.max_head)
+            .await
+            .map_err(Cut::Failed)
+    }
 }
 
 /// Writes `res`; `Ok(true)` when the connection may carry another request.
-async fn respond<I: Transport>(
-    io: &mut I,
-    buf: &mut BytesMut,
+///
+/// The head is encoded before the future is made, and the future is an `async` block: it
+/// holds the encoded head and the body, not the response's parts as well.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+fn respond<'a, I: Transport>(
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
     res: http::Response<Body>,
     head_request: bool,
     keep_alive: bool,
     max_head: usize,
-) -> Result<bool, BoxError> {
-    let (mut parts, body) = res.into_parts();
+) -> impl Future<Output = Result<bool, BoxError>> + 'a {
+    let (mut parts, mut body) = res.into_parts();
     let declared = if body.is_end_stream() {
         Declared::Nothing
     } else {
@@ -255,89 +267,92 @@ async fn respond<I: Transport>(
         _ => 0,
     };
     let mut out = Vec::with_capacity(response::head_size(&parts) + body_room);
-    let Ok(written) = response::encode(&mut parts, declared, head_request, keep_alive, &mut out)
-    else {
-        return Err("a response head with conflicting lengths".into());
-    };
-    let framing = written.framing;
-    if framing == Framing::Length(0) {
-        // No body goes out (or it was declared empty): it is not read.
-        drop(body);
-        io.write_all(&out).await?;
-        io.flush().await?;
-        return Ok(!written.last);
-    }
-    let mut body = pin!(body);
-    let mut owed = match framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    loop {
-        // The next frame if it is there now; if not, what is gathered goes out first.
-        let ready = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
-        let frame = match ready {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                if !out.is_empty() {
-                    io.write_all(&out).await?;
-                    io.flush().await?;
-                    out.clear();
-                }
-                // While the body is awaited, the client's end of stream abandons it.
-                loop {
-                    tokio::select! {
-                        biased;
-                        frame = poll_fn(|cx| body.as_mut().poll_frame(cx)) => break frame,
-                        read = read_some(io, buf, max_head) => match read {
-                            Ok(0) => return Err("the client closed during the response".into()),
-                            Ok(_) => {}
-                            Err(e) => return Err(e.into()),
-                        },
+    let written = response::encode(&mut parts, declared, head_request, keep_alive, &mut out);
+    drop(parts);
+    async move {
+        let Ok(written) = written else {
+            return Err("a response head with conflicting lengths".into());
+        };
+        let framing = written.framing;
+        if framing == Framing::Length(0) {
+            // No body goes out (or it was declared empty): it is not read.
+            drop(body);
+            io.write_all(&out).await?;
+            io.flush().await?;
+            return Ok(!written.last);
+        }
+        let mut body = Pin::new(&mut body);
+        let mut owed = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        loop {
+            // The next frame if it is there now; if not, what is gathered goes out first.
+            let ready = poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+            let frame = match ready {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !out.is_empty() {
+                        io.write_all(&out).await?;
+                        io.flush().await?;
+                        out.clear();
+                    }
+                    // While the body is awaited, the client's end of stream abandons it.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            frame = poll_fn(|cx| body.as_mut().poll_frame(cx)) => break frame,
+                            read = read_some(io, buf, max_head) => match read {
+                                Ok(0) => return Err("the client closed during the response".into()),
+                                Ok(_) => {}
+                                Err(e) => return Err(e.into()),
+                            },
+                        }
                     }
                 }
+            };
+            let data = match frame {
+                None => break,
+                // What is gathered and not sent is dropped with the connection, as hyper does.
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers go only to a client that asked with `TE: trailers` (hyper's).
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
             }
-        };
-        let data = match frame {
-            None => break,
-            // What is gathered and not sent is dropped with the connection, as hyper does.
-            Some(Err(e)) => return Err(e),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                // Trailers go only to a client that asked with `TE: trailers` (hyper's).
-                Err(_) => continue,
-            },
-        };
-        if data.is_empty() {
-            continue;
+            match framing {
+                Framing::Length(_) => {
+                    let take = usize::try_from(owed).map_or(data.len(), |o| o.min(data.len()));
+                    owed -= take as u64;
+                    put(io, &mut out, data.slice(..take)).await?;
+                    if owed == 0 {
+                        // All that was declared is written: the rest of the body is not read.
+                        break;
+                    }
+                }
+                Framing::Chunked => {
+                    chunk_size(data.len(), &mut out);
+                    put(io, &mut out, data).await?;
+                    out.extend_from_slice(b"\r\n");
+                }
+                Framing::Close => put(io, &mut out, data).await?,
+            }
         }
         match framing {
-            Framing::Length(_) => {
-                let take = usize::try_from(owed).map_or(data.len(), |o| o.min(data.len()));
-                owed -= take as u64;
-                put(io, &mut out, data.slice(..take)).await?;
-                if owed == 0 {
-                    // All that was declared is written: the rest of the body is not read.
-                    break;
-                }
+            Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Length(_) if owed > 0 => {
+                return Err("the body ended before its declared length".into());
             }
-            Framing::Chunked => {
-                chunk_size(data.len(), &mut out);
-                put(io, &mut out, data).await?;
-                out.extend_from_slice(b"\r\n");
-            }
-            Framing::Close => put(io, &mut out, data).await?,
+            _ => {}
         }
+        io.write_all(&out).await?;
+        io.flush().await?;
+        Ok(!written.last && framing != Framing::Close)
     }
-    match framing {
-        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
-        Framing::Length(_) if owed > 0 => {
-            return Err("the body ended before its declared length".into());
-        }
-        _ => {}
-    }
-    io.write_all(&out).await?;
-    io.flush().await?;
-    Ok(!written.last && framing != Framing::Close)
 }
 
 /// A chunk's size line: the size in upper-case hex (as hyper writes it), then CRLF.
