@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -33,17 +33,53 @@ where
 {
     fn call(&self, req: Request<B>) -> RouteFuture {
         // tower services take `&mut self`: each request gets its own clone (for most services
-        // a few reference-count increments), readied inside the future.
+        // a few reference-count increments).
         let mut svc = self.0.clone();
-        RouteFuture(Box::pin(async move {
-            if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
-                return error_response(e.into());
+        // Most services are ready at once: then the call is made here and only its future is
+        // boxed, without the clone and the request beside it. The waker is a no-op: a service
+        // that is not ready is asked again, with the task's, inside the future.
+        match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => RouteFuture(Box::pin(Called {
+                inner: svc.call(req),
+            })),
+            Poll::Ready(Err(e)) => {
+                RouteFuture(Box::pin(std::future::ready(error_response(e.into()))))
             }
-            match svc.call(req).await {
-                Ok(res) => res.map(Body::new),
-                Err(e) => error_response(e.into()),
-            }
-        }))
+            Poll::Pending => RouteFuture(Box::pin(async move {
+                if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
+                    return error_response(e.into());
+                }
+                match svc.call(req).await {
+                    Ok(res) => res.map(Body::new),
+                    Err(e) => error_response(e.into()),
+                }
+            })),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A called service's response, its body erased and an error answered `500`.
+    struct Called<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, ResBody, E> Future for Called<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        self.project().inner.poll(cx).map(|res| match res {
+            Ok(res) => res.map(Body::new),
+            Err(e) => error_response(e.into()),
+        })
     }
 }
 

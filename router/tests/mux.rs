@@ -663,3 +663,69 @@ fn in_segment_sigils_are_refused_and_escapes_are_literal() {
     // The escaped and the unescaped forms are one shape: a second registration conflicts.
     assert!(tree.insert(r"/v1/projects\:batchGet", 2).is_err());
 }
+
+/// A service that is ready only once its gate is opened, keeping the waker it was last asked
+/// with.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl tower::Service<Request<()>> for Gate {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if self.open.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _req: Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(Body::from("through the gate"))))
+    }
+}
+
+/// Counts its wakes.
+struct Counted(AtomicUsize);
+
+impl std::task::Wake for Counted {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_route_not_ready_yet_is_waited_for_with_the_task_s_waker() {
+    use std::future::Future;
+    let gate = Gate::default();
+    let mut mux = Mux::new();
+    mux.get("/gated", gate.clone()).unwrap();
+    let svc = mux.into_service();
+    let mut call = Box::pin(
+        svc.clone()
+            .oneshot(Request::builder().uri("/gated").body(()).unwrap()),
+    );
+    let wakes = Arc::new(Counted(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(Arc::clone(&wakes));
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(call.as_mut().poll(&mut cx).is_pending(), "the gate is shut");
+    // The route asked again from inside its future: the waker the gate keeps is the task's.
+    gate.open.store(true, Ordering::SeqCst);
+    let kept = gate.waker.lock().unwrap().take().unwrap();
+    kept.wake();
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the task was woken");
+    let std::task::Poll::Ready(res) = call.as_mut().poll(&mut cx) else {
+        panic!("ready once the gate is open")
+    };
+    let res = res.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "through the gate");
+}
