@@ -30,6 +30,7 @@
 
 use std::task::{Context, Poll};
 
+use http::header::Entry;
 use http::{HeaderName, HeaderValue, Request, Response};
 pub use httpkit::RequestId;
 use tower_layer::Layer;
@@ -118,19 +119,28 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let header = &self.layer.header;
-        let inbound = req
-            .headers()
-            .get(header)
-            .filter(|_| self.layer.trust_inbound)
-            .filter(|_| req.headers().get_all(header).iter().count() == 1)
-            .and_then(RequestId::parse);
-        let id = inbound.unwrap_or_else(RequestId::generate);
-        let mut value = id.header_value().clone();
-        // One request's alone: an HTTP/2 encoder that put it in its table would only push out
-        // entries that repeat. Marked so, it goes as a literal that is never indexed
-        // (RFC 7541 §6.2.3); nothing changes over HTTP/1.1.
-        value.set_sensitive(true);
-        req.headers_mut().insert(header.clone(), value.clone());
+        let trust = self.layer.trust_inbound;
+        // One lookup for reading an inbound id and writing the request's in its place.
+        let (id, value) = match req.headers_mut().entry(header.clone()) {
+            Entry::Occupied(mut lines) => {
+                let mut values = lines.iter();
+                // Exactly one valid inbound id is kept; two are as good as none.
+                let kept = match (values.next(), values.next()) {
+                    (Some(one), None) if trust => RequestId::parse(one),
+                    _ => None,
+                };
+                let id = kept.unwrap_or_else(RequestId::generate);
+                let value = never_indexed(&id);
+                lines.insert(value.clone());
+                (id, value)
+            }
+            Entry::Vacant(slot) => {
+                let id = RequestId::generate();
+                let value = never_indexed(&id);
+                slot.insert(value.clone());
+                (id, value)
+            }
+        };
         let span = if self.layer.span {
             tracing::info_span!(
                 "request",
@@ -152,6 +162,15 @@ where
             id: value,
         }
     }
+}
+
+/// `id` as a header value marked sensitive: one request's alone, it would only push entries
+/// that repeat out of an HTTP/2 encoder's table. Marked so, it goes as a literal that is never
+/// indexed (RFC 7541 §6.2.3); nothing changes over HTTP/1.1.
+fn never_indexed(id: &RequestId) -> HeaderValue {
+    let mut value = id.header_value().clone();
+    value.set_sensitive(true);
+    value
 }
 
 pin_project_lite::pin_project! {

@@ -30,6 +30,7 @@
 use std::task::{Context, Poll};
 
 use http::Request;
+use http::header::Entry;
 use httpkit::TraceContext;
 use httpkit::trace::{TRACEPARENT, TRACESTATE, tracestate};
 use tower_layer::Layer;
@@ -96,15 +97,27 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         let headers = req.headers_mut();
-        let mut lines = headers.get_all(TRACEPARENT).iter();
-        // Exactly one valid `traceparent`; two are as good as none.
-        let parent = match (lines.next(), lines.next()) {
-            (Some(one), None) => TraceContext::parse(one.as_bytes()),
-            _ => None,
-        };
-        let ctx = match &parent {
-            Some(parent) => TraceContext::child_of(parent),
-            None => TraceContext::start_sampled(self.sample_ratio),
+        // One lookup for reading the inbound `traceparent` and writing ours in its place.
+        let (ctx, parent) = match headers.entry(TRACEPARENT) {
+            Entry::Occupied(mut lines) => {
+                let mut values = lines.iter();
+                // Exactly one valid `traceparent`; two are as good as none.
+                let parent = match (values.next(), values.next()) {
+                    (Some(one), None) => TraceContext::parse(one.as_bytes()),
+                    _ => None,
+                };
+                let ctx = match &parent {
+                    Some(parent) => TraceContext::child_of(parent),
+                    None => TraceContext::start_sampled(self.sample_ratio),
+                };
+                lines.insert(ctx.traceparent());
+                (ctx, parent)
+            }
+            Entry::Vacant(slot) => {
+                let ctx = TraceContext::start_sampled(self.sample_ratio);
+                slot.insert(ctx.traceparent());
+                (ctx, None)
+            }
         };
         // `tracestate` only travels with the `traceparent` it belongs to.
         let state = parent.and_then(|_| {
@@ -123,7 +136,6 @@ where
                 headers.remove(TRACESTATE);
             }
         }
-        headers.insert(TRACEPARENT, ctx.traceparent());
         req.extensions_mut().insert(ctx);
         self.inner.call(req)
     }
