@@ -22,6 +22,7 @@
 //! assert!(headers.is_empty());
 //! ```
 
+use http::header::Entry;
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -182,28 +183,44 @@ pub fn strip(headers: &mut HeaderMap) -> Found {
             .is_some_and(|i| present & (1 << i) != 0)
     };
     let te_trailers = has(&TE) && tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
-    let upgrade = headers
-        .get(UPGRADE)
-        .filter(|_| has(&CONNECTION))
-        .filter(|_| tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
-        .filter(|v| {
-            !v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
-        })
-        .cloned();
-    // Tokens naming hop-by-hop headers or `close` need no name of their own: the common
-    // `Connection` values allocate nothing here.
-    if has(&CONNECTION) {
-        let named: Vec<HeaderName> = tokens(headers, &CONNECTION)
-            .filter(|t| !connection_level(t))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for name in &named {
-            headers.remove(name);
+    // `Connection` read and removed in one lookup: the headers it names (tokens naming
+    // hop-by-hop headers or `close` need no name of their own, so the common values allocate
+    // nothing), and whether it asks for an upgrade.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut asks_upgrade = false;
+    if has(&CONNECTION)
+        && let Entry::Occupied(lines) = headers.entry(CONNECTION)
+    {
+        for t in lines
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+        {
+            asks_upgrade |= t.eq_ignore_ascii_case(b"upgrade");
+            if !connection_level(t)
+                && let Ok(name) = HeaderName::from_bytes(t)
+            {
+                named.push(name);
+            }
         }
+        lines.remove_entry_mult();
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    let upgrade = if asks_upgrade && has(&UPGRADE) {
+        headers
+            .get(UPGRADE)
+            .filter(|v| {
+                !v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+            })
+            .cloned()
+    } else {
+        None
+    };
+    for name in &named {
+        headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
