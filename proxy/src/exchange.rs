@@ -250,6 +250,7 @@ impl<B> Exchange<B> {
 
 impl<B: RequestBody> Exchange<B> {
     /// One attempt on `picked`: the response, or `None` to try the next target.
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
     pub(crate) fn attempt<'a>(
         &'a mut self,
         inner: &'a Inner<B>,
@@ -634,6 +635,7 @@ impl<B: RequestBody> Exchange<B> {
     /// may not go again, and the future is an `async` block that uses its arguments where
     /// they were passed: an `async fn` keeps each argument twice (as passed and bound), and
     /// every byte of this future is moved with the request's.
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
     fn attempt_wire<'a>(
         &'a mut self,
         inner: &'a Inner<B>,

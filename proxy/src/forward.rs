@@ -156,6 +156,7 @@ impl<B: RequestBody> Proxy<B> {
 // and a nested one is moved once more when its caller first polls it. The exchange is
 // prepared before, and used in place: an `async fn` would keep its argument for its whole
 // life and bind it to a local of its own too, holding it twice.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
 fn forward<B: RequestBody>(
     inner: Arc<Inner<B>>,
     mut prepared: Option<Exchange<B>>,
