@@ -158,6 +158,8 @@ pub struct Found {
     /// The protocol asked for with `Connection: upgrade` + `Upgrade`, except `h2c`, which is
     /// never forwarded.
     pub upgrade: Option<HeaderValue>,
+    /// The `Trailer` values removed: a proxy that relays the trailers announces them again.
+    pub trailer: Vec<HeaderValue>,
 }
 
 /// Removes the hop-by-hop headers and every header a `Connection` header names (except
@@ -217,17 +219,26 @@ pub fn strip(headers: &mut HeaderMap) -> Found {
     } else {
         None
     };
+    let mut trailer = Vec::new();
+    if has(&TRAILER)
+        && let Entry::Occupied(lines) = headers.entry(TRAILER)
+    {
+        trailer.extend(lines.iter().cloned());
+        lines.remove_entry_mult();
+    }
     for name in &named {
         headers.remove(name);
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
-        if present & (1 << i) != 0 {
+    // `Connection` and `Trailer` are gone already.
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 && name != CONNECTION && name != TRAILER {
             headers.remove(name);
         }
     }
     Found {
         te_trailers,
         upgrade,
+        trailer,
     }
 }
 
@@ -298,6 +309,11 @@ mod tests {
         assert_eq!(h["x-kept"], "3");
         assert!(!found.te_trailers);
         assert_eq!(found.upgrade, None, "upgrade without Connection: upgrade");
+        assert_eq!(
+            found.trailer,
+            ["x-checksum"],
+            "the trailers announced, for a relay"
+        );
     }
 
     #[test]

@@ -62,20 +62,11 @@ pub fn rewrite_request_headers(
     info: &Forwarding,
     trusted: &TrustedProxies,
 ) -> Found {
-    // One pass over the names tells which of the lookups below can find anything: most
-    // requests carry neither `Trailer` nor any forwarding header.
-    let (mut has_trailer, mut has_forwarding) = (false, false);
-    for name in headers.keys() {
-        has_trailer |= name == TRAILER;
-        has_forwarding |= FORWARDING.contains(name);
-    }
-    let trailer = if has_trailer {
-        announced_trailers(headers)
-    } else {
-        Vec::new()
-    };
-    let found = hop_by_hop::strip(headers);
-    reannounce(headers, trailer);
+    // One pass over the names tells whether the lookups below can find anything: most
+    // requests carry no forwarding header.
+    let has_forwarding = headers.keys().any(|name| FORWARDING.contains(name));
+    let mut found = hop_by_hop::strip(headers);
+    reannounce(headers, std::mem::take(&mut found.trailer));
     let trusted_peer = info.client.is_some_and(|c| trusted.contains(c));
     if !trusted_peer && has_forwarding {
         for name in &FORWARDING {
@@ -157,13 +148,9 @@ fn write_ip(client: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
     }
 }
 
-/// The `Trailer` header's values: they name the trailer fields the body will end with, and are
-/// announced again after the hop-by-hop pass (as Go's reverse proxy does), so that trailers
-/// pass through.
-fn announced_trailers(headers: &HeaderMap) -> Vec<HeaderValue> {
-    headers.get_all(TRAILER).iter().cloned().collect()
-}
-
+/// Announces `trailer` again (the `Trailer` values the hop-by-hop pass removed: they name the
+/// trailer fields the body will end with), as Go's reverse proxy does, so that trailers pass
+/// through.
 fn reannounce(headers: &mut HeaderMap, trailer: Vec<HeaderValue>) {
     for value in trailer {
         headers.append(TRAILER, value);
@@ -173,22 +160,18 @@ fn reannounce(headers: &mut HeaderMap, trailer: Vec<HeaderValue>) {
 /// Strips hop-by-hop headers from an upstream's response, except on a `101 Switching
 /// Protocols`, whose `Connection` and `Upgrade` make the switch. `Trailer` is kept.
 pub fn rewrite_response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
-    let trailer = announced_trailers(headers);
-    rewrite_response_hop_by_hop(headers, switching_protocols);
-    reannounce(headers, trailer);
-}
-
-fn rewrite_response_hop_by_hop(headers: &mut HeaderMap, switching_protocols: bool) {
     if switching_protocols {
         let connection = headers.get(CONNECTION).cloned();
         let upgrade = headers.get(UPGRADE).cloned();
-        hop_by_hop::strip(headers);
+        let found = hop_by_hop::strip(headers);
+        reannounce(headers, found.trailer);
         if let (Some(c), Some(u)) = (connection, upgrade) {
             headers.insert(CONNECTION, c);
             headers.insert(UPGRADE, u);
         }
     } else {
-        hop_by_hop::strip(headers);
+        let found = hop_by_hop::strip(headers);
+        reannounce(headers, found.trailer);
     }
 }
 
