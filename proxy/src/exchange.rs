@@ -95,7 +95,6 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         .then(|| httpkit::grpc::timeout(&parts.headers))
         .flatten()
         .map(|t| tokio::time::Instant::now() + t);
-    let declared_length = parts.headers.contains_key(CONTENT_LENGTH);
     let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);
     if found.te_trailers {
         parts
@@ -122,8 +121,9 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
         (Outgoing::empty(), None)
     } else {
         // A body without a declared length goes as chunked whatever the method: hyper would
-        // send a GET's as nothing at all.
-        if !declared_length {
+        // send a GET's as nothing at all. (Looked up here, for bodies only: no rewrite above
+        // removes a `Content-Length`.)
+        if !parts.headers.contains_key(CONTENT_LENGTH) {
             parts
                 .headers
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
