@@ -31,22 +31,24 @@ use http::{HeaderMap, HeaderValue};
 
 /// Headers that describe one connection, never forwarded as they are (RFC 9110 §7.6.1, plus
 /// `Proxy-Connection`, `Keep-Alive` and `HTTP2-Settings` as Go's reverse proxy also strips).
-const HOP_BY_HOP: [HeaderName; 10] = [
+/// Not `Trailer`, which RFC 2616 listed: RFC 9110 does not, and a relay forwards it with the
+/// trailers it announces (Go's proxy strips it and announces it again).
+const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
     TE,
-    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
     HeaderName::from_static("http2-settings"),
 ];
 
-/// Headers a `Connection` header can never remove: the target of the request and the length
-/// of its body are facts about the message, not the connection.
-const PROTECTED: [HeaderName; 2] = [HOST, CONTENT_LENGTH];
+/// Headers a `Connection` header can never remove: the target of the request, the length of
+/// its body and the trailer fields it announces are facts about the message, not the
+/// connection.
+const PROTECTED: [HeaderName; 3] = [HOST, CONTENT_LENGTH, TRAILER];
 
 /// Whether `name` is one of the fixed hop-by-hop headers.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -58,11 +60,11 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 fn hop_index(name: &[u8]) -> Option<usize> {
     let candidates: &[usize] = match name.len() {
         2 => &[5],
-        7 => &[6, 8],
+        7 => &[7],
         10 => &[0, 2],
-        14 => &[9],
+        14 => &[8],
         16 => &[1],
-        17 => &[7],
+        17 => &[6],
         18 => &[3],
         19 => &[4],
         _ => &[],
@@ -158,12 +160,10 @@ pub struct Found {
     /// The protocol asked for with `Connection: upgrade` + `Upgrade`, except `h2c`, which is
     /// never forwarded.
     pub upgrade: Option<HeaderValue>,
-    /// The `Trailer` values removed: a proxy that relays the trailers announces them again.
-    pub trailer: Vec<HeaderValue>,
 }
 
 /// Removes the hop-by-hop headers and every header a `Connection` header names (except
-/// `Host` and `Content-Length`); returns what the caller may want to forward again.
+/// `Host`, `Content-Length` and `Trailer`); returns what the caller may want to forward again.
 pub fn strip(headers: &mut HeaderMap) -> Found {
     // One pass over the names finds which fixed hop-by-hop headers are there (most messages
     // carry none, a response from nginx only `Connection`): a lookup, a hash, for each of
@@ -219,26 +219,18 @@ pub fn strip(headers: &mut HeaderMap) -> Found {
     } else {
         None
     };
-    let mut trailer = Vec::new();
-    if has(&TRAILER)
-        && let Entry::Occupied(lines) = headers.entry(TRAILER)
-    {
-        trailer.extend(lines.iter().cloned());
-        lines.remove_entry_mult();
-    }
     for name in &named {
         headers.remove(name);
     }
-    // `Connection` and `Trailer` are gone already.
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 && name != CONNECTION && name != TRAILER {
+    // `Connection` (the first) is gone already.
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
     Found {
         te_trailers,
         upgrade,
-        trailer,
     }
 }
 
@@ -305,29 +297,30 @@ mod tests {
             ("x-kept", "3"),
         ]);
         let found = strip(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-kept"], "3");
+        assert_eq!(
+            h["trailer"], "x-checksum",
+            "the trailers it announces pass with it"
+        );
         assert!(!found.te_trailers);
         assert_eq!(found.upgrade, None, "upgrade without Connection: upgrade");
-        assert_eq!(
-            found.trailer,
-            ["x-checksum"],
-            "the trailers announced, for a relay"
-        );
     }
 
     #[test]
-    fn connection_cannot_remove_host_or_content_length() {
+    fn connection_cannot_remove_host_content_length_or_trailer() {
         let mut h = map(&[
-            ("connection", "host, content-length, x-a"),
+            ("connection", "host, content-length, Trailer, x-a"),
             ("host", "example.com"),
             ("content-length", "5"),
+            ("trailer", "x-sum"),
             ("x-a", "1"),
         ]);
         strip(&mut h);
-        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.len(), 3, "{h:?}");
         assert_eq!(h["host"], "example.com");
         assert_eq!(h["content-length"], "5");
+        assert_eq!(h["trailer"], "x-sum");
     }
 
     #[test]

@@ -27,7 +27,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, FORWARDED, HeaderName, TRAILER, UPGRADE};
+use http::header::{CONNECTION, FORWARDED, HeaderName, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 use httpkit::hop_by_hop::{self, Found};
 
@@ -65,8 +65,7 @@ pub fn rewrite_request_headers(
     // One pass over the names tells whether the lookups below can find anything: most
     // requests carry no forwarding header.
     let has_forwarding = headers.keys().any(|name| FORWARDING.contains(name));
-    let mut found = hop_by_hop::strip(headers);
-    reannounce(headers, std::mem::take(&mut found.trailer));
+    let found = hop_by_hop::strip(headers);
     let trusted_peer = info.client.is_some_and(|c| trusted.contains(c));
     if !trusted_peer && has_forwarding {
         for name in &FORWARDING {
@@ -148,30 +147,19 @@ fn write_ip(client: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
     }
 }
 
-/// Announces `trailer` again (the `Trailer` values the hop-by-hop pass removed: they name the
-/// trailer fields the body will end with), as Go's reverse proxy does, so that trailers pass
-/// through.
-fn reannounce(headers: &mut HeaderMap, trailer: Vec<HeaderValue>) {
-    for value in trailer {
-        headers.append(TRAILER, value);
-    }
-}
-
 /// Strips hop-by-hop headers from an upstream's response, except on a `101 Switching
 /// Protocols`, whose `Connection` and `Upgrade` make the switch. `Trailer` is kept.
 pub fn rewrite_response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
-    if switching_protocols {
-        let connection = headers.get(CONNECTION).cloned();
-        let upgrade = headers.get(UPGRADE).cloned();
-        let found = hop_by_hop::strip(headers);
-        reannounce(headers, found.trailer);
-        if let (Some(c), Some(u)) = (connection, upgrade) {
-            headers.insert(CONNECTION, c);
-            headers.insert(UPGRADE, u);
-        }
-    } else {
-        let found = hop_by_hop::strip(headers);
-        reannounce(headers, found.trailer);
+    let switch = switching_protocols.then(|| {
+        (
+            headers.get(CONNECTION).cloned(),
+            headers.get(UPGRADE).cloned(),
+        )
+    });
+    hop_by_hop::strip(headers);
+    if let Some((Some(c), Some(u))) = switch {
+        headers.insert(CONNECTION, c);
+        headers.insert(UPGRADE, u);
     }
 }
 
