@@ -8,7 +8,6 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{Response, StatusCode};
 use httpkit::{TextOr, text_response};
 
-use crate::UpstreamTarget;
 use crate::exchange::Exchange;
 use crate::forward::{Inner, RequestBody};
 use crate::h2::H2Body;
@@ -20,6 +19,7 @@ use crate::response::{Back, ProxyBody, Received, UpstreamBody};
 use crate::target::TargetAddr;
 use crate::tunnel;
 use crate::wire::{self, Wire};
+use crate::{Upstream, UpstreamTarget};
 
 impl<B: RequestBody> Exchange<B> {
     /// The upstream answered: its response for the client (or the start of a tunnel).
@@ -36,30 +36,22 @@ impl<B: RequestBody> Exchange<B> {
         if res.status() != StatusCode::SWITCHING_PROTOCOLS {
             return self.relay_h1_body(inner, picked, conn, in_flight, res);
         }
-        let origin = UpstreamTarget {
-            upstream: Arc::clone(upstream.name_arc()),
-            target: picked.value().clone(),
+        let Some((client_side, guard)) = self.upgrade.take() else {
+            return self.unasked_switch(upstream, &picked);
         };
-        {
-            let Some((client_side, guard)) = self.upgrade.take() else {
-                return self.unasked_switch(upstream, &picked);
-            };
-            tunnel::spawn(
-                client_side,
-                hyper::upgrade::on(&mut res),
-                in_flight,
-                guard,
-                self.ids.clone(),
-            );
-            // The connection's task finishes the hand-over of its socket to the tunnel.
-            conn.link.detach();
-            let (mut head, _) = res.into_parts();
-            rewrite_response_headers(&mut head.headers, true);
-            if upstream.settings().tag_responses {
-                head.extensions.insert(origin);
-            }
-            Response::from_parts(head, TextOr::Text { text: None })
-        }
+        tunnel::spawn(
+            client_side,
+            hyper::upgrade::on(&mut res),
+            in_flight,
+            guard,
+            self.ids.clone(),
+        );
+        // The connection's task finishes the hand-over of its socket to the tunnel.
+        conn.link.detach();
+        let (mut head, _) = res.into_parts();
+        rewrite_response_headers(&mut head.headers, true);
+        tag(upstream, &picked, &mut head);
+        Response::from_parts(head, TextOr::Text { text: None })
     }
 
     /// The upstream answered on a [`Wire`]: the body is read from it as the client takes it.
@@ -202,12 +194,7 @@ impl<B: RequestBody> Exchange<B> {
         let upstream = &inner.upstream;
         rewrite_response_headers(&mut head.headers, false);
         head.version = http::Version::HTTP_11;
-        if upstream.settings().tag_responses {
-            head.extensions.insert(UpstreamTarget {
-                upstream: Arc::clone(upstream.name_arc()),
-                target: picked.value().clone(),
-            });
-        }
+        tag(upstream, &picked, &mut head);
         // An event stream's events go out as they come; other bodies may be coalesced.
         let coalesce = !head
             .headers
@@ -220,5 +207,16 @@ impl<B: RequestBody> Exchange<B> {
             body = body.with_deadline(deadline);
         }
         Response::from_parts(head, TextOr::inner(body))
+    }
+}
+
+/// Names the target that answered in the response's extensions (an [`UpstreamTarget`]), when
+/// the upstream's settings ask for it.
+fn tag(upstream: &Upstream, picked: &Picked<TargetAddr>, head: &mut http::response::Parts) {
+    if upstream.settings().tag_responses {
+        head.extensions.insert(UpstreamTarget {
+            upstream: Arc::clone(upstream.name_arc()),
+            target: picked.value().clone(),
+        });
     }
 }
