@@ -126,6 +126,8 @@ pub struct ConnStats {
     /// Connections accepted.
     pub accepted: Counter,
     open: [Gauge; 3],
+    /// Open connections parked while they wait for a request (`idle_park_after_ms`).
+    pub parked: Gauge,
     /// Bytes read from clients.
     pub received_bytes: Counter,
     /// Bytes written to clients.

@@ -82,33 +82,42 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
 async fn a_slowloris_client_is_closed_at_the_header_read_timeout() {
     // config: server.header_read_timeout_ms
 
-    let (gw, _b) = gateway("header_read_timeout_ms = 400\nidle_timeout_ms = 60000").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let start = Instant::now();
-    // One byte every 50 ms, never finishing the head: the gateway must not wait forever.
-    let head = b"GET /api/x HTTP/1.1\r\nhost: g\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut closed = false;
-    for b in head {
-        if s.write_all(&[*b]).await.is_err() {
-            closed = true;
-            break;
-        }
-        let mut probe = [0u8; 256];
-        // The pace of a slow client, and the check whether the gateway gave up.
-        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut probe)).await {
-            Ok(Ok(_)) | Ok(Err(_)) => {
+    // config: server.idle_park_after_ms
+    // Also with a parking wait shorter than the client's pace: a connection with part of a
+    // head read is never parked, and its clock runs on.
+    for park in ["", "idle_park_after_ms = 20"] {
+        let (gw, _b) = gateway(&format!(
+            "header_read_timeout_ms = 400\nidle_timeout_ms = 60000\n{park}"
+        ))
+        .await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let start = Instant::now();
+        // One byte every 50 ms, never finishing the head: the gateway must not wait forever.
+        let head = b"GET /api/x HTTP/1.1\r\nhost: g\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut closed = false;
+        for b in head {
+            if s.write_all(&[*b]).await.is_err() {
                 closed = true;
                 break;
             }
-            Err(_) => {}
+            let mut probe = [0u8; 256];
+            // The pace of a slow client, and the check whether the gateway gave up.
+            match tokio::time::timeout(Duration::from_millis(50), s.read(&mut probe)).await {
+                Ok(Ok(_)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => {}
+            }
         }
+        let elapsed = start.elapsed();
+        assert!(closed, "{park}: still open after {elapsed:?} of trickling");
+        assert!(
+            elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
+            "{park}: {elapsed:?}"
+        );
+        assert_eq!(parked(gw.admin_addr).await, 0, "{park}");
     }
-    let elapsed = start.elapsed();
-    assert!(closed, "still open after {elapsed:?} of trickling");
-    assert!(
-        elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
-        "{elapsed:?}"
-    );
 }
 
 #[tokio::test]
@@ -117,7 +126,9 @@ async fn a_kept_alive_connection_waits_for_its_next_request_within_the_header_re
     // As hyper (behind its protocol detection) does, on both HTTP/1.1 servers: a new
     // connection's clock starts at its first byte; after a response, the wait for the next
     // request is within the header-read timeout, and the connection closes unanswered.
-    for server in ["", "inline_http1 = false"] {
+    // Parked too (the inline server's), before its first request and after its response: the
+    // wait resumed keeps its clock.
+    for server in ["", "inline_http1 = false", "idle_park_after_ms = 50"] {
         let (gw, _b) = gateway(&format!(
             "header_read_timeout_ms = 400\nidle_timeout_ms = 60000\n{server}"
         ))
@@ -146,19 +157,154 @@ async fn a_kept_alive_connection_waits_for_its_next_request_within_the_header_re
 async fn idle_http1_connections_close_at_the_idle_timeout() {
     // config: server.idle_timeout_ms
 
-    let (gw, _b) = gateway("header_read_timeout_ms = 10000\nidle_timeout_ms = 300").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: g\r\n\r\n")
+    // Parked or not.
+    for park in ["", "idle_park_after_ms = 50"] {
+        let (gw, _b) = gateway(&format!(
+            "header_read_timeout_ms = 10000\nidle_timeout_ms = 300\n{park}"
+        ))
+        .await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: g\r\n\r\n")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let (text, at) = read_to_close(&mut s, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{park}: {text}");
+        let idle = at - start;
+        assert!(
+            idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
+            "{park}: {idle:?}"
+        );
+    }
+}
+
+/// `gateway_client_connections_parked`, from the admin listener's metrics.
+async fn parked(admin: SocketAddr) -> u64 {
+    let text = fetch(admin, "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("gateway_client_connections_parked "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no parked gauge in {text}"))
+}
+
+/// Waits until `count` connections are parked, at most 5 s (the gauge has nothing to wake on:
+/// this looks every 10 ms).
+async fn until_parked(admin: SocketAddr, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = parked(admin).await;
+        if now == count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{now} parked, not {count}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends a GET for `path` on `s` and reads its response (whole: its length is declared),
+/// leaving the connection open.
+async fn get_on(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let start = Instant::now();
-    let (text, at) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no response within 5 s"))
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("no content-length in {text}"));
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_picked_up_where_they_were() {
+    // config: server.idle_park_after_ms
+    let (gw, _b) = gateway("idle_park_after_ms = 50").await;
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let text = get_on(&mut s, &format!("/api/first/{i}")).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        conns.push(s);
+    }
+    until_parked(gw.admin_addr, 20).await;
+    // Each answers its next request on the same socket, and is parked again after it.
+    for (i, s) in conns.iter_mut().enumerate() {
+        let text = get_on(s, &format!("/api/again/{i}")).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(&format!("\"path\":\"/again/{i}\"")), "{text}");
+    }
+    until_parked(gw.admin_addr, 20).await;
+    // A client that closes a parked connection: it is gone from the table and the counts.
+    drop(conns.pop());
+    drop(conns.pop());
+    until_parked(gw.admin_addr, 18).await;
+    let open = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("gateway_client_connections_open{protocol=\"http1\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // (The metrics request's own connection is not an HTTP/1.1 one of this listener.)
+    while open(&fetch(gw.admin_addr, "/metrics").await.text()) != 18 {
+        assert!(
+            Instant::now() < deadline,
+            "closed parked connections still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Pipelined requests sent at once to a parked connection: both answered, in order.
+    let s = &mut conns[0];
+    s.write_all(b"GET /api/p1 HTTP/1.1\r\nHost: g\r\n\r\nGET /api/p2 HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_to_close(s, Duration::from_secs(5)).await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let (p1, p2) = (text.find("\"/p1\""), text.find("\"/p2\""));
+    assert!(p1.is_some() && p1 < p2, "{text}");
+    // Shutdown: the parked ones are picked up and finish at once.
+    assert!(gw.shutdown().await, "connections outlived the grace");
+    for s in &mut conns[1..] {
+        let (text, _) = read_to_close(s, Duration::from_secs(5)).await;
+        assert!(text.is_empty(), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_parked_connection_still_closes_at_the_header_read_timeout() {
+    // config: server.idle_park_after_ms
+    let (gw, _b) = gateway("header_read_timeout_ms = 600\nidle_park_after_ms = 50").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let text = get_on(&mut s, "/api/x").await;
+    let answered = Instant::now();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let idle = at - start;
+    until_parked(gw.admin_addr, 1).await;
+    let (rest, at) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest}");
+    let waited = at - answered;
     assert!(
-        idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
-        "{idle:?}"
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
+        "{waited:?}"
     );
+    until_parked(gw.admin_addr, 0).await;
 }
 
 #[tokio::test]

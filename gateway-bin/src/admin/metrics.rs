@@ -123,6 +123,12 @@ impl<B> Admin<B> {
             out.gauge(&[("protocol", p.label())], c.open(p) as f64);
         }
         out.family(
+            "gateway_client_connections_parked",
+            "Open client connections parked while they wait for a request (among the open ones).",
+            Kind::Gauge,
+        );
+        out.gauge(&[], c.parked.get() as f64);
+        out.family(
             "gateway_client_received_bytes",
             "Bytes read from clients.",
             Kind::Counter,

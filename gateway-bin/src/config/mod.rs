@@ -77,6 +77,12 @@ pub struct Server {
     /// longer than this also counts as idle.
     #[serde(deserialize_with = "values::timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// An HTTP/1.1 keep-alive connection (plain, served by the gateway's own HTTP/1.1 server)
+    /// that waits this long for its next request is parked: its task, its buffers and its
+    /// registration with the runtime are let go, and it waits as a socket in one table until
+    /// the client sends or closes, or its timeouts end it (default 1 000 ms; 0: never).
+    #[serde(deserialize_with = "values::duration_ms")]
+    pub idle_park_after_ms: u64,
     /// Largest request head, in bytes, 8 KiB to 1 MiB; larger gets `431` (default 65 536).
     #[serde(deserialize_with = "values::head_bytes")]
     pub max_header_bytes: usize,
@@ -106,6 +112,7 @@ impl Default for Server {
             listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))],
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            idle_park_after_ms: 1_000,
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
@@ -124,6 +131,10 @@ impl Server {
     /// `idle_timeout_ms` as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// `idle_park_after_ms` as a duration (`None`: never).
+    pub fn idle_park_after(&self) -> Option<Duration> {
+        (self.idle_park_after_ms > 0).then(|| Duration::from_millis(self.idle_park_after_ms))
     }
     /// `shutdown_grace_ms` as a duration.
     pub fn shutdown_grace(&self) -> Duration {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,7 +24,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::front::{Answer, Front, TlsInfo};
-use super::h1::{self, Outcome, Prefixed, Transport};
+use super::h1::{self, Outcome, Prefixed, Start, Transport};
+use super::park::Parked;
 use super::{Limits, ServedBody, Slot};
 use crate::stats::{ConnStats, Protocol};
 use httpkit::BoxError;
@@ -55,10 +56,8 @@ pub(super) fn spawn(
         state: Arc::clone(&state),
     };
     let limits = Arc::clone(limits);
-    let timeouts = Timeouts {
-        idle: limits.idle_timeout,
-        head: limits.header_read_timeout,
-    };
+    let timeouts = Timeouts::of(&limits);
+    let due = Instant::now() + timeouts.idle;
     match tls {
         // A plain connection's server is made before its task, which then holds only what
         // it runs for the connection's life, not also the parts it was made from.
@@ -67,7 +66,7 @@ pub(super) fn spawn(
             let conn = serve_connection(io, front, &limits, limits.inline_http1);
             // The driver's own future is the task's: a block around it would keep room for
             // the parts it moved into the driver for the connection's life.
-            tokio::spawn(drive(conn, state, timeouts, stop));
+            tokio::spawn(drive(conn, state, timeouts, stop, due));
         }
         Some(acceptor) => {
             tokio::spawn(async move {
@@ -86,10 +85,41 @@ pub(super) fn spawn(
                 let tls = Some(TlsInfo { subject });
                 let front = Front::new(peer, tls, service, &limits, &state);
                 let conn = serve_connection(tls_io, front, &limits, inline);
-                drive(conn, state, timeouts, stop).await
+                drive(conn, state, timeouts, stop, due).await
             });
         }
     }
+}
+
+/// Picks up a parked connection (see `park`) in a new task, where its inline server waits for
+/// its next request as it did before it was parked, within the deadlines it had.
+pub(super) fn resume(parked: Parked, stop: watch::Receiver<bool>) {
+    let Parked { stream, front, due } = parked;
+    let state = Arc::clone(front.shared_state());
+    state.park.store(false, Ordering::Relaxed);
+    let inner = match TcpStream::from_std(stream) {
+        Ok(inner) => inner,
+        Err(error) => {
+            tracing::debug!(%error, "a parked connection could not be picked up");
+            return count_end(&state, None);
+        }
+    };
+    let io = Tracked {
+        inner,
+        count: state.activity.load(Ordering::Relaxed),
+        state: Arc::clone(&state),
+    };
+    let limits = front.limits();
+    let timeouts = Timeouts::of(limits);
+    let start = Start::Resumed {
+        timed: state.head_deadline().is_some(),
+    };
+    let inline = h1::serve(io, Arc::clone(&front), h1_settings(limits), start);
+    let conn = Served {
+        at: At::Inline(Box::pin(inline)),
+        front,
+    };
+    tokio::spawn(drive(conn, state, timeouts, stop, due));
 }
 
 /// Counts a connection's end, and what hyper answered by itself (`431`, `408`) on it.
@@ -123,6 +153,9 @@ pub(super) struct ConnState {
     head_deadline: AtomicU64,
     /// The driver found the head deadline passed: the inline server ends the connection.
     head_expired: AtomicBool,
+    /// The driver asks the inline server for the connection, to park it, if it waits for a
+    /// request with nothing read (cleared when the server starts waiting for the next one).
+    park: AtomicBool,
     stats: Arc<ConnStats>,
     /// The connection's place under `max_connections`, given back when the last holder of
     /// this state lets go: the connection's task, or a tunnel the connection became (an
@@ -138,6 +171,7 @@ impl ConnState {
     /// deadline the driver found passed is forgotten with it.
     fn set_head_deadline(&self, at: Option<Instant>) {
         self.head_expired.store(false, Ordering::Relaxed);
+        self.park.store(false, Ordering::Relaxed);
         let nanos = at.map_or(0, |at| {
             u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos())
                 .unwrap_or(u64::MAX)
@@ -152,6 +186,11 @@ impl ConnState {
             0 => None,
             nanos => Some(*EPOCH + Duration::from_nanos(nanos)),
         }
+    }
+
+    /// The connections' counts.
+    pub(super) fn stats(&self) -> &Arc<ConnStats> {
+        &self.stats
     }
 
     fn protocol(&self) -> Protocol {
@@ -205,8 +244,10 @@ const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(250);
 /// `GOAWAY`). A connection asked to finish that has no request waiting for its response head
 /// and moves no byte for `min(idle, 5 s)` is closed hard: a client that stopped reading, an
 /// HTTP/2 client that never acknowledges the `GOAWAY`'s `PING`. A request still waiting for
-/// its upstream keeps its connection (the upstream's timeouts bound it). Counts the connection's
-/// end.
+/// its upstream keeps its connection (the upstream's timeouts bound it). A plain HTTP/1.1
+/// connection on the inline server that has moved no byte for the parking wait and waits for
+/// its next request is parked (see `park`), and this task ends; otherwise it counts the
+/// connection's end. `due`: when the idle check runs first.
 // A function returning an `async` block rather than an `async fn`, which would keep its
 // arguments twice in its state (as received, and moved into its body) for the connection's life.
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
@@ -215,10 +256,15 @@ fn drive<C: Connection + Unpin>(
     state: Arc<ConnState>,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
+    mut due: Instant,
 ) -> impl Future<Output = ()> {
     async move {
         let mut conn = Pin::new(&mut conn);
         let mut seen = state.activity.load(Ordering::Relaxed);
+        // Parking: when the driver looks next whether the connection has been quiet since the
+        // last look (the activity it saw then), if it may be parked at all.
+        let mut park_seen = seen;
+        let mut park_check = conn.park_after().map(|after| Instant::now() + after);
         // One timer for the connection's life, re-armed only when it fires: the connection
         // future is polled for every read and write, and a new timer per poll would cost a
         // timer-wheel insert each time. It also cuts the request head the inline server
@@ -228,9 +274,9 @@ fn drive<C: Connection + Unpin>(
         // across awaits: this state lives as long as the connection, and a few bytes less
         // keep the task in a 512-byte cell instead of a 640-byte one.)
         // `due`: when the idle and shutdown checks below run next.
-        let mut due = Instant::now() + timeouts.idle;
         let timer = tokio::time::sleep(timeouts.period());
         let mut timer = std::pin::pin!(timer);
+        timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
         let mut finishing = false;
         // Stopping, but this connection has not sent its first request yet: a client that just
         // connected (the old process of an upgrade accepted it a moment before handing over) is
@@ -239,7 +285,7 @@ fn drive<C: Connection + Unpin>(
         if *stop.borrow_and_update() {
             (awaiting_first, due) = on_stop(conn.as_mut(), &state, &timeouts);
             finishing = !awaiting_first;
-            timeouts.arm(timer.as_mut(), due, &state);
+            timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
         }
         let ended = loop {
             tokio::select! {
@@ -249,7 +295,7 @@ fn drive<C: Connection + Unpin>(
                     seen = state.activity.load(Ordering::Relaxed);
                     (awaiting_first, due) = on_stop(conn.as_mut(), &state, &timeouts);
                     finishing = !awaiting_first;
-                    timeouts.arm(timer.as_mut(), due, &state);
+                    timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
                 }
                 _ = timer.as_mut() => {
                     let now = Instant::now();
@@ -257,8 +303,24 @@ fn drive<C: Connection + Unpin>(
                         // The inline server sees it when polled next, at the top of this loop.
                         state.head_expired.store(true, Ordering::Relaxed);
                     }
+                    if park_check.is_some_and(|check| check <= now) {
+                        park_check = None;
+                        if !finishing
+                            && !awaiting_first
+                            && let Some(after) = conn.park_after()
+                        {
+                            let activity = state.activity.load(Ordering::Relaxed);
+                            if activity == park_seen && state.waiting.load(Ordering::Relaxed) == 0 {
+                                // The inline server gives the connection back when polled next,
+                                // at the top of this loop, if it waits for a request.
+                                state.park.store(true, Ordering::Relaxed);
+                            }
+                            park_seen = activity;
+                            park_check = Some(now + after);
+                        }
+                    }
                     if now < due {
-                        timeouts.arm(timer.as_mut(), due, &state);
+                        timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
                         continue;
                     }
                     if awaiting_first {
@@ -268,7 +330,7 @@ fn drive<C: Connection + Unpin>(
                         conn.as_mut().finish();
                         seen = state.activity.load(Ordering::Relaxed);
                         due = now + timeouts.close_grace();
-                        timeouts.arm(timer.as_mut(), due, &state);
+                        timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
                         continue;
                     }
                     let activity = state.activity.load(Ordering::Relaxed);
@@ -294,12 +356,28 @@ fn drive<C: Connection + Unpin>(
                         timeouts.close_grace()
                     };
                     due = now + next;
-                    timeouts.arm(timer.as_mut(), due, &state);
+                    timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
                 }
             }
         };
+        if ended.is_none() {
+            // Quiet since the last idle check, or not: where that check would come next.
+            let due = if state.activity.load(Ordering::Relaxed) == seen {
+                due
+            } else {
+                due + timeouts.idle
+            };
+            if conn.as_mut().park(due) {
+                return;
+            }
+        }
         count_end(&state, ended);
     }
+}
+
+/// The sooner of `due` and `check`.
+fn soonest(due: Instant, check: Option<Instant>) -> Instant {
+    check.map_or(due, |check| due.min(check))
 }
 
 /// The server is stopping: a connection that has not sent its first request yet is given
@@ -328,6 +406,13 @@ struct Timeouts {
 }
 
 impl Timeouts {
+    fn of(limits: &Limits) -> Timeouts {
+        Timeouts {
+            idle: limits.idle_timeout,
+            head: limits.header_read_timeout,
+        }
+    }
+
     /// How long a connection asked to finish may stay silent.
     fn close_grace(&self) -> Duration {
         self.idle.min(CLOSE_GRACE)
@@ -343,17 +428,33 @@ impl Timeouts {
     fn arm(&self, timer: Pin<&mut tokio::time::Sleep>, due: Instant, state: &ConnState) {
         let now = Instant::now();
         let mut at = due.min(now + self.period());
-        // (A deadline already passed has been told: the server is ending.)
-        if let Some(deadline) = state.head_deadline().filter(|d| *d > now) {
+        // A deadline already passed and told is not armed again (the server is ending); one
+        // passed and not told yet (a parked connection resumed late) fires at once.
+        if let Some(deadline) = state.head_deadline()
+            && !state.head_expired.load(Ordering::Relaxed)
+        {
             at = at.min(deadline);
         }
         timer.reset(at);
     }
 }
 
-/// A served connection that can be asked to finish gracefully.
+/// A served connection that can be asked to finish gracefully, and perhaps parked.
 trait Connection: Future<Output = Result<(), BoxError>> {
     fn finish(self: Pin<&mut Self>);
+
+    /// How long it must wait for a request before it is parked; `None`: it is not parked.
+    fn park_after(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Parks the connection, if it ended by giving itself back to be parked, until its
+    /// client sends or closes, or its head deadline or `due` (when its idle check runs next)
+    /// comes. Whether it did: the connection lives on without this task.
+    fn park(self: Pin<&mut Self>, due: Instant) -> bool {
+        let _ = due;
+        false
+    }
 }
 
 impl<I, S, E> Connection for hyper_util::server::conn::auto::UpgradeableConnection<'static, I, S, E>
@@ -491,8 +592,20 @@ async fn handshake(
     }
 }
 
+/// The inline server's settings under `limits`.
+fn h1_settings(limits: &Limits) -> h1::Settings {
+    h1::Settings {
+        header_read_timeout: limits.header_read_timeout,
+        max_head: limits.max_header_bytes,
+        max_body: match limits.max_body_bytes {
+            0 => u64::MAX,
+            n => n,
+        },
+    }
+}
+
 /// Serves a connection: inline first (when `inline`), handed to hyper when a request needs it.
-fn serve_connection<I: Transport>(
+fn serve_connection<I: Transport + Parkable>(
     io: I,
     front: Front,
     limits: &Arc<Limits>,
@@ -500,15 +613,8 @@ fn serve_connection<I: Transport>(
 ) -> Served<I> {
     let front = Arc::new(front);
     let at = if inline {
-        let settings = h1::Settings {
-            header_read_timeout: limits.header_read_timeout,
-            max_head: limits.max_header_bytes,
-            max_body: match limits.max_body_bytes {
-                0 => u64::MAX,
-                n => n,
-            },
-        };
-        At::Inline(Box::pin(h1::serve(io, Arc::clone(&front), settings)))
+        let inline = h1::serve(io, Arc::clone(&front), h1_settings(limits), Start::New);
+        At::Inline(Box::pin(inline))
     } else {
         At::Hyper(hyper_connection(io, Arc::clone(&front), limits))
     };
@@ -524,7 +630,32 @@ pub(super) struct Served<I> {
 enum At<I> {
     Inline(Pin<Box<dyn Future<Output = Outcome<I>> + Send>>),
     Hyper(Pin<Box<dyn Connection + Send>>),
+    /// Given back by the inline server, to be parked.
+    Idle(I),
+    /// Parked (or failed to be).
+    Gone,
 }
+
+/// A transport a connection can be parked with: a plain socket.
+trait Parkable: Sized {
+    /// Whether it can.
+    const PARKABLE: bool = false;
+
+    /// The socket, out of the runtime's reactor.
+    fn into_parked(self) -> std::io::Result<std::net::TcpStream> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl Parkable for Tracked {
+    const PARKABLE: bool = true;
+
+    fn into_parked(self) -> std::io::Result<std::net::TcpStream> {
+        self.inner.into_std()
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<Tracked> {}
 
 impl<I: Transport> Future for Served<I> {
     type Output = Result<(), BoxError>;
@@ -536,6 +667,10 @@ impl<I: Transport> Future for Served<I> {
                 At::Hyper(conn) => return conn.as_mut().poll(cx),
                 At::Inline(inline) => match std::task::ready!(inline.as_mut().poll(cx)) {
                     Outcome::Ended(result) => return Poll::Ready(result),
+                    Outcome::Idle(io) => {
+                        this.at = At::Idle(io);
+                        return Poll::Ready(Ok(()));
+                    }
                     Outcome::Handover(io, read) => {
                         let io = Prefixed { read, io };
                         let mut conn =
@@ -551,18 +686,49 @@ impl<I: Transport> Future for Served<I> {
                         this.at = At::Hyper(conn);
                     }
                 },
+                At::Idle(_) | At::Gone => return Poll::Ready(Ok(())),
             }
         }
     }
 }
 
-impl<I: Transport> Connection for Served<I> {
+impl<I: Transport + Parkable> Connection for Served<I> {
     fn finish(self: Pin<&mut Self>) {
         let this = self.get_mut();
         this.front.state().finishing.store(true, Ordering::Relaxed);
         if let At::Hyper(conn) = &mut this.at {
             conn.as_mut().finish();
         }
+    }
+
+    fn park_after(&self) -> Option<Duration> {
+        let limits = self.front.limits();
+        match (&self.at, &limits.parking) {
+            (At::Inline(_), Some(_)) if I::PARKABLE => limits.idle_park_after,
+            _ => None,
+        }
+    }
+
+    fn park(self: Pin<&mut Self>, due: Instant) -> bool {
+        let this = self.get_mut();
+        let At::Idle(io) = std::mem::replace(&mut this.at, At::Gone) else {
+            return false;
+        };
+        let Some(parking) = this.front.limits().parking.as_ref().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let stream = match io.into_parked() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "a connection could not be parked");
+                return false;
+            }
+        };
+        let state = this.front.state();
+        let deadline = state.head_deadline().map_or(due, |head| head.min(due));
+        let front = Arc::clone(&this.front);
+        parking.park(Parked { stream, front, due }, deadline);
+        true
     }
 }
 
@@ -588,6 +754,10 @@ impl h1::Host for Front {
 
     fn head_expired(&self) -> bool {
         self.state().head_expired.load(Ordering::Relaxed)
+    }
+
+    fn park_asked(&self) -> bool {
+        self.state().park.load(Ordering::Relaxed)
     }
 }
 

@@ -85,6 +85,11 @@ impl Front {
         &self.state
     }
 
+    /// The connection's state, shared.
+    pub(super) fn shared_state(&self) -> &Arc<ConnState> {
+        &self.state
+    }
+
     /// The response to `req`, which counts as waiting for its head until it is made.
     pub(super) fn call(&self, mut req: Request<ServedBody>) -> Answer {
         self.state.first_request(req.version());

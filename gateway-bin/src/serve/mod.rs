@@ -16,6 +16,7 @@ mod body;
 mod conn;
 mod front;
 mod h1;
+mod park;
 
 pub use body::ServedBody;
 
@@ -56,6 +57,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// See [`Server::inline_http1`].
     pub inline_http1: bool,
+    /// See [`Server::idle_park_after_ms`] (`None`: never).
+    pub idle_park_after: Option<Duration>,
+    /// Where idle connections are parked: made by [`serve`] when `idle_park_after` is set.
+    parking: Option<std::sync::Weak<park::Parking>>,
     /// See [`Server::shutdown_grace_ms`].
     pub shutdown_grace: Duration,
     /// The header that carries a verified client certificate's subject upstream (`[tls]
@@ -97,6 +102,8 @@ impl From<&Server> for Limits {
             max_body_bytes: s.max_body_bytes,
             max_connections: s.max_connections.max(1),
             inline_http1: s.inline_http1,
+            idle_park_after: s.idle_park_after(),
+            parking: None,
             shutdown_grace: s.shutdown_grace(),
             client_subject_header: None,
             redirect_to_https: None,
@@ -119,12 +126,17 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a clone; `recv` ends when the last one is gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut limits = limits;
+    if limits.idle_park_after.is_some() {
+        limits.parking = park::Parking::start(stop_rx.clone());
+    }
+    let limits = Arc::new(limits);
     let mut loops = Vec::new();
     for listener in listeners {
         loops.push(tokio::spawn(accept_loop(
             listener,
             service.clone(),
-            Arc::new(limits.clone()),
+            Arc::clone(&limits),
             Arc::clone(&permits),
             stop_rx.clone(),
             alive_tx.clone(),

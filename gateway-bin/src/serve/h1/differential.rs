@@ -143,6 +143,10 @@ impl Host for TestHost {
     fn head_expired(&self) -> bool {
         false
     }
+
+    fn park_asked(&self) -> bool {
+        false
+    }
 }
 
 fn builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
@@ -181,7 +185,7 @@ async fn inline_serves(io: DuplexStream, reply: Answer, seen: Seen, handed: Arc<
         max_head: MAX_HEAD,
         max_body: u64::MAX,
     };
-    if let Outcome::Handover(io, read) = super::serve(io, host, settings).await {
+    if let Outcome::Handover(io, read) = super::serve(io, host, settings, super::Start::New).await {
         handed.store(true, Ordering::Relaxed);
         hyper_serves(Prefixed { read, io }, reply, seen).await;
     }

@@ -74,6 +74,23 @@ pub(super) trait Host: Send + Sync + 'static {
     fn head_deadline(&self, at: Option<Instant>);
     /// The head deadline has passed.
     fn head_expired(&self) -> bool;
+    /// The host asks for the connection back while it waits for a request with nothing
+    /// read ([`Outcome::Idle`]), to park it.
+    fn park_asked(&self) -> bool;
+}
+
+/// Where the inline server starts on a connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Start {
+    /// A new connection: the header-read clock starts at its first byte.
+    New,
+    /// A connection given back idle ([`Outcome::Idle`]) and picked up again, waiting for a
+    /// request with nothing read: within the head deadline the host kept (when `timed`; not
+    /// for a first request, whose clock starts at its first byte).
+    Resumed {
+        /// The host keeps a head deadline for the request awaited.
+        timed: bool,
+    },
 }
 
 /// How a connection's time on the inline server ended.
@@ -82,6 +99,9 @@ pub(super) enum Outcome<I> {
     Ended(Result<(), BoxError>),
     /// hyper serves the rest of the connection, starting with these bytes.
     Handover(I, Bytes),
+    /// Given back as the host asked ([`Host::park_asked`]) while waiting for a request with
+    /// nothing read; [`Start::Resumed`] picks it up.
+    Idle(I),
 }
 
 /// The inline server's limits.
@@ -111,6 +131,7 @@ pub(super) fn serve<I: Transport, H: Host>(
     mut io: I,
     host: Arc<H>,
     settings: Settings,
+    start: Start,
 ) -> impl Future<Output = Outcome<I>> {
     async move {
         let mut buf = BytesMut::new();
@@ -118,10 +139,18 @@ pub(super) fn serve<I: Transport, H: Host>(
         // The header-read timeout runs from the first byte of a connection's first request (as
         // behind hyper-util's protocol detection), and from the end of each response after.
         let mut first = true;
+        let mut resumed = None;
+        if let Start::Resumed { timed } = start {
+            resumed = Some(timed);
+        }
         loop {
             let mut timed = !first;
             first = false;
-            host.head_deadline(timed.then(|| Instant::now() + timeout));
+            match resumed.take() {
+                // The host kept the deadline while the connection was parked.
+                Some(kept) => timed = kept,
+                None => host.head_deadline(timed.then(|| Instant::now() + timeout)),
+            }
             let (req, keep_alive) = loop {
                 if !timed && !buf.is_empty() {
                     timed = true;
@@ -166,6 +195,7 @@ pub(super) fn serve<I: Transport, H: Host>(
                         Box::pin(close_lingering(&mut io)).await;
                         return Outcome::Ended(Ok(()));
                     }
+                    () = Told(&*host, H::park_asked), if idle => return Outcome::Idle(io),
                 }
             };
             host.head_deadline(None);
