@@ -193,9 +193,15 @@ pub(super) struct PlainIdle {
     pub(super) conns: Vec<std::net::TcpStream>,
 }
 
+/// How long the idle keep-alive check leaves a batch of connections quiet before it reads the
+/// RSS: past the gateway's parking wait (1 s by default; a connection is parked between one
+/// and two of them after its last byte) and the half second after which it has its allocator
+/// give back what the parked connections' tasks held, with room to spare.
+const QUIET: Duration = Duration::from_millis(4_000);
+
 /// A proxy's resident memory per idle keep-alive connection: `batch` connections opened to
-/// `port` with one request each and left open, then `batch` more, measured (RSS of `pid` and
-/// its workers): the first batch takes up what earlier checks freed, which an allocator reuses
+/// `port` with one request each and left open, then `batch` more, measured after `QUIET`
+/// (RSS of `pid` and its workers): the first batch takes up what earlier checks freed, which an allocator reuses
 /// without the RSS growing. Holds fewer (and says why in `stopped`) when the file limit or
 /// the proxy refuses more. The connections stay open in the result until it is dropped, so
 /// that a check made meanwhile does not reuse what they hold.
@@ -225,11 +231,16 @@ pub(super) fn plain_idle(pid: u32, port: u16, batch: usize) -> PlainIdle {
         true
     };
     let first = hold(&mut idle, batch);
+    // Idle means quiet for a while: each batch is read after QUIET without a byte, when the
+    // gateway has parked its connections (`idle_park_after_ms`, 1 s). The same wait for
+    // every proxy.
+    std::thread::sleep(QUIET);
     let before = rss();
     let held_before = idle.len();
     if first {
         hold(&mut idle, batch);
     }
+    std::thread::sleep(QUIET);
     let with = rss();
     let held = idle.len() - held_before;
     PlainIdle {
