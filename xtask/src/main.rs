@@ -51,6 +51,10 @@ enum Task {
     /// against each other, the binary and its configuration, and their platforms' validators
     /// (kubernetes-validate, systemd-analyze); the image built and run where docker answers.
     DeployCheck,
+    /// The bench's full-handshake load (a TLS 1.3 handshake and one request per connection)
+    /// against an HTTPS port on 127.0.0.1; prints its results in wrk's words.
+    #[command(hide = true)]
+    Handshakes(bench::handshakes::Options),
     /// `cargo bench -p router`, then a table of medians and ratios against matchit.
     BenchRouter {
         /// Passed to criterion.
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Task::Bench(o) => bench::run(&root, &o),
         Task::Soak(o) => soak::run(&root, &o),
         Task::Flaky(o) => flaky::run(&o),
+        Task::Handshakes(o) => bench::handshakes::run(&o),
         Task::BenchRouter { criterion } => criterion::router(&criterion),
         Task::BenchBalancer { criterion } => criterion::balancer(&criterion),
     };

@@ -20,6 +20,7 @@
 //! request of the gateway, nginx and HAProxy under valgrind's callgrind
 //! ([`instructions`]), a figure that repeats to about 1 % where CPU times move by 5 %.
 
+pub mod handshakes;
 mod instructions;
 mod memory;
 mod peers;
@@ -258,6 +259,41 @@ fn wrk(
     if text.contains("Non-2xx or 3xx responses") {
         return Err(format!("{url}: errors in the responses:\n{text}"));
     }
+    wrk_results(&text)
+}
+
+/// The `tls-handshake` scenario's load (`handshakes.rs`): the release build of this program's
+/// `handshakes` task on the client's core, against the HTTPS `port`.
+fn handshake_load(
+    root: &Path,
+    port: u16,
+    conns: u32,
+    seconds: u32,
+    pin: bool,
+) -> Result<(Sample, u64), String> {
+    let client = root.join("target").join("release").join("xtask");
+    let out = on_core1(&client.display().to_string(), pin)
+        .args(["handshakes", "--port", &port.to_string()])
+        .args([
+            "--conns",
+            &conns.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("could not run the handshake load: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "handshakes against port {port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    wrk_results(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// What a wrk run (or the handshake load, which reports in its words) printed: req/s,
+/// percentiles, and the number of requests.
+fn wrk_results(text: &str) -> Result<(Sample, u64), String> {
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -493,6 +529,9 @@ fn prepare(root: &Path, opts: &Options) -> Result<Rig, String> {
         "gateway",
         "--bin",
         "fake-backend",
+        // The handshake load's client (`handshakes.rs`), optimised as the servers are.
+        "--bin",
+        "xtask",
     ])?;
     let work = root.join("target").join("bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -599,10 +638,12 @@ fn rounds<'c>(
                     let (mut s, requests) = if h2 {
                         let body = (scenario == Scenario::Grpc).then_some(grpc_call.as_path());
                         h2load(&url, opts.seconds, rig.pin, body)?
+                    } else if scenario == Scenario::TlsHandshake {
+                        let port = c.tls_port.ok_or("no HTTPS port")?;
+                        handshake_load(&rig.root, port, conns, opts.seconds, rig.pin)?
                     } else {
                         let header = match scenario {
                             Scenario::Routes => Some(format!("Host: {RICH_HOST}")),
-                            Scenario::TlsHandshake => Some("Connection: close".to_owned()),
                             _ => None,
                         };
                         wrk(
