@@ -101,24 +101,6 @@ pub fn give_back_free_memory() {
     unsafe { mi_collect(true) }
 }
 
-/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` asks for
-/// them (mimalloc's own setting, which its library reads at start). mimalloc advises the
-/// kernel to back its arenas with 2 MiB pages: then a few bytes touched in a purged range
-/// bring back 2 MiB of resident memory, the RSS moves in steps of megabytes (8,000 idle
-/// connections read anywhere from -1.2 to 1.3 KB each, run to run) and sits about 5 MB higher
-/// under load, for no CPU measured (user time a few percent up, system time down as much:
-/// BENCHMARKS.md). nginx and HAProxy, on glibc's malloc, get no huge pages either where the
-/// kernel gives them only to who asks (`madvise`, most distributions' default). Linux only;
-/// elsewhere nothing.
-pub fn no_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes no pointer; it sets a flag of
-        // this process's memory map (and fails harmlessly on kernels without it).
-        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    }
-}
-
 unsafe extern "C" {
     /// `mimalloc.h`'s `mi_collect`, in the library `libmimalloc-sys` builds and links (its
     /// bindings declare it only under their `extended` feature, which adds a crate for it).

@@ -100,8 +100,6 @@ fn print_routes(rows: &[RouteRow]) {
 }
 
 fn main() -> ExitCode {
-    #[cfg(feature = "mimalloc")]
-    gateway_bin::alloc::no_transparent_huge_pages();
     let args = Args::parse();
     if args.print_default_config {
         print!("{DEFAULT}");

@@ -104,12 +104,21 @@ pub(super) fn idle_connections(
     let mut peers_idle = Vec::new();
     let mut tls_each = Vec::new();
     let mut tls_versions = Vec::new();
+    let mut no_thp = String::new();
     for c in contenders.iter().filter(|c| {
-        c.name == "gateway (ours)" || c.name.starts_with("nginx") || c.name.starts_with("HAProxy")
+        c.name == "gateway (ours)"
+            || c.name == super::peers::GATEWAY_NO_THP
+            || c.name.starts_with("nginx")
+            || c.name.starts_with("HAProxy")
     }) {
         let Some(pid) = c.pid else { continue };
         let ours = c.name == "gateway (ours)";
-        let batch = if ours { OURS_IDLE } else { PEER_IDLE };
+        let variant = c.name == super::peers::GATEWAY_NO_THP;
+        let batch = if ours || variant {
+            OURS_IDLE
+        } else {
+            PEER_IDLE
+        };
         let mut idle = plain_idle(pid, c.port, batch);
         eprintln!(
             "{}: {} idle connections on top of {}: RSS {} -> {} KiB, {} bytes each{}",
@@ -124,6 +133,13 @@ pub(super) fn idle_connections(
                 .map(|s| format!(" ({s})"))
                 .unwrap_or_default()
         );
+        if variant {
+            no_thp = format!(
+                " The same gateway with mimalloc's transparent huge pages off (`MIMALLOC_ALLOW_THP=0`), its RSS exact to the page: {} bytes per idle keep-alive connection ({} on top of {}).",
+                idle.per, idle.held, idle.held_before
+            );
+            continue;
+        }
         if let (true, Some(port)) = (tls, c.tls_port) {
             let tls = tls_idle(pid, port, chain)?;
             eprintln!(
@@ -163,7 +179,7 @@ pub(super) fn idle_connections(
             n = PEER_IDLE,
         )
     };
-    Ok((ours_idle, peers_memory + &tls_memory))
+    Ok((ours_idle, no_thp + &peers_memory + &tls_memory))
 }
 
 /// Idle keep-alive connections the gateway's memory check holds, twice (its allocator's RSS

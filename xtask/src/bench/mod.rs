@@ -699,7 +699,7 @@ fn url(c: &Contender, scenario: Scenario, upstreams: &Upstreams) -> Option<Strin
             format!("http://127.0.0.1:{}/h2up/ping", c.port)
         }
         (_, Scenario::Routes | Scenario::UpstreamH1 | Scenario::UpstreamH2c)
-        | (peers::GATEWAY_1000_HOSTS, _) => return None,
+        | (peers::GATEWAY_1000_HOSTS | peers::GATEWAY_NO_THP, _) => return None,
         ("direct", Scenario::Grpc) => {
             format!("http://127.0.0.1:{}/echo.v1.Echo/Unary", upstreams.fake)
         }

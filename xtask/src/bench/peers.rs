@@ -46,6 +46,7 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
             "true",
             thousand,
         ),
+        (GATEWAY_NO_THP, "gateway-no-thp.toml", "true", String::new()),
     ] {
         if rig.counting.is_some() && name != "gateway (ours)" {
             // Counting compares the gateway as shipped with the peers.
@@ -62,6 +63,9 @@ pub(super) fn start(rig: &mut Rig, upstreams: &Upstreams) -> Result<Vec<Contende
         )?;
         let exe = rig.root.join("target/release/gateway");
         let mut cmd = rig.on_core0(&exe);
+        if name == GATEWAY_NO_THP {
+            cmd.env("MIMALLOC_ALLOW_THP", "0");
+        }
         let pid = rig
             .procs
             .start(name, cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn"))?;
@@ -158,6 +162,11 @@ fn certificate(rig: &Rig) -> Result<BenchCertificate, String> {
 /// The gateway with 1,000 virtual hosts on its rich route: it takes part in the `routes`
 /// scenario only.
 pub(super) const GATEWAY_1000_HOSTS: &str = "gateway (1,000 hosts)";
+
+/// The gateway as shipped with mimalloc's transparent huge pages off
+/// (`MIMALLOC_ALLOW_THP=0`): in the memory check only, where its RSS is exact to the page
+/// (the shipped gateway's moves in 2 MiB steps as huge pages are faulted in and purged).
+pub(super) const GATEWAY_NO_THP: &str = "gateway (MIMALLOC_ALLOW_THP=0)";
 
 /// A peer proxy: how to start it on its config.
 struct Peer {
