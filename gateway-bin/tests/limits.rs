@@ -8,6 +8,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use testkit::wire::{Message, Wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -201,36 +202,16 @@ async fn until_parked(admin: SocketAddr, count: u64) {
     }
 }
 
-/// Sends a GET for `path` on `s` and reads its response (whole: its length is declared),
-/// leaving the connection open.
-async fn get_on(s: &mut TcpStream, path: &str) -> String {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes())
+/// Sends a GET for `path` on `w` and reads its response (at most 5 s), leaving the
+/// connection open.
+async fn get_on(w: &mut Wire, path: &str) -> Message {
+    w.send(format!("GET {path} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no response within 5 s"))
-            .unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())?
-                })
-                .unwrap_or_else(|| panic!("no content-length in {text}"));
-            if got.len() >= end + 4 + length {
-                return text;
-            }
-        }
-    }
+    tokio::time::timeout(Duration::from_secs(5), w.read_response("GET"))
+        .await
+        .unwrap_or_else(|_| panic!("no response to {path} within 5 s"))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -239,16 +220,17 @@ async fn idle_keep_alive_connections_are_parked_and_picked_up_where_they_were() 
     let (gw, _b) = gateway("idle_park_after_ms = 50").await;
     let mut conns = Vec::new();
     for i in 0..20 {
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        let text = get_on(&mut s, &format!("/api/first/{i}")).await;
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        conns.push(s);
+        let mut w = Wire::connect(gw.addr).await.unwrap();
+        let answer = get_on(&mut w, &format!("/api/first/{i}")).await;
+        assert_eq!(answer.head.status(), 200, "{answer:?}");
+        conns.push(w);
     }
     until_parked(gw.admin_addr, 20).await;
     // Each answers its next request on the same socket, and is parked again after it.
-    for (i, s) in conns.iter_mut().enumerate() {
-        let text = get_on(s, &format!("/api/again/{i}")).await;
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for (i, w) in conns.iter_mut().enumerate() {
+        let answer = get_on(w, &format!("/api/again/{i}")).await;
+        assert_eq!(answer.head.status(), 200, "{answer:?}");
+        let text = answer.text();
         assert!(text.contains(&format!("\"path\":\"/again/{i}\"")), "{text}");
     }
     until_parked(gw.admin_addr, 20).await;
@@ -272,19 +254,25 @@ async fn idle_keep_alive_connections_are_parked_and_picked_up_where_they_were() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Pipelined requests sent at once to a parked connection: both answered, in order.
-    let s = &mut conns[0];
-    s.write_all(b"GET /api/p1 HTTP/1.1\r\nHost: g\r\n\r\nGET /api/p2 HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+    let w = &mut conns[0];
+    w.send(b"GET /api/p1 HTTP/1.1\r\nHost: g\r\n\r\nGET /api/p2 HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let (text, _) = read_to_close(s, Duration::from_secs(5)).await;
-    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-    let (p1, p2) = (text.find("\"/p1\""), text.find("\"/p2\""));
-    assert!(p1.is_some() && p1 < p2, "{text}");
+    for path in ["/p1", "/p2"] {
+        let answer = tokio::time::timeout(Duration::from_secs(5), w.read_response("GET"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.head.status(), 200, "{answer:?}");
+        let text = answer.text();
+        assert!(text.contains(&format!("\"path\":\"{path}\"")), "{text}");
+    }
+    assert!(w.closed_within(Duration::from_secs(5)).await);
     // Shutdown: the parked ones are picked up and finish at once.
     assert!(gw.shutdown().await, "connections outlived the grace");
-    for s in &mut conns[1..] {
-        let (text, _) = read_to_close(s, Duration::from_secs(5)).await;
-        assert!(text.is_empty(), "{text}");
+    for w in &mut conns[1..] {
+        let (rest, closed) = w.read_to_close(Duration::from_secs(5)).await;
+        assert!(closed && rest.is_empty(), "{closed} {rest:?}");
     }
 }
 
@@ -292,14 +280,14 @@ async fn idle_keep_alive_connections_are_parked_and_picked_up_where_they_were() 
 async fn a_parked_connection_still_closes_at_the_header_read_timeout() {
     // config: server.idle_park_after_ms
     let (gw, _b) = gateway("header_read_timeout_ms = 600\nidle_park_after_ms = 50").await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let text = get_on(&mut s, "/api/x").await;
+    let mut w = Wire::connect(gw.addr).await.unwrap();
+    let answer = get_on(&mut w, "/api/x").await;
     let answered = Instant::now();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(answer.head.status(), 200, "{answer:?}");
     until_parked(gw.admin_addr, 1).await;
-    let (rest, at) = read_to_close(&mut s, Duration::from_secs(5)).await;
-    assert!(rest.is_empty(), "{rest}");
-    let waited = at - answered;
+    let (rest, closed) = w.read_to_close(Duration::from_secs(5)).await;
+    let waited = answered.elapsed();
+    assert!(closed && rest.is_empty(), "{closed} {rest:?}");
     assert!(
         waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
         "{waited:?}"

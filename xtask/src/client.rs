@@ -223,3 +223,22 @@ pub fn websocket_echo(port: u16, path: &str, messages: &[String]) -> Result<(), 
         }
     }
 }
+
+/// Whether `got` (bytes read so far) holds a whole HTTP/1.1 answer whose body length its head
+/// declares: `Ok(None)` while the head or the body is still incomplete, `Ok(Some(status
+/// line))` once whole; an error for a head without `Content-Length`.
+pub fn whole_answer(got: &[u8]) -> Result<Option<String>, String> {
+    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&got[..end]);
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .ok_or_else(|| format!("an answer without a length: {head:?}"))?;
+    Ok((got.len() >= end + 4 + length).then(|| head.lines().next().unwrap_or("").to_owned()))
+}

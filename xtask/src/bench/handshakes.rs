@@ -204,22 +204,10 @@ async fn exchange(
             return Err("closed before the answer ended".into());
         }
         got.extend_from_slice(&buf[..n]);
-        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&got[..end]);
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("answer: {:?}", head.lines().next().unwrap_or("")));
-        }
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())?
-            })
-            .ok_or("an answer without a length")?;
-        if got.len() >= end + 4 + length {
+        if let Some(status) = crate::client::whole_answer(&got)? {
+            if !status.starts_with("HTTP/1.1 200") {
+                return Err(format!("answer: {status:?}"));
+            }
             break;
         }
     }

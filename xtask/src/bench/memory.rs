@@ -332,19 +332,8 @@ pub(super) fn tls_idle(pid: u32, port: u16, chain: &std::path::Path) -> Result<T
                     return Err("closed before the answer ended".into());
                 }
                 got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if got.len() >= end + 4 + length {
-                        break;
-                    }
+                if crate::client::whole_answer(&got)?.is_some() {
+                    break;
                 }
             }
             Ok(tls)
