@@ -236,7 +236,11 @@ async fn idle_keep_alive_connections_are_parked_and_picked_up_where_they_were() 
     until_parked(gw.admin_addr, 20).await;
     // A client that closes a parked connection: it is gone from the table and the counts.
     drop(conns.pop());
-    drop(conns.pop());
+    // One that half-closes it (its FIN, reading on): the gateway closes its side.
+    let mut half = conns.pop().unwrap();
+    half.stream().shutdown().await.unwrap();
+    let (rest, closed) = half.read_to_close(Duration::from_secs(5)).await;
+    assert!(closed && rest.is_empty(), "{closed} {rest:?}");
     until_parked(gw.admin_addr, 18).await;
     let open = |text: &str| -> u64 {
         text.lines()

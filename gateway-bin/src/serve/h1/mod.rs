@@ -139,10 +139,10 @@ pub(super) fn serve<I: Transport, H: Host>(
         // The header-read timeout runs from the first byte of a connection's first request (as
         // behind hyper-util's protocol detection), and from the end of each response after.
         let mut first = true;
-        let mut resumed = None;
-        if let Start::Resumed { timed } = start {
-            resumed = Some(timed);
-        }
+        let mut resumed = match start {
+            Start::New => None,
+            Start::Resumed { timed } => Some(timed),
+        };
         loop {
             let mut timed = !first;
             first = false;
