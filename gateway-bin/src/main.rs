@@ -71,15 +71,16 @@ impl Inherited {
     }
 }
 
-/// A listener on `at`: the socket handed in for it (an upgrade's, or systemd's), else a new
-/// one.
-async fn listen(
+/// A listener on `at`: the socket handed in for it (an upgrade's, or systemd's, which keeps
+/// the backlog it was given), else a new one with `backlog`.
+fn listen(
     at: std::net::SocketAddr,
+    backlog: u32,
     inherited: &mut Inherited,
 ) -> std::io::Result<tokio::net::TcpListener> {
     match inherited.take(at) {
         Some(adopted) => adopted,
-        None => tokio::net::TcpListener::bind(at).await,
+        None => gateway_bin::serve::bind(at, backlog),
     }
 }
 
@@ -211,7 +212,7 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
     // bound again.
     let mut inherited = Inherited::from_env();
     for (at, acceptor, key) in plain.chain(https) {
-        match listen(at, &mut inherited).await {
+        match listen(at, config.server.listen_backlog, &mut inherited) {
             Ok(tcp) => listeners.push(serve::Listener { tcp, tls: acceptor }),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 eprintln!(
@@ -240,7 +241,7 @@ async fn run(args: Args, source: Source, config: Config, checking: bool) -> Exit
         }
     }
     if let Some(at) = config.admin.listen {
-        let listener = match listen(at, &mut inherited).await {
+        let listener = match listen(at, config.server.listen_backlog, &mut inherited) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("gateway: cannot listen on {at} (`admin.listen`): {e}");

@@ -657,6 +657,46 @@ async fn health_check_host_is_sent() {
 }
 
 #[tokio::test]
+async fn the_listen_backlog_holds_a_burst_the_gateway_has_not_accepted_yet() {
+    // config: server.listen_backlog
+    // One connection served and held (`max_connections = 1`): the gateway accepts no more, so
+    // every later connection the kernel completes waits in the listener's backlog. 250 of them
+    // fit in 300; with the 128 tokio's and std's `bind` ask for, the 130th SYN is dropped and
+    // its connect hangs (the kernel retries at 1, 3, 7 s...).
+    let up = echo("up").await;
+    let dir = tempdir("backlog");
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        route(&format!("targets = [\"{}\"]", up.url()), "").replace(
+            "listen = [\"127.0.0.1:0\"]",
+            "listen = [\"127.0.0.1:0\"]\nmax_connections = 1\nlisten_backlog = 300",
+        ),
+    )
+    .unwrap();
+    let (_child, addr) = start_binary(&file);
+    let mut held = Wire::connect(addr).await.unwrap();
+    held.send(b"GET /u/x HTTP/1.1\r\nHost: g\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = held.read_response("GET").await.unwrap();
+    assert_eq!(answer.head.status(), 200, "{answer:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut burst = Vec::new();
+    for i in 0..250 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => burst.push(s),
+            Ok(Err(e)) => panic!("connection {i} of the burst: {e}"),
+            Err(_) => panic!(
+                "connection {i} of the burst not completed in 10 s: the backlog is too short"
+            ),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn the_cli_prints_the_default_and_logs_json_with_the_worker_count() {
     // config: --print-default-config, --log-json, server.worker_threads
     // config: routes.auth.bearer, routes.auth.secrets_env

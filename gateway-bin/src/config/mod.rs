@@ -92,6 +92,12 @@ pub struct Server {
     /// (default 10 000).
     #[serde(deserialize_with = "values::count")]
     pub max_connections: usize,
+    /// Connections the kernel holds completed for each listener until the gateway accepts
+    /// them (default 4 096; Linux caps it at `net.core.somaxconn`). A burst larger than this
+    /// while the threads are busy (TLS handshakes) has its extra SYNs dropped, and those
+    /// clients try again a second later.
+    #[serde(deserialize_with = "values::backlog")]
+    pub listen_backlog: u32,
     /// How long in-flight requests may take to finish on shutdown (default 30 000 ms). If any
     /// are still running then, they are cut and the gateway exits with status 3.
     #[serde(deserialize_with = "values::duration_ms")]
@@ -116,6 +122,7 @@ impl Default for Server {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
+            listen_backlog: 4_096,
             shutdown_grace_ms: 30_000,
             worker_threads: 0,
             inline_http1: true,

@@ -47,6 +47,11 @@ pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     in_range(d, 1, u64::from(u32::MAX), "a count").map(|v| v as usize)
 }
 
+/// A listening socket's backlog: 1 to 65 535.
+pub fn backlog<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, 1, 65_535, "a backlog").map(|v| v as u32)
+}
+
 /// A count that may be zero, at most `u32::MAX`.
 pub fn count_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     in_range(d, 0, u64::from(u32::MAX), "a count").map(|v| v as usize)

@@ -28,6 +28,25 @@ struct Slot {
     _alive: mpsc::Sender<()>,
 }
 
+/// Listens on `at` with room for `backlog` connections the kernel has completed and the
+/// gateway not yet accepted (Linux caps it at `net.core.somaxconn`).
+///
+/// tokio's and the standard library's `bind` ask for 128, which a burst of new connections
+/// overflows while the serving threads are busy (TLS handshakes): the kernel then drops the
+/// client's handshake and the client sends its SYN again a second later. nginx asks for 511,
+/// HAProxy for its `maxconn`.
+pub fn bind(at: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own `bind`: a restarted gateway rebinds at once, past its old TIME_WAITs.
+    socket.set_reuseaddr(true)?;
+    socket.bind(at)?;
+    socket.listen(backlog)
+}
+
 /// A listening socket, plain or HTTPS.
 pub struct Listener {
     /// The socket.
