@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use super::front::{Answer, Front, TlsInfo};
 use super::h1::{self, Outcome, Prefixed, Start, Transport};
 use super::park::Parked;
+use super::stop::StopSignal;
 use super::{Limits, ServedBody, Slot};
 use crate::stats::{ConnStats, Protocol};
 use httpkit::BoxError;
@@ -287,11 +288,16 @@ fn drive<C: Connection + Unpin>(
             finishing = !awaiting_first;
             timeouts.arm(timer.as_mut(), soonest(due, park_check), &state);
         }
+        // The shutdown signal, looked at only when it woke the task (see `stop`).
+        let changed = std::pin::pin!(async move {
+            let _ = stop.changed().await;
+        });
+        let mut stopping = StopSignal::new(changed);
         let ended = loop {
             tokio::select! {
                 biased;
                 result = conn.as_mut() => break result.err(),
-                _ = stop.changed(), if !finishing && !awaiting_first => {
+                _ = &mut stopping, if !finishing && !awaiting_first => {
                     seen = state.activity.load(Ordering::Relaxed);
                     (awaiting_first, due) = on_stop(conn.as_mut(), &state, &timeouts);
                     finishing = !awaiting_first;

@@ -17,6 +17,7 @@ mod conn;
 mod front;
 mod h1;
 mod park;
+mod stop;
 
 pub use body::ServedBody;
 
