@@ -126,6 +126,10 @@ fn site_of<B>(hosts: &Hosts<usize>, req: &Request<B>) -> usize {
 /// assert_eq!(req.uri(), "/css/app.css?v=3");
 /// router::set_path(&mut req, "").unwrap();
 /// assert_eq!(req.uri(), "/?v=3");
+/// // An absolute-form URI keeps its scheme and authority.
+/// let mut req = http::Request::get("http://example.com/a?x=1").body(()).unwrap();
+/// router::set_path(&mut req, "/b").unwrap();
+/// assert_eq!(req.uri(), "http://example.com/b?x=1");
 /// ```
 pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
     let path = if path.is_empty() { "/" } else { path };
@@ -133,6 +137,11 @@ pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).ok()?,
         None => PathAndQuery::try_from(path).ok()?,
     };
+    if req.uri().scheme().is_none() && req.uri().authority().is_none() {
+        // Origin form, as nearly every request comes: the path and query are the whole URI.
+        *req.uri_mut() = http::Uri::from(pq);
+        return Some(());
+    }
     let mut parts = req.uri().clone().into_parts();
     parts.path_and_query = Some(pq);
     *req.uri_mut() = http::Uri::from_parts(parts).ok()?;
