@@ -663,14 +663,17 @@ impl<B: RequestBody> Exchange<B> {
             };
             let resends = self.policy().resends(&method);
             loop {
-                let exchanged = tokio::time::timeout(
-                    self.head_timeout(settings),
-                    on.wire
-                        .exchange(&head, &method, settings.max_response_header_bytes),
-                )
-                .await;
+                let exchanged = on
+                    .wire
+                    .exchange_within(
+                        self.head_timeout(settings),
+                        &head,
+                        &method,
+                        settings.max_response_header_bytes,
+                    )
+                    .await;
                 let failed = match exchanged {
-                    Ok(Ok(response)) => {
+                    Some(Ok(response)) => {
                         let status = response.parts.status;
                         if self.retries_answer(upstream, &picked, on.started, status, resends) {
                             let held =
@@ -687,8 +690,8 @@ impl<B: RequestBody> Exchange<B> {
                             response,
                         ));
                     }
-                    Ok(Err(failed)) => failed,
-                    Err(_elapsed) => {
+                    Some(Err(failed)) => failed,
+                    None => {
                         if !(self.policy().retries_timeout() && resends) {
                             self.request = None;
                         }

@@ -54,6 +54,11 @@ pub(crate) struct Wire {
     read_size: usize,
     /// Counts the connection as open to its target while it lives.
     open: OpenConnection,
+    /// The response-head timer, kept from one exchange to the next and moved to each one's
+    /// deadline: a later deadline on a timer still in the runtime's wheel is one atomic store,
+    /// where a new timer per exchange was a wheel insert and a removal under the timer
+    /// driver's lock.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The socket, plain or TLS.
@@ -116,7 +121,39 @@ impl Wire {
             closed: false,
             read_size: READ_FIRST,
             open,
+            head_timer: None,
         }
+    }
+
+    /// [`exchange`](Self::exchange) within `limit`: `None` when no response head came in
+    /// time.
+    pub(crate) async fn exchange_within(
+        &mut self,
+        limit: std::time::Duration,
+        head: &[u8],
+        method: &Method,
+        max_head_bytes: usize,
+    ) -> Option<Result<Head, Failed>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut timer = match self.head_timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let outcome = {
+            let mut exchange = std::pin::pin!(self.exchange(head, method, max_head_bytes));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                    return Poll::Ready(Some(done));
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        self.head_timer = Some(timer);
+        outcome
     }
 
     /// Writes a request head (`head`: the encoded bytes) and reads the response head.
@@ -193,7 +230,7 @@ impl Wire {
     }
 
     /// Called when the connection goes idle: its buffer is released (an idle connection
-    /// costs its socket and this struct, nothing more).
+    /// costs its socket, this struct and its head timer, nothing more).
     pub(crate) fn park(&mut self) {
         self.buf = BytesMut::new();
     }
