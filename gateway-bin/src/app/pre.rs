@@ -49,7 +49,8 @@ pub(super) fn install<B: GatewayBody>(mux: &mut Mux<B>, config: &Config, stats: 
     }
 }
 
-/// The `pre` layers, outermost first, with the metrics (`M`), access log (`A`) and panic
+/// The `pre` layers as `ServiceBuilder` nests them (innermost first: the body limit wraps
+/// the routes, metrics wrap everything), with the metrics (`M`), access log (`A`) and panic
 /// recovery (`R`) layers given (each either the layer or `Identity`).
 type Layers<M, A, R> = Stack<
     Switch<BodyLimitLayer>,

@@ -156,8 +156,9 @@ impl Wire {
         outcome
     }
 
-    /// Writes a request head (`head`: the encoded bytes) and reads the response head.
-    pub(crate) async fn exchange(
+    /// Writes a request head (`head`: the encoded bytes) and reads the response head (the
+    /// proxy calls it through [`exchange_within`](Self::exchange_within)).
+    async fn exchange(
         &mut self,
         head: &[u8],
         method: &Method,
