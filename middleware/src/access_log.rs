@@ -46,6 +46,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use telemetry::clock;
+
 use bytes::Buf;
 use http::{Method, Request, Response};
 use http_body::Frame;
@@ -190,7 +192,7 @@ impl Record {
             path = %self.path,
             status = self.status,
             bytes = self.bytes,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = clock::now().saturating_duration_since(self.start).as_secs_f64() * 1000.0,
             request_id = %self.request_id.as_ref().map_or("-", RequestId::as_str),
             trace_id = %self.trace_id,
             upstream = %self.upstream.as_deref().unwrap_or("-"),
@@ -221,7 +223,7 @@ where
             path: escape_controls(req.uri().path()),
             request_id: req.extensions().get::<RequestId>().cloned(),
             trace_id: TraceContext::logged(req.extensions()),
-            start: Instant::now(),
+            start: clock::now(),
             status: 0,
             upstream: None,
             bytes: 0,

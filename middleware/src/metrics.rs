@@ -38,6 +38,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use telemetry::clock;
+
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,7 +109,8 @@ impl RequestMetrics {
         if let Some(c) = self.requests.local().get(method).and_then(|m| m.get(class)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.duration.observe(start.elapsed());
+        self.duration
+            .observe(clock::now().saturating_duration_since(start));
     }
 
     /// Requests counted with this method label and status class (labels as in [`METHODS`]
@@ -209,7 +212,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let method = method_slot(req.method());
-        let start = Instant::now();
+        let start = clock::now();
         take_route();
         let inner = self.inner.call(req);
         // A service that calls its route right away has named it already.

@@ -51,6 +51,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use telemetry::clock;
+
 use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use httpkit::{TextOr, text_response};
@@ -111,7 +113,7 @@ impl RateLimiter {
                 .map(|_| Mutex::new([Bucket::default(); WAYS]))
                 .collect(),
             hasher: RandomState::new(),
-            start: Instant::now(),
+            start: clock::now(),
             limited: Arc::new(Counter::new()),
             evictions: AtomicU64::new(0),
         }
@@ -154,7 +156,12 @@ impl RateLimiter {
 
     /// Takes a token for the key with hash `key`, now.
     pub fn check(&self, key: u64) -> Decision {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(
+            clock::now()
+                .saturating_duration_since(self.start)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
         self.check_at(key, now)
     }
 

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use telemetry::clock;
+
 use balancer::{InFlight, Outcome, Picked};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -94,7 +96,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
     let deadline = httpkit::grpc::is_grpc(&parts.headers)
         .then(|| httpkit::grpc::timeout(&parts.headers))
         .flatten()
-        .map(|t| tokio::time::Instant::now() + t);
+        .map(|t| tokio::time::Instant::from_std(clock::now()) + t);
     let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);
     if found.te_trailers {
         parts
@@ -262,7 +264,7 @@ impl<B: RequestBody> Exchange<B> {
             // In flight from the pick on: connecting is part of the load a target carries,
             // and least-request must see it.
             let in_flight = picked.state().start();
-            let started = Instant::now();
+            let started = clock::now();
             self.made += 1;
             let bodiless = self.request.as_ref().is_some_and(|r| r.body().is_empty());
             // The wire's attempt, awaited after the block: the carrier it came in is gone by
@@ -315,7 +317,7 @@ impl<B: RequestBody> Exchange<B> {
         match self.deadline {
             Some(d) => settings
                 .response_timeout
-                .min(d.saturating_duration_since(tokio::time::Instant::now())),
+                .min(d.saturating_duration_since(tokio::time::Instant::from_std(clock::now()))),
             None => settings.response_timeout,
         }
     }
@@ -332,7 +334,7 @@ impl<B: RequestBody> Exchange<B> {
         resends: bool,
     ) -> bool {
         let metrics = picked.value().metrics();
-        metrics.head_after(started.elapsed());
+        metrics.head_after(clock::now().saturating_duration_since(started));
         if self.policy().retries_status(status) && resends && self.policy().may_retry(self.made) {
             metrics.attempt(Attempt::ServerError);
             tracing::warn!(
@@ -437,7 +439,7 @@ impl<B: RequestBody> Exchange<B> {
     ) -> Option<Response<ProxyBody<B>>> {
         if self
             .deadline
-            .is_some_and(|d| d <= tokio::time::Instant::now())
+            .is_some_and(|d| d <= tokio::time::Instant::from_std(clock::now()))
         {
             // The client's own deadline: not the target's failure, and no time to try another.
             tracing::info!(

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use telemetry::clock;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -369,7 +370,7 @@ where
             .iter_mut()
             .find(|(key, _)| same(key, target.key()))
             .map(|(_, list)| list)?;
-        let now = Instant::now();
+        let now = Instant::from_std(clock::now());
         // Newest first, closed and expired ones dropped on the way. The reaper clears the
         // rest of the list.
         let mut i = list.len();
@@ -646,7 +647,7 @@ impl<B: Send + 'static> Pool<B> {
         }
         list.push(Idle {
             conn,
-            expires: Instant::now() + keep,
+            expires: Instant::from_std(clock::now()) + keep,
         });
         drop(idle);
         self.start_reaper_any();
@@ -775,7 +776,7 @@ async fn reap<B>(pool: Weak<Shared<B>>, gone: Arc<tokio::sync::Notify>) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let now = Instant::now();
+        let now = Instant::from_std(clock::now());
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in idle.iter_mut() {
             list.retain_mut(|e| now < e.expires && e.conn.is_open());

@@ -3,7 +3,9 @@
 //! recording at once write to cache lines of their own), made once at start-up for every series
 //! the server will ever report, so that a request never looks a series up by its labels.
 //! [`Exposition`] writes them in the Prometheus text format (0.0.4) or in OpenMetrics 1.0,
-//! chosen from the scraper's `Accept` header by [`Format::negotiate`].
+//! chosen from the scraper's `Accept` header by [`Format::negotiate`]. The durations they
+//! record are read from [`clock::now`], which reads the clock once per poll of a task run in
+//! [`clock::OneReadPerPoll`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -25,6 +27,7 @@
 //! assert!(text.contains("http_request_duration_seconds_count{route=\"/api/*path\"} 1\n"));
 //! ```
 
+pub mod clock;
 mod counter;
 mod exposition;
 mod histogram;

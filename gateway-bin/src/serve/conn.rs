@@ -16,7 +16,8 @@ use crate::reload::LiveService;
 use http::Request;
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use telemetry::clock::OneReadPerPoll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -67,10 +68,10 @@ pub(super) fn spawn(
             let conn = serve_connection(io, front, &limits, limits.inline_http1);
             // The driver's own future is the task's: a block around it would keep room for
             // the parts it moved into the driver for the connection's life.
-            tokio::spawn(drive(conn, state, timeouts, stop, due));
+            tokio::spawn(OneReadPerPoll::new(drive(conn, state, timeouts, stop, due)));
         }
         Some(acceptor) => {
-            tokio::spawn(async move {
+            tokio::spawn(OneReadPerPoll::new(async move {
                 let Some(tls_io) = handshake(acceptor, io, &limits, &state).await else {
                     return count_end(&state, None);
                 };
@@ -87,7 +88,7 @@ pub(super) fn spawn(
                 let front = Front::new(peer, tls, service, &limits, &state);
                 let conn = serve_connection(tls_io, front, &limits, inline);
                 drive(conn, state, timeouts, stop, due).await
-            });
+            }));
         }
     }
 }
@@ -120,7 +121,7 @@ pub(super) fn resume(parked: Parked, stop: watch::Receiver<bool>) {
         at: At::Inline(Box::pin(inline)),
         front,
     };
-    tokio::spawn(drive(conn, state, timeouts, stop, due));
+    tokio::spawn(OneReadPerPoll::new(drive(conn, state, timeouts, stop, due)));
 }
 
 /// Counts a connection's end, and what hyper answered by itself (`431`, `408`) on it.
@@ -796,7 +797,7 @@ where
         let answer = front.call(req.map(|b| ServedBody::Client(Limited::new(b, max_body))));
         HyperAnswer { answer }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(StreamExecutor);
     // No half-close (hyper's default): a client's end of stream ends the connection and
     // abandons its request, as nginx and Envoy do. A FIN before the response almost always
     // means a client that gave up, whose upstream exchange should not run on.
@@ -829,5 +830,20 @@ impl Future for HyperAnswer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().answer.poll(cx).map(Ok)
+    }
+}
+
+/// Runs what hyper's server spawns (an HTTP/2 stream's task) on tokio, each poll reading the
+/// clock once, as a connection's own task does (see `telemetry::clock`).
+#[derive(Clone, Copy, Debug)]
+struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, task: F) {
+        tokio::spawn(OneReadPerPoll::new(task));
     }
 }

@@ -37,6 +37,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::Method;
 use http_body::Body as _;
 use httpkit::{Body, BoxError};
+use telemetry::clock;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -149,12 +150,14 @@ pub(super) fn serve<I: Transport, H: Host>(
             match resumed.take() {
                 // The host kept the deadline while the connection was parked.
                 Some(kept) => timed = kept,
-                None => host.head_deadline(timed.then(|| Instant::now() + timeout)),
+                None => {
+                    host.head_deadline(timed.then(|| Instant::from_std(clock::now()) + timeout))
+                }
             }
             let (req, keep_alive) = loop {
                 if !timed && !buf.is_empty() {
                     timed = true;
-                    host.head_deadline(Some(Instant::now() + timeout));
+                    host.head_deadline(Some(Instant::from_std(clock::now()) + timeout));
                 }
                 if buf.is_empty() {
                     if host.finishing() {
