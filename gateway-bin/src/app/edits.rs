@@ -112,37 +112,38 @@ impl PathLayer {
 }
 
 fn rewrite_path<B>(rule: &PathRule, req: &mut Request<B>) {
-    let path = match rule {
-        PathRule::Suffix { name, prefix } => {
-            let Some(suffix) = req
-                .extensions()
-                .get::<PathParams>()
-                .and_then(|p| p.get(name))
-            else {
-                return;
-            };
-            if prefix.is_empty() {
-                suffix.to_owned()
-            } else {
-                format!("{prefix}{suffix}")
-            }
-        }
-        PathRule::Regex { regex, replace } => {
-            let path = req.uri().path();
-            match regex.replace(path, replace.as_ref()) {
-                std::borrow::Cow::Borrowed(_) => return,
-                std::borrow::Cow::Owned(p) => p,
-            }
-        }
+    let Some(path) = new_path(rule, req) else {
+        return;
     };
     // A replacement that is not a valid path leaves the request's own (logged: the config's
-    // regex made it).
-    if router::set_path(req, &path).is_none() {
+    // regex made it). The request is untouched then, so the path is made again for the line.
+    if router::set_path(req, path).is_none() {
         tracing::warn!(
             request_id = %httpkit::RequestId::logged(req.extensions()),
-            path = %path,
+            path = %new_path(rule, req).unwrap_or_default(),
             "path rewrite gave an invalid path; forwarding the original"
         );
+    }
+}
+
+/// The path `rule` gives `req`, if it changes it.
+fn new_path<B>(rule: &PathRule, req: &Request<B>) -> Option<String> {
+    match rule {
+        PathRule::Suffix { name, prefix } => {
+            let suffix = req.extensions().get::<PathParams>()?.get(name)?;
+            // Room for the query `set_path` appends, so that one buffer holds the URI.
+            let query = req.uri().query().map_or(0, |q| q.len() + 1);
+            let mut path = String::with_capacity(prefix.len() + suffix.len() + query);
+            path.push_str(prefix);
+            path.push_str(suffix);
+            Some(path)
+        }
+        PathRule::Regex { regex, replace } => {
+            match regex.replace(req.uri().path(), replace.as_ref()) {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(p) => Some(p),
+            }
+        }
     }
 }
 

@@ -57,7 +57,7 @@ pub(super) fn dispatch<B: Send + 'static>(table: &Table<B>, mut req: Request<B>)
         match normalize_path(req.uri().path()) {
             Ok(Cow::Borrowed(_)) => {}
             Ok(Cow::Owned(path)) => {
-                if set_path(&mut req, &path).is_none() {
+                if set_path(&mut req, path).is_none() {
                     return ready(text_response(
                         StatusCode::BAD_REQUEST,
                         "Bad Request: path\n",
@@ -119,24 +119,31 @@ fn site_of<B>(hosts: &Hosts<usize>, req: &Request<B>) -> usize {
 
 /// Replaces the request's path with `path` (an empty one becomes `/`), keeping its query,
 /// scheme and authority. `None`, and the request untouched, when `path` is not valid in a URI.
+/// The new URI keeps `path`'s own buffer (the query appended to it): no copy of it is made.
 ///
 /// ```
 /// let mut req = http::Request::get("/static/css/app.css?v=3").body(()).unwrap();
-/// router::set_path(&mut req, "/css/app.css").unwrap();
+/// router::set_path(&mut req, "/css/app.css".to_owned()).unwrap();
 /// assert_eq!(req.uri(), "/css/app.css?v=3");
-/// router::set_path(&mut req, "").unwrap();
+/// router::set_path(&mut req, String::new()).unwrap();
+/// assert_eq!(req.uri(), "/?v=3");
+/// assert!(router::set_path(&mut req, "/a b".to_owned()).is_none());
 /// assert_eq!(req.uri(), "/?v=3");
 /// // An absolute-form URI keeps its scheme and authority.
 /// let mut req = http::Request::get("http://example.com/a?x=1").body(()).unwrap();
-/// router::set_path(&mut req, "/b").unwrap();
+/// router::set_path(&mut req, "/b".to_owned()).unwrap();
 /// assert_eq!(req.uri(), "http://example.com/b?x=1");
 /// ```
-pub fn set_path<B>(req: &mut Request<B>, path: &str) -> Option<()> {
-    let path = if path.is_empty() { "/" } else { path };
-    let pq = match req.uri().query() {
-        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).ok()?,
-        None => PathAndQuery::try_from(path).ok()?,
-    };
+pub fn set_path<B>(req: &mut Request<B>, mut path: String) -> Option<()> {
+    if path.is_empty() {
+        path.push('/');
+    }
+    if let Some(q) = req.uri().query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    // From a `String`: its buffer becomes the path's `Bytes` as it is.
+    let pq = PathAndQuery::try_from(path).ok()?;
     if req.uri().scheme().is_none() && req.uri().authority().is_none() {
         // Origin form, as nearly every request comes: the path and query are the whole URI.
         *req.uri_mut() = http::Uri::from(pq);
