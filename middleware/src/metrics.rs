@@ -365,7 +365,7 @@ impl RouteMetricsLayer {
 
     /// Names this layer's series for the request being called now, as [`RouteMetrics`] does
     /// on each call: for a router that changes a request on its way to the route without a
-    /// service (and a future) of its own, such as `router::Route::map_request`. Call it
+    /// service (and a future) of its own, such as `router::Route::edit_request`. Call it
     /// where the service would be called, within the [`Metrics`] service's call or a poll of
     /// its future.
     pub fn name_request(&self) {

@@ -18,7 +18,16 @@ type BoxFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
 trait Erased<B>: Send + Sync {
     fn call(&self, req: Request<B>) -> RouteFuture;
+
+    /// The route behind the edits and the edits, in the order they run, when this route is
+    /// a route's edits (see [`Route::edit_request`]).
+    fn edits(&self) -> Option<(&Route<B>, &[Edit<B>])> {
+        None
+    }
 }
+
+/// One change made to a request in place (see [`Route::edit_request`]).
+type Edit<B> = Arc<dyn Fn(&mut Request<B>) + Send + Sync>;
 
 struct Erase<S>(S);
 
@@ -122,19 +131,24 @@ where
     }
 }
 
-/// A route behind a change to its requests (see [`Route::map_request`]).
-struct MapRequest<B, F> {
+/// A route behind changes to its requests (see [`Route::edit_request`]): all of a route's
+/// edits in one level, each made in place, so that a request is moved once on its way through
+/// them however many there are.
+struct Edited<B> {
     inner: Route<B>,
-    f: F,
+    edits: Box<[Edit<B>]>,
 }
 
-impl<B, F> Erased<B> for MapRequest<B, F>
-where
-    B: Send + 'static,
-    F: Fn(Request<B>) -> Request<B> + Send + Sync,
-{
-    fn call(&self, req: Request<B>) -> RouteFuture {
-        self.inner.0.call((self.f)(req))
+impl<B: Send + 'static> Erased<B> for Edited<B> {
+    fn call(&self, mut req: Request<B>) -> RouteFuture {
+        for edit in &self.edits {
+            edit(&mut req);
+        }
+        self.inner.0.call(req)
+    }
+
+    fn edits(&self) -> Option<(&Route<B>, &[Edit<B>])> {
+        Some((&self.inner, &self.edits))
     }
 }
 
@@ -233,9 +247,11 @@ impl<B: Send + 'static> Route<B> {
         Route(Arc::new(FromFn(f)))
     }
 
-    /// `self` behind `f`, a change made to each request before it is called (a path
+    /// `self` behind `f`, a change made in place to each request before it is called (a path
     /// rewrite, an extension put in): unlike a tower `MapRequest` layer erased into a route of
-    /// its own, it adds no future, and no allocation, to a request.
+    /// its own, it adds no future and no allocation to a request, and the edits of one route,
+    /// however many, make one level that moves the request once. An edit added later runs
+    /// earlier, as an outer layer would.
     ///
     /// ```
     /// use std::convert::Infallible;
@@ -248,20 +264,34 @@ impl<B: Send + 'static> Route<B> {
     /// let echo = service_fn(|req: Request<()>| async move {
     ///     Ok::<_, Infallible>(Response::new(req.uri().path().to_owned()))
     /// });
-    /// let mut route = Route::new(echo).map_request(|mut req: Request<()>| {
-    ///     *req.uri_mut() = "/rewritten".parse().unwrap();
-    ///     req
-    /// });
+    /// let mut route = Route::new(echo)
+    ///     .edit_request(|req: &mut Request<()>| {
+    ///         let path = format!("{}/edited", req.uri().path());
+    ///         *req.uri_mut() = path.parse().unwrap();
+    ///     })
+    ///     .edit_request(|req: &mut Request<()>| *req.uri_mut() = "/rewritten".parse().unwrap());
     /// let res = route.ready().await.unwrap().call(Request::new(())).await.unwrap();
     /// let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
-    /// assert_eq!(body.to_bytes(), "/rewritten");
+    /// assert_eq!(body.to_bytes(), "/rewritten/edited");
     /// # }
     /// ```
-    pub fn map_request<F>(self, f: F) -> Route<B>
+    pub fn edit_request<F>(self, f: F) -> Route<B>
     where
-        F: Fn(Request<B>) -> Request<B> + Send + Sync + 'static,
+        F: Fn(&mut Request<B>) + Send + Sync + 'static,
     {
-        Route(Arc::new(MapRequest { inner: self, f }))
+        let f: Edit<B> = Arc::new(f);
+        if let Some((inner, edits)) = self.0.edits() {
+            // Already a route's edits: one level more of them, not one more level.
+            let edits = std::iter::once(f).chain(edits.iter().cloned()).collect();
+            return Route(Arc::new(Edited {
+                inner: inner.clone(),
+                edits,
+            }));
+        }
+        Route(Arc::new(Edited {
+            inner: self,
+            edits: Box::new([f]),
+        }))
     }
 
     /// Calls the service without cloning the `Route`.
@@ -298,5 +328,57 @@ impl Future for RouteFuture {
 impl fmt::Debug for RouteFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RouteFuture")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http_body::Body as _;
+
+    /// Edits added one after another make one level over the same route, and run outermost
+    /// (last added) first.
+    #[test]
+    fn a_routes_edits_make_one_level_and_run_last_added_first() {
+        let inner: Route<()> = Route::from_fn(|req: Request<()>| {
+            let order = req
+                .headers()
+                .get_all("x-edit")
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            async move { Response::new(order) }
+        });
+        let tag = |name: &'static str| {
+            move |req: &mut Request<()>| {
+                req.headers_mut()
+                    .append("x-edit", HeaderValue::from_static(name));
+            }
+        };
+        let route = inner
+            .clone()
+            .edit_request(tag("first"))
+            .edit_request(tag("second"))
+            .edit_request(tag("third"));
+        let Some((behind, edits)) = route.0.edits() else {
+            panic!("a route of edits");
+        };
+        assert!(Arc::ptr_eq(&behind.0, &inner.0), "one level over the route");
+        assert_eq!(edits.len(), 3);
+        let mut answer = route.call_ref(Request::new(()));
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready(Ok(res)) = Pin::new(&mut answer).poll(&mut cx) else {
+            panic!("ready at once");
+        };
+        let mut body = res.into_body();
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("one frame");
+        };
+        assert_eq!(
+            frame.into_data().ok(),
+            Some(Bytes::from("third,second,first"))
+        );
     }
 }

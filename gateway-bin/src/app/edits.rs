@@ -104,10 +104,7 @@ impl PathLayer {
     /// `route` behind the rewrite.
     pub(super) fn wrap<B: Send + 'static>(&self, route: Route<B>) -> Route<B> {
         let rule = self.0.clone();
-        route.map_request(move |mut req: Request<B>| {
-            rewrite_path(&rule, &mut req);
-            req
-        })
+        route.edit_request(move |req: &mut Request<B>| rewrite_path(&rule, req))
     }
 }
 

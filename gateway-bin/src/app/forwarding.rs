@@ -94,9 +94,8 @@ impl RetryWrap {
     /// `route` with the policy in its requests.
     pub(super) fn wrap<B: Send + 'static>(&self, route: Route<B>) -> Route<B> {
         let policy = Arc::clone(&self.0);
-        route.map_request(move |mut req: Request<B>| {
+        route.edit_request(move |req: &mut Request<B>| {
             req.extensions_mut().insert(Arc::clone(&policy));
-            req
         })
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, Request};
 use middleware::{AuthLayer, RequestMetrics, RouteMetricsLayer, Secrets, TimeoutLayer};
 use proxy::Proxy;
 use router::{IntoRoute, Mux, Route};
@@ -212,10 +212,7 @@ fn one<B: GatewayBody>(
     if let Some(series) = &counters.series {
         // A change in front of the route rather than a service of its own: no boxed future.
         let metrics = RouteMetricsLayer::new(Arc::clone(series));
-        service = service.map_request(move |req| {
-            metrics.name_request();
-            req
-        });
+        service = service.edit_request(move |_: &mut Request<B>| metrics.name_request());
     }
 
     // A CORS preflight is an OPTIONS request: the route takes it so that its CORS layer
