@@ -27,8 +27,13 @@ pub type ProxyBody<B> = TextOr<UpstreamBody<B>>;
 
 /// An upstream's response body on its way to the client: its connection goes back to the
 /// pool once it ends, a failure is logged and counted against the target, and an upstream
-/// silent for the response timeout mid-body cuts it.
-pub struct UpstreamBody<B> {
+/// silent for the response timeout mid-body cuts it. Its state is boxed: the response is
+/// moved by value through the proxy's and the layers' futures several times per request,
+/// and a pointer moves for less than the state's 300-odd bytes.
+pub struct UpstreamBody<B>(Box<BodyState<B>>);
+
+/// What an [`UpstreamBody`] holds.
+struct BodyState<B> {
     body: Received,
     _in_flight: InFlight,
     /// Taken when the body fails or ends, so it is reported at most once.
@@ -148,7 +153,7 @@ impl<B: Send + 'static> UpstreamBody<B> {
         coalesce: bool,
     ) -> Self {
         let timeout = health.0.settings().response_timeout;
-        let mut streamed = UpstreamBody {
+        let mut streamed = BodyState {
             body,
             _in_flight: in_flight,
             health: Some(health),
@@ -168,16 +173,53 @@ impl<B: Send + 'static> UpstreamBody<B> {
         if http_body::Body::is_end_stream(&streamed.body) {
             streamed.ended();
         }
-        streamed
+        UpstreamBody(Box::new(streamed))
     }
 
     /// Ends the body at `deadline` (a gRPC call's), with `grpc-status: 4` as trailers.
     pub(crate) fn with_deadline(mut self, deadline: tokio::time::Instant) -> Self {
-        if self.health.is_some() {
-            self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        if self.0.health.is_some() {
+            self.0.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
         self
     }
+
+    /// Takes the first frame of a body without a length before its head goes to the client,
+    /// when it is there within one turn of the scheduler: the upstream connection's task
+    /// decodes the body only once asked, and a head sent before the body costs the client a
+    /// write of its own (as with an upstream that sent head, chunk and terminator at once).
+    /// A body that has not started by then (a stream) is left as it is.
+    pub(crate) async fn prefetch(&mut self) {
+        if self.0.coalesce.is_none() {
+            return;
+        }
+        // The first poll asks the connection's task for the body; after one yield, it has
+        // decoded what it had.
+        if std::future::poll_fn(|cx| Poll::Ready(self.stash(cx))).await {
+            return;
+        }
+        tokio::task::yield_now().await;
+        std::future::poll_fn(|cx| Poll::Ready(self.stash(cx))).await;
+    }
+
+    /// Polls for the next frame; keeps it to be sent first. Whether anything came.
+    fn stash(&mut self, cx: &mut Context<'_>) -> bool {
+        match http_body::Body::poll_frame(Pin::new(&mut *self), cx) {
+            Poll::Pending => false,
+            Poll::Ready(frame) => {
+                if let Some(c) = &mut self.0.coalesce {
+                    match frame {
+                        Some(frame) => c.first = Some(frame),
+                        None => c.done = true,
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
+impl<B: Send + 'static> BodyState<B> {
 
     /// The gRPC deadline passed mid-body: the upstream's stream goes, and the client gets
     /// `DEADLINE_EXCEEDED` in the trailers. Not the target's failure.
@@ -199,40 +241,6 @@ impl<B: Send + 'static> UpstreamBody<B> {
             httpkit::grpc::Code::DeadlineExceeded,
             "deadline exceeded (grpc-timeout)",
         ))
-    }
-
-    /// Takes the first frame of a body without a length before its head goes to the client,
-    /// when it is there within one turn of the scheduler: the upstream connection's task
-    /// decodes the body only once asked, and a head sent before the body costs the client a
-    /// write of its own (as with an upstream that sent head, chunk and terminator at once).
-    /// A body that has not started by then (a stream) is left as it is.
-    pub(crate) async fn prefetch(&mut self) {
-        if self.coalesce.is_none() {
-            return;
-        }
-        // The first poll asks the connection's task for the body; after one yield, it has
-        // decoded what it had.
-        if std::future::poll_fn(|cx| Poll::Ready(self.stash(cx))).await {
-            return;
-        }
-        tokio::task::yield_now().await;
-        std::future::poll_fn(|cx| Poll::Ready(self.stash(cx))).await;
-    }
-
-    /// Polls for the next frame; keeps it to be sent first. Whether anything came.
-    fn stash(&mut self, cx: &mut Context<'_>) -> bool {
-        match http_body::Body::poll_frame(Pin::new(&mut *self), cx) {
-            Poll::Pending => false,
-            Poll::Ready(frame) => {
-                if let Some(c) = &mut self.coalesce {
-                    match frame {
-                        Some(frame) => c.first = Some(frame),
-                        None => c.done = true,
-                    }
-                }
-                true
-            }
-        }
     }
 
     /// The body ended whole: the connection can carry the next request.
@@ -354,7 +362,7 @@ impl<B: Send + 'static> http_body::Body for UpstreamBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let s = self.get_mut();
+        let s = &mut *self.get_mut().0;
         if let Some(c) = &mut s.coalesce {
             if let Some(first) = c.first.take() {
                 return Poll::Ready(Some(first));
@@ -412,15 +420,16 @@ impl<B: Send + 'static> http_body::Body for UpstreamBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.coalesce {
+        let s = &*self.0;
+        match &s.coalesce {
             Some(c) if c.first.is_some() || c.queued.is_some() => false,
             Some(c) if c.done => c.held.is_none(),
             Some(c) if c.held.is_some() => false,
-            _ => self.body.is_end_stream(),
+            _ => s.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.0.body.size_hint()
     }
 }
