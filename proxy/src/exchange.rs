@@ -415,13 +415,25 @@ impl<B: RequestBody> Exchange<B> {
         }
     }
 
-    /// The outbound request, with `Host` for `target`; `None` if an attempt holds it.
+    /// The outbound request, taken out, with `Host` for `target`; `None` if an attempt
+    /// holds it.
     fn outbound_to(
         &mut self,
         target: &TargetAddr,
         preserve_host: bool,
     ) -> Option<Request<Outgoing<B>>> {
-        let mut req = self.request.take()?;
+        self.outbound_in_place(target, preserve_host)?;
+        self.request.take()
+    }
+
+    /// The outbound request where it is, with `Host` for `target`; `None` if an attempt holds
+    /// it. (A request is some 300 bytes: one whose head is only written is not moved.)
+    fn outbound_in_place(
+        &mut self,
+        target: &TargetAddr,
+        preserve_host: bool,
+    ) -> Option<&Request<Outgoing<B>>> {
+        let req = self.request.as_mut()?;
         let host = match (&self.inbound_host, preserve_host) {
             (Some(host), true) => host.clone(),
             _ => target.host_header().clone(),
@@ -649,8 +661,10 @@ impl<B: RequestBody> Exchange<B> {
             let settings = upstream.settings();
             // In a block of its own: a local that was borrowed is kept in the future until its
             // scope ends, even moved out.
+            // The request stays where the next attempt finds it, until this one is sure not
+            // to leave it: only its head is written here.
             let (head, method) = {
-                let req = self.outbound_to(picked.value(), settings.preserve_host)?;
+                let req = self.outbound_in_place(picked.value(), settings.preserve_host)?;
                 let mut head = Vec::new();
                 crate::wire::head::encode_request(
                     &mut head,
@@ -658,10 +672,7 @@ impl<B: RequestBody> Exchange<B> {
                     req.uri(),
                     req.headers(),
                 );
-                let method = req.method().clone();
-                // Kept where the next attempt finds it, until this one is sure not to leave it.
-                self.request = Some(req);
-                (head, method)
+                (head, req.method().clone())
             };
             let resends = self.policy().resends(&method);
             loop {

@@ -220,7 +220,6 @@ impl<B: Send + 'static> UpstreamBody<B> {
 }
 
 impl<B: Send + 'static> BodyState<B> {
-
     /// The gRPC deadline passed mid-body: the upstream's stream goes, and the client gets
     /// `DEADLINE_EXCEEDED` in the trailers. Not the target's failure.
     fn cut_at_deadline(&mut self) -> Frame<Bytes> {
