@@ -121,12 +121,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let context = PanicContext {
+        let context = Box::new(PanicContext {
             method: req.method().clone(),
             uri: req.uri().clone(),
             ids: LogIds::of(req.extensions()),
             panics: self.panics.clone(),
-        };
+        });
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => RecoverFuture {
                 state: State::Running { future },
@@ -148,7 +148,10 @@ pin_project! {
     pub struct RecoverFuture<F> {
         #[pin]
         state: State<F>,
-        context: Option<PanicContext>,
+        // Boxed: the future and then the response body carry it, and both are moved by
+        // value through every layer outside this one; a pointer moves for less than its
+        // 180-odd bytes.
+        context: Option<Box<PanicContext>>,
     }
 }
 
@@ -205,7 +208,7 @@ pin_project! {
     pub struct RecoverBody<B> {
         #[pin]
         inner: B,
-        context: Option<PanicContext>,
+        context: Option<Box<PanicContext>>,
         done: bool,
     }
 }
