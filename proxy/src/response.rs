@@ -153,7 +153,8 @@ impl<B: Send + 'static> UpstreamBody<B> {
         coalesce: bool,
     ) -> Self {
         let timeout = health.0.settings().response_timeout;
-        let mut streamed = BodyState {
+        // Boxed first and changed in place: the state is not moved once more into its box.
+        let mut streamed = Box::new(BodyState {
             body,
             _in_flight: in_flight,
             health: Some(health),
@@ -165,7 +166,7 @@ impl<B: Send + 'static> UpstreamBody<B> {
             frames_at_arm: 0,
             coalesce: None,
             deadline: None,
-        };
+        });
         if coalesce && http_body::Body::size_hint(&streamed.body).exact().is_none() {
             streamed.coalesce = Some(Box::default());
         }
@@ -173,7 +174,7 @@ impl<B: Send + 'static> UpstreamBody<B> {
         if http_body::Body::is_end_stream(&streamed.body) {
             streamed.ended();
         }
-        UpstreamBody(Box::new(streamed))
+        UpstreamBody(streamed)
     }
 
     /// Ends the body at `deadline` (a gRPC call's), with `grpc-status: 4` as trailers.
