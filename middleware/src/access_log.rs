@@ -46,12 +46,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use telemetry::clock;
-
 use bytes::Buf;
 use http::{Method, Request, Response};
 use http_body::Frame;
 use pin_project_lite::pin_project;
+use telemetry::clock;
 use tower_layer::Layer;
 use tower_service::Service;
 

@@ -38,11 +38,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use telemetry::clock;
-
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::sync::atomic::{AtomicU64, Ordering};
+use telemetry::clock;
 
 use telemetry::{Histogram, LATENCY_BUCKETS, Stripes};
 use tower_layer::Layer;

@@ -51,13 +51,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use telemetry::clock;
-
 use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use httpkit::{TextOr, text_response};
 use pin_project_lite::pin_project;
 use telemetry::Counter;
+use telemetry::clock;
 use tower_layer::Layer;
 use tower_service::Service;
 

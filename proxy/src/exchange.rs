@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use telemetry::clock;
-
 use balancer::{InFlight, Outcome, Picked};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::SizeHint;
 use httpkit::{BoxError, LogIds, text_response};
+use telemetry::clock;
 
 use crate::ClientAddr;
 use crate::forward::{Inner, RequestBody};
@@ -96,7 +95,7 @@ pub(crate) fn prepare<B: RequestBody>(upstream: &Upstream, req: Request<B>) -> O
     let deadline = httpkit::grpc::is_grpc(&parts.headers)
         .then(|| httpkit::grpc::timeout(&parts.headers))
         .flatten()
-        .map(|t| tokio::time::Instant::from_std(clock::now()) + t);
+        .map(|t| crate::now() + t);
     let found = rewrite_request_headers(&mut parts.headers, &forwarding, &settings.trusted_proxies);
     if found.te_trailers {
         parts
@@ -317,7 +316,7 @@ impl<B: RequestBody> Exchange<B> {
         match self.deadline {
             Some(d) => settings
                 .response_timeout
-                .min(d.saturating_duration_since(tokio::time::Instant::from_std(clock::now()))),
+                .min(d.saturating_duration_since(crate::now())),
             None => settings.response_timeout,
         }
     }
@@ -449,10 +448,7 @@ impl<B: RequestBody> Exchange<B> {
         upstream: &Upstream,
         picked: &Picked<TargetAddr>,
     ) -> Option<Response<ProxyBody<B>>> {
-        if self
-            .deadline
-            .is_some_and(|d| d <= tokio::time::Instant::from_std(clock::now()))
-        {
+        if self.deadline.is_some_and(|d| d <= crate::now()) {
             // The client's own deadline: not the target's failure, and no time to try another.
             tracing::info!(
                 request_id = %self.ids.request(),

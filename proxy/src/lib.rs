@@ -147,3 +147,9 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// The request path's time (`telemetry::clock::now`: read once per poll of the task) as the
+/// runtime's instant, which deadlines and the pool's expiry are set in.
+pub(crate) fn now() -> tokio::time::Instant {
+    tokio::time::Instant::from_std(telemetry::clock::now())
+}

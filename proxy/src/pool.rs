@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use telemetry::clock;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -370,7 +369,7 @@ where
             .iter_mut()
             .find(|(key, _)| same(key, target.key()))
             .map(|(_, list)| list)?;
-        let now = Instant::from_std(clock::now());
+        let now = crate::now();
         // Newest first, closed and expired ones dropped on the way. The reaper clears the
         // rest of the list.
         let mut i = list.len();
@@ -647,7 +646,7 @@ impl<B: Send + 'static> Pool<B> {
         }
         list.push(Idle {
             conn,
-            expires: Instant::from_std(clock::now()) + keep,
+            expires: crate::now() + keep,
         });
         drop(idle);
         self.start_reaper_any();
@@ -776,7 +775,7 @@ async fn reap<B>(pool: Weak<Shared<B>>, gone: Arc<tokio::sync::Notify>) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let now = Instant::from_std(clock::now());
+        let now = crate::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, list) in idle.iter_mut() {
             list.retain_mut(|e| now < e.expires && e.conn.is_open());

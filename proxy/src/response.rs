@@ -342,7 +342,7 @@ impl<B: Send + 'static> BodyState<B> {
             }
             // Data came since it was armed: wait a whole timeout from now.
             self.frames_at_arm = self.frames;
-            let deadline = tokio::time::Instant::from_std(telemetry::clock::now()) + self.timeout;
+            let deadline = crate::now() + self.timeout;
             timer.as_mut().reset(deadline);
         }
     }

@@ -134,7 +134,7 @@ impl Wire {
         method: &Method,
         max_head_bytes: usize,
     ) -> Option<Result<Head, Failed>> {
-        let deadline = tokio::time::Instant::from_std(telemetry::clock::now()) + limit;
+        let deadline = crate::now() + limit;
         let mut timer = match self.head_timer.take() {
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
